@@ -1,0 +1,672 @@
+//! Configuration in two layers: raw serde structs that mirror the TOML file
+//! (unknown keys refused), and resolved `Settings` that the server runs on.
+//!
+//! Values are checked while they are deserialized (sizes, durations, domain
+//! names, addresses), so every error carries the file, line, column and the
+//! dotted key of the offending value. The embedded default config is a real
+//! TOML file (`config/default.toml`) parsed by the same code.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The config used when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+/// Name shown in errors for the embedded default.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
+
+/// A config error that names where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded default config>`).
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key such as `limits.max_message_size`, when known.
+    pub key: Option<String>,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- raw layer
+
+/// The TOML file as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[[listener]]`
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[timeouts]`
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// `[queue]`
+    #[serde(default)]
+    pub queue: RawQueue,
+    /// `[local]`
+    #[serde(default)]
+    pub local: RawLocal,
+    /// `[log]`
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Name in the greeting, EHLO reply and Received headers.
+    pub hostname: Option<Domain>,
+    /// Base directory for the queue and mail.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Name used in logs.
+    pub name: Option<String>,
+    /// `ip:port` to listen on.
+    pub address: SocketAddr,
+}
+
+/// `[limits]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest accepted message.
+    pub max_message_size: Option<ByteSize>,
+    /// Recipients per message.
+    pub max_recipients: Option<AtLeast<100>>,
+    /// Open connections in total.
+    pub max_connections: Option<AtLeast<1>>,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: Option<AtLeast<1>>,
+    /// Errors per session before it is closed.
+    pub max_errors: Option<AtLeast<1>>,
+    /// Command line length including CRLF.
+    pub command_line_length: Option<AtLeast<512>>,
+    /// Text line length including CRLF.
+    pub text_line_length: Option<AtLeast<1000>>,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Waiting for the next command.
+    pub command: Option<Dur>,
+    /// Waiting for the next chunk of message data.
+    pub data: Option<Dur>,
+    /// How long shutdown waits for sessions to finish their command.
+    pub shutdown: Option<Dur>,
+}
+
+/// `[queue]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// Queue store directory.
+    pub dir: Option<PathBuf>,
+    /// Share one flush between concurrent sessions.
+    pub group_commit: Option<bool>,
+    /// Concurrent deliveries.
+    pub delivery_workers: Option<AtLeast<1>>,
+    /// Delay before each retry of a temporary failure; the last repeats.
+    pub retry_intervals: Option<Vec<Dur>>,
+    /// How long a message may stay queued before it bounces.
+    pub max_age: Option<Dur>,
+}
+
+/// `[local]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    /// Domains delivered locally.
+    pub domains: Option<Vec<Domain>>,
+    /// Known local parts.
+    pub users: Option<Vec<String>>,
+    /// Accept every local part.
+    pub catch_all: Option<bool>,
+    /// Maildir root.
+    pub mail_dir: Option<PathBuf>,
+    /// Separator for address extensions (`user+tag`).
+    pub recipient_delimiter: Option<String>,
+    /// Mailbox that receives postmaster mail.
+    pub postmaster: Option<String>,
+    /// Line endings written into Maildir files.
+    pub line_endings: Option<LineEndings>,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// human | json
+    pub format: Option<LogFormat>,
+    /// A tracing filter such as `info` or `wasmtp=debug`.
+    pub level: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Line endings in delivered Maildir files.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndings {
+    /// Unix line endings, as Postfix's local(8) and Dovecot's LDA write.
+    #[default]
+    Lf,
+    /// Keep CRLF as received.
+    Crlf,
+}
+
+// ------------------------------------------------- checked scalar newtypes
+
+/// A size such as `25MiB`, `10MB`, `512KiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: expected a number of bytes or e.g. \"25MiB\", \"10MB\", \"512KiB\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A duration such as `5m`, `30s`, `2h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): expected e.g. \"30s\", \"5m\", \"1h\""
+            ))
+        })
+    }
+}
+
+/// An integer with a lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLeast<const MIN: usize>(pub usize);
+
+impl<'de, const MIN: usize> Deserialize<'de> for AtLeast<MIN> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if n < MIN as i64 {
+            return Err(serde::de::Error::custom(format!(
+                "{n} is too small: expected an integer >= {MIN}"
+            )));
+        }
+        Ok(AtLeast(n as usize))
+    }
+}
+
+/// A DNS domain name, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain(pub String);
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match crate::smtp::address::check_domain(&s) {
+            Ok(()) if !s.starts_with('[') => Ok(Domain(s.to_lowercase())),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid domain name {s:?}"
+            ))),
+        }
+    }
+}
+
+// ----------------------------------------------------------- resolved layer
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name used in logs.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+}
+
+/// SMTP protocol limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted message in octets.
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: usize,
+    /// Errors before the session is closed.
+    pub max_errors: usize,
+    /// Command line length including CRLF.
+    pub command_line_length: usize,
+    /// Text line length including CRLF.
+    pub text_line_length: usize,
+}
+
+/// Session timeouts (RFC 5321 §4.5.3.2).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Waiting for a command.
+    pub command: Duration,
+    /// Waiting for message data.
+    pub data: Duration,
+    /// Grace period for sessions at shutdown.
+    pub shutdown: Duration,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Store directory.
+    pub dir: PathBuf,
+    /// Share flushes between sessions.
+    pub group_commit: bool,
+    /// Concurrent deliveries.
+    pub delivery_workers: usize,
+    /// Retry delays; the last repeats.
+    pub retry_intervals: Vec<Duration>,
+    /// Maximum time in the queue.
+    pub max_age: Duration,
+}
+
+/// Local delivery settings.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// Local domains (lower case).
+    pub domains: Vec<String>,
+    /// Known users (lower case).
+    pub users: Vec<String>,
+    /// Accept every local part.
+    pub catch_all: bool,
+    /// Maildir root.
+    pub mail_dir: PathBuf,
+    /// Extension separator, if any.
+    pub recipient_delimiter: Option<char>,
+    /// Mailbox for postmaster.
+    pub postmaster: String,
+    /// Line endings written to Maildir.
+    pub line_endings: LineEndings,
+}
+
+/// Everything the server runs on, resolved once at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where this came from (file path or the embedded name).
+    pub source: String,
+    /// Greeting / Received host name.
+    pub hostname: String,
+    /// Base data directory.
+    pub data_dir: PathBuf,
+    /// Listening sockets.
+    pub listeners: Vec<Listener>,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Queue.
+    pub queue: QueueSettings,
+    /// Local delivery.
+    pub local: LocalSettings,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Reads and resolves a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            position: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Settings::parse(&src, &name)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Result<Settings, ConfigError> {
+        Settings::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    }
+
+    /// Parses and resolves config text; `name` is used in errors.
+    pub fn parse(src: &str, name: &str) -> Result<Settings, ConfigError> {
+        let raw = parse_raw(src, name)?;
+        resolve(raw, src, name)
+    }
+}
+
+/// Parses the raw layer, turning serde errors into located errors.
+pub fn parse_raw(src: &str, name: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(src).map_err(|e| toml_error(&e, src, name, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = (path != "." && !path.is_empty()).then_some(path);
+        toml_error(e.inner(), src, name, key)
+    })
+}
+
+fn toml_error(e: &toml::de::Error, src: &str, name: &str, key: Option<String>) -> ConfigError {
+    ConfigError {
+        file: name.to_string(),
+        position: e.span().map(|s| line_col(src, s.start)),
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Finds the line of `key = ` for errors detected after parsing.
+fn locate(src: &str, key: &str) -> Option<(usize, usize)> {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    src.lines().enumerate().find_map(|(i, l)| {
+        let t = l.trim_start();
+        let rest = t.strip_prefix(leaf)?;
+        rest.trim_start()
+            .starts_with('=')
+            .then(|| (i + 1, l.len() - t.len() + 1))
+    })
+}
+
+fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigError> {
+    let err = |key: &str, message: String| ConfigError {
+        file: name.to_string(),
+        position: locate(src, key),
+        key: Some(key.to_string()),
+        message,
+    };
+    let data_dir = raw
+        .server
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("wasmtp-data"));
+    let hostname = match raw.server.hostname {
+        Some(d) => d.0,
+        None => gethostname::gethostname().to_string_lossy().to_lowercase(),
+    };
+
+    if raw.listeners.is_empty() {
+        return Err(err(
+            "listener",
+            "at least one [[listener]] with an address is required".into(),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        if listeners
+            .iter()
+            .any(|o: &Listener| o.address == l.address && l.address.port() != 0)
+        {
+            return Err(err(
+                "address",
+                format!("listener address {} is used twice", l.address),
+            ));
+        }
+        listeners.push(Listener {
+            name: l.name.unwrap_or_else(|| format!("smtp{i}")),
+            address: l.address,
+        });
+    }
+
+    let l = raw.limits;
+    let limits = Limits {
+        max_message_size: l.max_message_size.map_or(25 * 1024 * 1024, |b| b.0),
+        max_recipients: l.max_recipients.map_or(1000, |n| n.0),
+        max_connections: l.max_connections.map_or(1000, |n| n.0),
+        max_connections_per_ip: l.max_connections_per_ip.map_or(50, |n| n.0),
+        max_errors: l.max_errors.map_or(20, |n| n.0),
+        command_line_length: l.command_line_length.map_or(512, |n| n.0),
+        text_line_length: l.text_line_length.map_or(1000, |n| n.0),
+    };
+    if limits.max_message_size == 0 {
+        return Err(err(
+            "limits.max_message_size",
+            "must be greater than 0".into(),
+        ));
+    }
+
+    let t = raw.timeouts;
+    let timeouts = Timeouts {
+        command: t.command.map_or(Duration::from_secs(300), |d| d.0),
+        data: t.data.map_or(Duration::from_secs(180), |d| d.0),
+        shutdown: t.shutdown.map_or(Duration::from_secs(30), |d| d.0),
+    };
+
+    let q = raw.queue;
+    let retry_intervals = q
+        .retry_intervals
+        .map(|v| v.into_iter().map(|d| d.0).collect::<Vec<_>>())
+        .unwrap_or_else(|| {
+            [60, 300, 900, 1800, 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect()
+        });
+    if retry_intervals.is_empty() {
+        return Err(err(
+            "queue.retry_intervals",
+            "needs at least one interval".into(),
+        ));
+    }
+    let queue = QueueSettings {
+        dir: q.dir.unwrap_or_else(|| data_dir.join("queue")),
+        group_commit: q.group_commit.unwrap_or(true),
+        delivery_workers: q.delivery_workers.map_or(4, |n| n.0),
+        retry_intervals,
+        max_age: q
+            .max_age
+            .map_or(Duration::from_secs(5 * 24 * 3600), |d| d.0),
+    };
+
+    let lc = raw.local;
+    let users: Vec<String> = lc
+        .users
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.to_lowercase())
+        .collect();
+    for u in &users {
+        if !crate::delivery::maildir::is_safe_mailbox(u) {
+            return Err(err(
+                "local.users",
+                format!("{u:?} cannot be a mailbox name"),
+            ));
+        }
+    }
+    let recipient_delimiter = match lc.recipient_delimiter.as_deref() {
+        None => Some('+'),
+        Some("") => None,
+        Some(s) if s.chars().count() == 1 => s.chars().next(),
+        Some(s) => {
+            return Err(err(
+                "local.recipient_delimiter",
+                format!("{s:?}: expected one character or \"\""),
+            ));
+        }
+    };
+    let postmaster = lc
+        .postmaster
+        .unwrap_or_else(|| "postmaster".into())
+        .to_lowercase();
+    if !crate::delivery::maildir::is_safe_mailbox(&postmaster) {
+        return Err(err(
+            "local.postmaster",
+            format!("{postmaster:?} cannot be a mailbox name"),
+        ));
+    }
+    let local = LocalSettings {
+        domains: lc
+            .domains
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.0)
+            .collect(),
+        users,
+        catch_all: lc.catch_all.unwrap_or(false),
+        mail_dir: lc.mail_dir.unwrap_or_else(|| data_dir.join("mail")),
+        recipient_delimiter,
+        postmaster,
+        line_endings: lc.line_endings.unwrap_or_default(),
+    };
+
+    Ok(Settings {
+        source: name.to_string(),
+        hostname,
+        data_dir,
+        listeners,
+        limits,
+        timeouts,
+        queue,
+        local,
+        log_format: raw.log.format.unwrap_or_default(),
+        log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let s = Settings::embedded_default().unwrap();
+        assert_eq!(s.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert!(s.local.catch_all);
+        assert_eq!(s.local.domains, ["localhost", "example.test"]);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let src = "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[limits]\nmax_mesage_size = 10\n";
+        let e = Settings::parse(src, "x.toml").unwrap_err();
+        assert_eq!(e.position, Some((5, 1)), "{e}");
+        assert!(e.to_string().starts_with("x.toml:5:1"), "{e}");
+        assert!(e.message.contains("max_mesage_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let cases = [
+            (
+                "[[listener]]\naddress = \"nope\"\n",
+                2,
+                "listener[0].address",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_message_size = \"10 parsecs\"\n",
+                4,
+                "limits.max_message_size",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_recipients = 5\n",
+                4,
+                "limits.max_recipients",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[timeouts]\ncommand = \"soon\"\n",
+                4,
+                "timeouts.command",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\ndomains = [\"ok.test\", \"bad domain\"]\n",
+                4,
+                "local.domains[1]",
+            ),
+        ];
+        for (src, line, key) in cases {
+            let e = Settings::parse(src, "f.toml").unwrap_err();
+            assert_eq!(e.position.map(|p| p.0), Some(line), "{e}");
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("25MiB"), Some(25 * 1024 * 1024));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1XB"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! wasmtp: an SMTP server whose policy is written as sandboxed WebAssembly
+//! components.
+//!
+//! Architecture: `server` accepts connections and runs one `session` task
+//! per client. The session moves bytes; the protocol itself (commands,
+//! replies, addresses, the DATA decoder) is pure data in `smtp`. An
+//! accepted message is written to the `queue` store and flushed before the
+//! 250; the queue manager hands it to `delivery` (Maildir today) and
+//! retries temporary failures. `config` turns the TOML file into resolved
+//! settings once at start; `observe` sets up logging.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | raw TOML structs, resolved `Settings`, located errors |
+//! | `server` | listeners, accept loop, connection limits, shutdown |
+//! | `session` | one connection: state machine and byte shell |
+//! | `smtp` | command parser, replies, addresses, DATA decoder |
+//! | `queue` | sled store with group commit, queue manager |
+//! | `delivery` | local recipients, Maildir writer, outcome classes |
+//! | `observe` | tracing setup |
+
+pub mod config;
+pub mod delivery;
+pub mod observe;
+pub mod queue;
+pub mod server;
+pub mod session;
+pub mod smtp;

@@ -1,0 +1,112 @@
+//! The `wasmtp` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wasmtp::config::{LogFormat, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "wasmtp",
+    version,
+    about = "SMTP server with WebAssembly policy plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (on the embedded default config without --config).
+    Serve {
+        /// Config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Log format (overrides [log] format).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a config file without starting (the embedded default without FILE).
+    CheckConfig {
+        /// Config file.
+        file: Option<PathBuf>,
+    },
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigError> {
+    match config {
+        Some(p) => Settings::load(p),
+        None => Settings::embedded_default(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::CheckConfig { file } => match load(file.as_ref()) {
+            Ok(s) => {
+                println!(
+                    "{}: ok ({} listener(s), local domains: {})",
+                    s.source,
+                    s.listeners.len(),
+                    s.local.domains.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::DefaultConfig => {
+            print!("{}", wasmtp::config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve { config, log_format } => {
+            let settings = match load(config.as_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            wasmtp::observe::init(
+                log_format.unwrap_or(settings.log_format),
+                &settings.log_level,
+            );
+            match serve(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let stop = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        wasmtp::server::serve(settings, stop).await
+    })?;
+    Ok(())
+}

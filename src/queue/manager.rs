@@ -1,0 +1,214 @@
+//! The queue manager: a task that owns the schedule. New messages arrive on
+//! a channel, deferred ones wait in a time-ordered set; deliveries run on a
+//! bounded set of workers. On start every unfinished message in the store
+//! is scheduled again, so nothing acknowledged is forgotten.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::{QueuedMessage, RcptStatus, Store, StoreError, now_secs};
+use crate::config::Settings;
+use crate::delivery::{Outcome, maildir};
+
+/// Handle used by sessions to hand over newly queued messages.
+#[derive(Clone)]
+pub struct QueueManager {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl QueueManager {
+    /// Starts the manager; it stops when `shutdown` turns true, after the
+    /// deliveries in progress finish.
+    pub fn start(
+        store: Store,
+        settings: Arc<Settings>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(QueueManager, tokio::task::JoinHandle<()>), StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recovered = store.all()?;
+        if !recovered.is_empty() {
+            info!(messages = recovered.len(), "recovered queued messages");
+        }
+        let deferred = recovered
+            .into_iter()
+            .map(|m| (m.next_attempt, m.id))
+            .collect();
+        let actor = Actor {
+            store,
+            settings,
+            rx,
+            deferred,
+            shutdown,
+        };
+        Ok((QueueManager { tx }, tokio::spawn(actor.run())))
+    }
+
+    /// Schedules a message that was just committed.
+    pub fn enqueued(&self, id: String) {
+        let _ = self.tx.send(id);
+    }
+}
+
+struct Actor {
+    store: Store,
+    settings: Arc<Settings>,
+    rx: mpsc::UnboundedReceiver<String>,
+    deferred: BTreeSet<(i64, String)>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let workers = Arc::new(Semaphore::new(self.settings.queue.delivery_workers));
+        let mut running: JoinSet<Option<(i64, String)>> = JoinSet::new();
+        loop {
+            let next_due = self.deferred.first().map(|(t, _)| *t);
+            let sleep = match next_due {
+                Some(t) => Duration::from_secs((t - now_secs()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                Some(id) = self.rx.recv() => self.spawn(&mut running, &workers, id, false),
+                _ = tokio::time::sleep(sleep), if next_due.is_some() => {
+                    let now = now_secs();
+                    while let Some((t, _)) = self.deferred.first() {
+                        if *t > now { break; }
+                        let (_, id) = self.deferred.pop_first().expect("non-empty");
+                        self.spawn(&mut running, &workers, id, true);
+                    }
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(Some(retry)) = done {
+                        self.deferred.insert(retry);
+                    }
+                }
+                _ = self.shutdown.changed() => break,
+            }
+        }
+        // Let deliveries in progress finish: their files are written and
+        // their state recorded, so a restart has less to redo.
+        while running.join_next().await.is_some() {}
+    }
+
+    fn spawn(
+        &self,
+        running: &mut JoinSet<Option<(i64, String)>>,
+        workers: &Arc<Semaphore>,
+        id: String,
+        retry: bool,
+    ) {
+        let store = self.store.clone();
+        let settings = self.settings.clone();
+        let workers = workers.clone();
+        let span = info_span!("delivery", queue_id = %id);
+        running.spawn(
+            async move {
+                let _permit = workers.acquire_owned().await.ok()?;
+                match deliver_message(&store, &settings, &id, retry).await {
+                    Ok(next) => next.map(|t| (t, id)),
+                    Err(e) => {
+                        error!(error = %e, "delivery failed; retrying in 60s");
+                        Some((now_secs() + 60, id))
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Tries every pending recipient once. Returns when to try again, or None
+/// when the message is finished and removed.
+async fn deliver_message(
+    store: &Store,
+    settings: &Arc<Settings>,
+    id: &str,
+    retry: bool,
+) -> Result<Option<i64>, StoreError> {
+    let Some(mut msg) = store.get(id)? else {
+        return Ok(None);
+    };
+    let Some(body) = store.body(id)? else {
+        error!("queued message has no body; dropping its envelope");
+        store.remove(id)?;
+        return Ok(None);
+    };
+    let pending: Vec<usize> = (0..msg.recipients.len())
+        .filter(|&i| msg.recipients[i].status == RcptStatus::Pending)
+        .collect();
+    let outcomes = {
+        let msg = msg.clone();
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            pending
+                .into_iter()
+                .map(|i| (i, deliver_local(&settings, &msg, i, &body, retry)))
+                .collect::<Vec<_>>()
+        })
+        .await?
+    };
+    let now = now_secs();
+    let expired = now - msg.received_at > settings.queue.max_age.as_secs() as i64;
+    for (i, outcome) in &outcomes {
+        msg.record(*i, outcome, now, expired);
+        let r = &msg.recipients[*i];
+        match outcome {
+            Outcome::Delivered => info!(rcpt = %r.address, mailbox = %r.mailbox, "delivered"),
+            Outcome::Temporary(e) => {
+                warn!(rcpt = %r.address, error = %e, attempts = r.attempts, "deferred")
+            }
+            Outcome::Permanent(e) => error!(rcpt = %r.address, error = %e, "bounced"),
+        }
+    }
+    if msg.is_final() {
+        store.remove(id)?;
+        return Ok(None);
+    }
+    let attempts = msg
+        .recipients
+        .iter()
+        .map(|r| r.attempts)
+        .max()
+        .unwrap_or(1)
+        .max(1) as usize;
+    let intervals = &settings.queue.retry_intervals;
+    let delay = intervals[(attempts - 1).min(intervals.len() - 1)];
+    msg.next_attempt = now + delay.as_secs() as i64;
+    store.put(&msg)?;
+    Ok(Some(msg.next_attempt))
+}
+
+fn deliver_local(
+    settings: &Settings,
+    msg: &QueuedMessage,
+    i: usize,
+    body: &[u8],
+    retry: bool,
+) -> Outcome {
+    let r = &msg.recipients[i];
+    if !maildir::is_safe_mailbox(&r.mailbox) {
+        return Outcome::Permanent(format!("invalid mailbox name {:?}", r.mailbox));
+    }
+    let prefix = format!(
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+        msg.return_path(),
+        r.address
+    );
+    let copy = maildir::MaildirCopy {
+        dir: settings.local.mail_dir.join(&r.mailbox),
+        name: maildir::file_name(msg.received_at, &msg.id, i, &settings.hostname),
+        prefix: prefix.as_bytes(),
+        body,
+        line_endings: settings.local.line_endings,
+        check_existing: retry,
+    };
+    match maildir::deliver(&copy) {
+        Ok(_) => Outcome::Delivered,
+        Err(e) => Outcome::from_io("maildir delivery", &e),
+    }
+}

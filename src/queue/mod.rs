@@ -1,0 +1,129 @@
+//! The durable queue: messages are written to sled and flushed before the
+//! session says 250; the manager delivers them and retries until every
+//! recipient is final.
+
+pub mod manager;
+pub mod store;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::Outcome;
+use crate::smtp::Address;
+
+pub use manager::QueueManager;
+pub use store::{Store, StoreError};
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptStatus {
+    /// Not delivered yet.
+    Pending,
+    /// Delivered at the given unix time.
+    Delivered(i64),
+    /// Given up: the classified reason.
+    Failed(String),
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedRcpt {
+    /// The address as given at RCPT.
+    pub address: String,
+    /// Local mailbox it resolves to.
+    pub mailbox: String,
+    /// Current state.
+    pub status: RcptStatus,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Last temporary or permanent failure, for logs and the queue CLI.
+    pub last_error: Option<String>,
+}
+
+/// Envelope and state of one queued message. The body is stored apart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Queue id.
+    pub id: String,
+    /// Unix seconds when it was accepted.
+    pub received_at: i64,
+    /// Reverse path; None for the null sender.
+    pub sender: Option<Address>,
+    /// Recipients and their state.
+    pub recipients: Vec<QueuedRcpt>,
+    /// Body size in octets (including the Received header).
+    pub size: u64,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: i64,
+}
+
+impl QueuedMessage {
+    /// True once no recipient is pending.
+    pub fn is_final(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| r.status != RcptStatus::Pending)
+    }
+
+    /// The reverse path as written in Return-Path.
+    pub fn return_path(&self) -> String {
+        self.sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Records the outcome of one attempt for recipient `i`.
+    pub fn record(&mut self, i: usize, outcome: &Outcome, now: i64, expired: bool) {
+        let r = &mut self.recipients[i];
+        r.attempts += 1;
+        match outcome {
+            Outcome::Delivered => r.status = RcptStatus::Delivered(now),
+            Outcome::Permanent(e) => {
+                r.status = RcptStatus::Failed(e.clone());
+                r.last_error = Some(e.clone());
+            }
+            Outcome::Temporary(e) => {
+                r.last_error = Some(e.clone());
+                if expired {
+                    r.status = RcptStatus::Failed(format!("expired in queue; last error: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Current unix time in seconds.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A new queue id: 11 hex digits of microseconds since the epoch and 5 of
+/// a per-process counter with a random start. Sorts by arrival time.
+pub fn new_queue_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(rand::random::<u32>);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(start);
+    format!("{:011X}{:05X}", micros & 0xFFF_FFFF_FFFF, n & 0xF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_sortable() {
+        let a = new_queue_id();
+        let b = new_queue_id();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+    }
+}

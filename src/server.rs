@@ -1,0 +1,222 @@
+//! Listeners, the accept loop, connection limits and graceful shutdown.
+//!
+//! Shutdown order: stop accepting, tell every session (they answer 421 at
+//! their next command wait, after finishing the command in progress), wait
+//! for them up to the configured grace period, stop the queue manager after
+//! its deliveries in progress, flush the store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Settings;
+use crate::queue::{QueueManager, Store, StoreError};
+use crate::session::{ConnInfo, ServerCtx, Session};
+use crate::smtp::Reply;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The queue store failed to open or flush.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Counts open connections in total and per client address.
+struct ConnLimiter {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+/// Held for the life of a connection; releases its slot on drop.
+struct ConnPermit {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, hostname: &str) -> Result<ConnPermit, Reply> {
+        let mut open = self.open.lock().expect("limiter lock");
+        if open.0 >= self.max_total {
+            return Err(Reply::too_many_connections(hostname));
+        }
+        let n = open.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Reply::too_many_from_ip(hostname));
+        }
+        *n += 1;
+        open.0 += 1;
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().expect("limiter lock");
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Runs the server until `stop` completes, then shuts down gracefully.
+pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let settings = Arc::new(settings);
+    let store = Store::open(&settings.queue.dir, settings.queue.group_commit)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (queue, queue_task) =
+        QueueManager::start(store.clone(), settings.clone(), shutdown_rx.clone())?;
+    let ctx = Arc::new(ServerCtx {
+        settings: settings.clone(),
+        store: store.clone(),
+        queue,
+    });
+
+    let mut listeners = Vec::new();
+    for l in &settings.listeners {
+        let sock = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: l.name.clone(),
+                addr: l.address,
+                source,
+            })?;
+        let addr = sock.local_addr().unwrap_or(l.address);
+        info!(listener = %l.name, %addr, "listening");
+        listeners.push((l.name.clone(), sock));
+    }
+    info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), "wasmtp ready");
+
+    let limiter = Arc::new(ConnLimiter {
+        open: Mutex::new((0, HashMap::new())),
+        max_total: settings.limits.max_connections,
+        max_per_ip: settings.limits.max_connections_per_ip,
+    });
+    let sessions = TaskTracker::new();
+    let accepts = TaskTracker::new();
+    for (name, sock) in listeners {
+        let a = AcceptLoop {
+            name,
+            sock,
+            ctx: ctx.clone(),
+            limiter: limiter.clone(),
+            sessions: sessions.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        accepts.spawn(a.run());
+    }
+
+    stop.await;
+    info!("shutting down: no new connections, sessions finish their current command");
+    let _ = shutdown_tx.send(true);
+    accepts.close();
+    accepts.wait().await;
+    sessions.close();
+    if tokio::time::timeout(settings.timeouts.shutdown, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = sessions.len(),
+            "sessions still open after the shutdown grace period; closing them"
+        );
+    }
+    let _ = queue_task.await;
+    store.flush().await?;
+    info!(queued = store.len(), "stopped");
+    Ok(())
+}
+
+struct AcceptLoop {
+    name: String,
+    sock: TcpListener,
+    ctx: Arc<ServerCtx>,
+    limiter: Arc<ConnLimiter>,
+    sessions: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AcceptLoop {
+    async fn run(mut self) {
+        static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = self.sock.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopping(&mut self.shutdown) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let id = format!("{:08X}", SESSION_IDS.fetch_add(1, Ordering::Relaxed));
+            let span = info_span!("session", id = %id, peer = %peer);
+            match self.limiter.acquire(peer.ip(), &self.ctx.settings.hostname) {
+                Ok(permit) => {
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let info = ConnInfo {
+                        id,
+                        peer,
+                        local,
+                        listener: self.name.clone(),
+                    };
+                    let session =
+                        Session::new(stream, self.ctx.clone(), info, self.shutdown.clone());
+                    self.sessions.spawn(
+                        async move {
+                            debug!("connected");
+                            session.run().await;
+                            debug!("closed");
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(reply) => {
+                    self.sessions.spawn(refuse(stream, reply).instrument(span));
+                }
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    info!(reply = %reply.to_wire().trim_end(), "connection refused");
+    let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Completes once `rx` turns true (or its sender is gone).
+pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,200 @@
+//! One SMTP connection from greeting to close.
+//!
+//! The session is generic over its stream so tests can drive it in memory
+//! and STARTTLS can later swap the stream type. It owns the conversation
+//! state (HELO name, the open transaction, the error count); the protocol
+//! details live in `crate::smtp`, the stages in this module's files:
+//! `envelope` (MAIL, RCPT) and `data` (DATA, BDAT, queueing).
+
+mod data;
+mod envelope;
+pub mod io;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::config::Settings;
+use crate::queue::{QueueManager, Store};
+use crate::smtp::{Command, Reply, parse_command};
+use io::{Conn, Input, Stop};
+
+pub use envelope::Transaction;
+
+/// What every session shares.
+pub struct ServerCtx {
+    /// Resolved settings.
+    pub settings: Arc<Settings>,
+    /// Queue store.
+    pub store: Store,
+    /// Queue manager handle.
+    pub queue: QueueManager,
+}
+
+/// Facts about the connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Session id (for logs).
+    pub id: String,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// Listener name.
+    pub listener: String,
+}
+
+/// The client's HELO/EHLO.
+#[derive(Debug, Clone)]
+pub struct Helo {
+    /// Name the client gave.
+    pub name: String,
+    /// EHLO (true) or HELO (false).
+    pub esmtp: bool,
+}
+
+/// One connection's conversation.
+pub struct Session<S> {
+    conn: Conn<S>,
+    ctx: Arc<ServerCtx>,
+    info: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+    helo: Option<Helo>,
+    tx: Option<Transaction>,
+    errors: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// A session on `stream`; `shutdown` turns true when the server stops.
+    pub fn new(
+        stream: S,
+        ctx: Arc<ServerCtx>,
+        info: ConnInfo,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Session {
+            conn: Conn::new(stream),
+            ctx,
+            info,
+            shutdown,
+            helo: None,
+            tx: None,
+            errors: 0,
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.ctx.settings
+    }
+
+    /// Runs the conversation to its end.
+    pub async fn run(mut self) {
+        let greeting = Reply::greeting(&self.settings().hostname);
+        self.conn.reply(&greeting);
+        loop {
+            let max = self.settings().limits.command_line_length;
+            let timeout = self.settings().timeouts.command;
+            let input = self
+                .conn
+                .read_line(max, timeout, Some(&mut self.shutdown))
+                .await;
+            let reply = match input {
+                Ok(Input::TooLong) => Reply::line_too_long(),
+                Ok(Input::Line(line)) => match self.command(line).await {
+                    Ok(r) => r,
+                    Err(stop) => {
+                        self.stopped(stop).await;
+                        return;
+                    }
+                },
+                Err(stop) => {
+                    self.stopped(stop).await;
+                    return;
+                }
+            };
+            self.conn.reply(&reply);
+            if reply.closes() {
+                break;
+            }
+            if reply.is_error() {
+                self.errors += 1;
+                if self.errors >= self.settings().limits.max_errors {
+                    debug!(errors = self.errors, "too many errors");
+                    let r = Reply::too_many_errors(&self.settings().hostname);
+                    self.conn.reply(&r);
+                    break;
+                }
+            }
+        }
+        self.conn.shutdown().await;
+    }
+
+    /// Answers the end of input: a 421 where the client is still there.
+    async fn stopped(&mut self, stop: Stop) {
+        let host = self.settings().hostname.clone();
+        match stop {
+            Stop::Timeout => {
+                debug!("command timeout");
+                self.conn.reply(&Reply::timeout(&host));
+            }
+            Stop::Shutdown => self.conn.reply(&Reply::shutting_down(&host)),
+            Stop::Eof => debug!("client closed the connection"),
+            Stop::Io(e) => {
+                debug!(error = %e, "connection error");
+                return;
+            }
+        }
+        self.conn.shutdown().await;
+    }
+
+    /// Handles one command line.
+    async fn command(&mut self, line: Vec<u8>) -> Result<Reply, Stop> {
+        if line.contains(&b'\n') || line.contains(&b'\r') {
+            return Ok(Reply::bare_line_ending_in_command());
+        }
+        let cmd = match parse_command(&line) {
+            Ok(c) => c,
+            Err(e) => return Ok(e.reply()),
+        };
+        Ok(match cmd {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Mail(path, params) => self.mail(path, params),
+            Command::Rcpt(path, _) => self.rcpt(path),
+            Command::Data => return self.data().await,
+            Command::Bdat(size, last) => return self.bdat(size, last).await,
+            Command::Rset => {
+                self.tx = None;
+                Reply::reset()
+            }
+            Command::Noop => Reply::ok(),
+            Command::Quit => Reply::bye(),
+            Command::Help => Reply::help(),
+            Command::Vrfy => Reply::vrfy(),
+            Command::NotImplemented(v) => Reply::not_implemented(v),
+        })
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) -> Reply {
+        self.tx = None;
+        let s = self.settings();
+        let reply = if esmtp {
+            let ext = vec![
+                "PIPELINING".to_string(),
+                format!("SIZE {}", s.limits.max_message_size),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
+                "CHUNKING".into(),
+            ];
+            Reply::ehlo(&s.hostname, &name, &ext)
+        } else {
+            Reply::helo(&s.hostname, &name)
+        };
+        self.helo = Some(Helo { name, esmtp });
+        reply
+    }
+}

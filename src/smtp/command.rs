@@ -1,0 +1,331 @@
+//! SMTP command parsing (RFC 5321 §4.1, with the ESMTP parameters of
+//! RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3030 BDAT and RFC 6531 SMTPUTF8).
+//!
+//! Input is one command line without its CRLF; output is a typed command or
+//! an error the session turns into a reply.
+
+use super::address::{AddressError, Path, parse_path};
+use super::reply::Reply;
+
+/// The BODY= parameter of MAIL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Body {
+    /// BODY=7BIT
+    SevenBit,
+    /// BODY=8BITMIME
+    EightBitMime,
+    /// BODY=BINARYMIME (only with BDAT)
+    BinaryMime,
+}
+
+/// Parameters of MAIL FROM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// SIZE= declared by the client.
+    pub size: Option<u64>,
+    /// BODY= declared by the client.
+    pub body: Option<Body>,
+    /// SMTPUTF8 given.
+    pub smtputf8: bool,
+    /// AUTH= given (RFC 4954 §5); kept for the record, not trusted.
+    pub auth: Option<String>,
+}
+
+/// Parameters of RCPT TO (none are supported yet; kept for plugins later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptParams {}
+
+/// One parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// EHLO domain
+    Ehlo(String),
+    /// HELO domain
+    Helo(String),
+    /// MAIL FROM:<path> params
+    Mail(Path, MailParams),
+    /// RCPT TO:<path> params
+    Rcpt(Path, RcptParams),
+    /// DATA
+    Data,
+    /// BDAT size [LAST]
+    Bdat(u64, bool),
+    /// RSET
+    Rset,
+    /// NOOP
+    Noop,
+    /// QUIT
+    Quit,
+    /// HELP [topic]
+    Help,
+    /// VRFY string
+    Vrfy,
+    /// A command we know but do not offer (EXPN, TURN, ...), by name.
+    NotImplemented(&'static str),
+}
+
+/// Why a command line did not parse; each maps to one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// Unknown verb.
+    Unknown,
+    /// Known but unsupported verb.
+    NotImplemented(&'static str),
+    /// Bad arguments.
+    Syntax(&'static str),
+    /// Bad path.
+    Address(AddressError),
+    /// Unsupported or malformed ESMTP parameter.
+    UnknownParam(String),
+    /// Command line is not valid UTF-8.
+    NotUtf8,
+}
+
+impl CommandError {
+    /// The reply for this error.
+    pub fn reply(&self) -> Reply {
+        match self {
+            CommandError::Unknown => Reply::unknown_command(),
+            CommandError::NotImplemented(v) => Reply::not_implemented(v),
+            CommandError::Syntax(s) => Reply::syntax(*s),
+            CommandError::Address(e) => Reply::bad_address(e.to_string()),
+            CommandError::UnknownParam(p) => Reply::unknown_parameter(p),
+            CommandError::NotUtf8 => Reply::eight_bit_command(),
+        }
+    }
+}
+
+/// Parses one command line (without CRLF).
+pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
+    let line = std::str::from_utf8(line).map_err(|_| CommandError::NotUtf8)?;
+    let (verb, arg) = match line.find(' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, ""),
+    };
+    let upper = verb.to_ascii_uppercase();
+    match upper.as_str() {
+        "EHLO" | "HELO" => {
+            let host = arg.trim();
+            if host.is_empty() || host.contains(' ') {
+                return Err(CommandError::Syntax("Syntax: EHLO hostname"));
+            }
+            Ok(if upper == "EHLO" {
+                Command::Ehlo(host.into())
+            } else {
+                Command::Helo(host.into())
+            })
+        }
+        "MAIL" => {
+            let rest = strip_keyword(arg, "FROM:")
+                .ok_or(CommandError::Syntax("Syntax: MAIL FROM:<address>"))?;
+            let (path, params) = parse_path(rest).map_err(CommandError::Address)?;
+            if path == Path::Postmaster {
+                return Err(CommandError::Address(AddressError::Syntax(
+                    "missing @domain",
+                )));
+            }
+            Ok(Command::Mail(path, parse_mail_params(params)?))
+        }
+        "RCPT" => {
+            let rest = strip_keyword(arg, "TO:")
+                .ok_or(CommandError::Syntax("Syntax: RCPT TO:<address>"))?;
+            let (path, params) = parse_path(rest).map_err(CommandError::Address)?;
+            if path == Path::Null {
+                return Err(CommandError::Address(AddressError::Syntax(
+                    "null recipient",
+                )));
+            }
+            if let Some((name, _)) = params_iter(params).next() {
+                return Err(CommandError::UnknownParam(name.to_string()));
+            }
+            Ok(Command::Rcpt(path, RcptParams::default()))
+        }
+        "DATA" => no_arg(arg, Command::Data),
+        "BDAT" => parse_bdat(arg),
+        "RSET" => no_arg(arg, Command::Rset),
+        "NOOP" => Ok(Command::Noop),
+        "QUIT" => no_arg(arg, Command::Quit),
+        "HELP" => Ok(Command::Help),
+        "VRFY" => {
+            if arg.trim().is_empty() {
+                return Err(CommandError::Syntax("Syntax: VRFY string"));
+            }
+            Ok(Command::Vrfy)
+        }
+        "EXPN" => Err(CommandError::NotImplemented("EXPN")),
+        "TURN" => Err(CommandError::NotImplemented("TURN")),
+        "ETRN" => Err(CommandError::NotImplemented("ETRN")),
+        "STARTTLS" => Err(CommandError::NotImplemented("STARTTLS")),
+        "AUTH" => Err(CommandError::NotImplemented("AUTH")),
+        "SEND" | "SOML" | "SAML" => Err(CommandError::NotImplemented("SEND")),
+        _ => Err(CommandError::Unknown),
+    }
+}
+
+fn no_arg(arg: &str, cmd: Command) -> Result<Command, CommandError> {
+    if arg.trim().is_empty() {
+        Ok(cmd)
+    } else {
+        Err(CommandError::Syntax("Syntax: command takes no argument"))
+    }
+}
+
+/// `FROM:<x>` / `FROM: <x>`, keyword case-insensitive.
+fn strip_keyword<'a>(arg: &'a str, kw: &str) -> Option<&'a str> {
+    let head = arg.get(..kw.len())?;
+    if head.eq_ignore_ascii_case(kw) {
+        Some(arg[kw.len()..].trim_start_matches(' '))
+    } else {
+        None
+    }
+}
+
+fn params_iter(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        })
+}
+
+fn parse_mail_params(s: &str) -> Result<MailParams, CommandError> {
+    let mut p = MailParams::default();
+    for (name, value) in params_iter(s) {
+        let bad = || CommandError::UnknownParam(name.to_string());
+        match (name.to_ascii_uppercase().as_str(), value) {
+            ("SIZE", Some(v)) if p.size.is_none() => {
+                p.size = Some(
+                    v.parse()
+                        .map_err(|_| CommandError::Syntax("Bad SIZE value"))?,
+                );
+            }
+            ("BODY", Some(v)) if p.body.is_none() => {
+                p.body = Some(match v.to_ascii_uppercase().as_str() {
+                    "7BIT" => Body::SevenBit,
+                    "8BITMIME" => Body::EightBitMime,
+                    "BINARYMIME" => Body::BinaryMime,
+                    _ => return Err(CommandError::Syntax("Bad BODY value")),
+                });
+            }
+            ("SMTPUTF8", None) if !p.smtputf8 => p.smtputf8 = true,
+            ("AUTH", Some(v)) if p.auth.is_none() => p.auth = Some(v.to_string()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(p)
+}
+
+fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
+    let mut parts = arg.split(' ').filter(|s| !s.is_empty());
+    let size = parts
+        .next()
+        .and_then(|s| {
+            if s.bytes().all(|b| b.is_ascii_digit()) {
+                s.parse::<u64>().ok()
+            } else {
+                None
+            }
+        })
+        .ok_or(CommandError::Syntax("Syntax: BDAT size [LAST]"))?;
+    let last = match parts.next() {
+        None => false,
+        Some(s) if s.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(CommandError::Syntax("Syntax: BDAT size [LAST]")),
+    };
+    if parts.next().is_some() {
+        return Err(CommandError::Syntax("Syntax: BDAT size [LAST]"));
+    }
+    Ok(Command::Bdat(size, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::Address;
+
+    fn addr(l: &str, d: &str) -> Path {
+        Path::Mailbox(Address {
+            local: l.into(),
+            domain: d.into(),
+        })
+    }
+
+    #[test]
+    fn parses_commands() {
+        let table: &[(&[u8], Command)] = &[
+            (b"EHLO client.test", Command::Ehlo("client.test".into())),
+            (b"helo [127.0.0.1]", Command::Helo("[127.0.0.1]".into())),
+            (
+                b"MAIL FROM:<a@b.test>",
+                Command::Mail(addr("a", "b.test"), MailParams::default()),
+            ),
+            (
+                b"mail from: <>",
+                Command::Mail(Path::Null, MailParams::default()),
+            ),
+            (
+                b"MAIL FROM:<a@b.test> SIZE=100 BODY=8BITMIME SMTPUTF8",
+                Command::Mail(
+                    addr("a", "b.test"),
+                    MailParams {
+                        size: Some(100),
+                        body: Some(Body::EightBitMime),
+                        smtputf8: true,
+                        auth: None,
+                    },
+                ),
+            ),
+            (
+                b"RCPT TO:<Postmaster>",
+                Command::Rcpt(Path::Postmaster, RcptParams::default()),
+            ),
+            (
+                b"RCPT TO:<x@y.test>",
+                Command::Rcpt(addr("x", "y.test"), RcptParams::default()),
+            ),
+            (b"DATA", Command::Data),
+            (b"BDAT 100", Command::Bdat(100, false)),
+            (b"bdat 0 last", Command::Bdat(0, true)),
+            (b"RSET", Command::Rset),
+            (b"NOOP whatever", Command::Noop),
+            (b"QUIT", Command::Quit),
+            (b"HELP", Command::Help),
+            (b"VRFY root", Command::Vrfy),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                &parse_command(line).unwrap(),
+                want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn command_errors() {
+        let table: &[(&[u8], u16)] = &[
+            (b"FOO", 500),
+            (b"", 500),
+            (b"EXPN list", 502),
+            (b"EHLO", 501),
+            (b"MAIL TO:<a@b>", 501),
+            (b"MAIL FROM:a@b", 501),
+            (b"MAIL FROM:<a@b> FOO=1", 555),
+            (b"MAIL FROM:<a@b> SIZE=x", 501),
+            (b"MAIL FROM:<a@b> SIZE=1 SIZE=2", 555),
+            (b"RCPT TO:<>", 501),
+            (b"RCPT TO:<a@b> NOTIFY=NEVER", 555),
+            (b"DATA x", 501),
+            (b"BDAT", 501),
+            (b"BDAT -1", 501),
+            (b"BDAT 1 MORE", 501),
+            (b"MAIL FROM:<\xff@b>", 501),
+        ];
+        for (line, code) in table {
+            let e = parse_command(line).unwrap_err();
+            assert_eq!(e.reply().code, *code, "{}", String::from_utf8_lossy(line));
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Every reply the server sends is built here, so a grep for a reply code
+//! finds one file. A reply is a value: code, enhanced status (RFC 2034/3463)
+//! and text lines; `encode` writes it in wire format.
+
+use std::fmt::Write as _;
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit basic reply code.
+    pub code: u16,
+    /// Enhanced status code such as "5.1.1", or None where RFC 2034 has none
+    /// (the greeting, EHLO/HELO replies).
+    pub status: Option<&'static str>,
+    /// Text lines; the reply has as many lines as this has entries.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// A reply with an enhanced status and one text line.
+    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            status: Some(status),
+            lines: vec![text.into()],
+        }
+    }
+
+    fn plain(code: u16, lines: Vec<String>) -> Self {
+        Reply {
+            code,
+            status: None,
+            lines,
+        }
+    }
+
+    /// True for 4xx and 5xx replies.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// True for replies after which the session is closed.
+    pub fn closes(&self) -> bool {
+        self.code == 421 || self.code == 221
+    }
+
+    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut s = String::new();
+        let n = self.lines.len().max(1);
+        for i in 0..n {
+            let text = self.lines.get(i).map(String::as_str).unwrap_or("");
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            let _ = write!(s, "{}{}", self.code, sep);
+            if let Some(st) = self.status {
+                s.push_str(st);
+                if !text.is_empty() {
+                    s.push(' ');
+                }
+            }
+            s.push_str(text);
+            s.push_str("\r\n");
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// The wire form as a string (for logs and tests).
+    pub fn to_wire(&self) -> String {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    // ----- connection level -----
+
+    /// 220 greeting.
+    pub fn greeting(hostname: &str) -> Self {
+        Self::plain(220, vec![format!("{hostname} ESMTP wasmtp")])
+    }
+    /// 221 after QUIT.
+    pub fn bye() -> Self {
+        Self::new(221, "2.0.0", "Bye")
+    }
+    /// 421 when the server is shutting down.
+    pub fn shutting_down(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.3.2",
+            format!("{hostname} Service shutting down, try again later"),
+        )
+    }
+    /// 421 after the command timeout.
+    pub fn timeout(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.4.2",
+            format!("{hostname} Timeout exceeded, closing connection"),
+        )
+    }
+    /// 421 when too many connections are open.
+    pub fn too_many_connections(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many connections, try again later"),
+        )
+    }
+    /// 421 when too many connections come from one address.
+    pub fn too_many_from_ip(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many connections from your address"),
+        )
+    }
+    /// 421 once a session has made too many errors.
+    pub fn too_many_errors(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many errors, closing connection"),
+        )
+    }
+    /// 451 on a local store failure.
+    pub fn local_error() -> Self {
+        Self::new(451, "4.3.0", "Local error in processing, try again later")
+    }
+
+    // ----- EHLO / HELO -----
+
+    /// 250 reply to HELO.
+    pub fn helo(hostname: &str, client: &str) -> Self {
+        Self::plain(250, vec![format!("{hostname} Hello {client}")])
+    }
+    /// 250 multi-line reply to EHLO listing `extensions`.
+    pub fn ehlo(hostname: &str, client: &str, extensions: &[String]) -> Self {
+        let mut lines = vec![format!("{hostname} Hello {client}")];
+        lines.extend(extensions.iter().cloned());
+        Self::plain(250, lines)
+    }
+    /// 214 reply to HELP.
+    pub fn help() -> Self {
+        Self::new(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY; see RFC 5321",
+        )
+    }
+
+    // ----- generic -----
+
+    /// 250 2.0.0 Ok.
+    pub fn ok() -> Self {
+        Self::new(250, "2.0.0", "Ok")
+    }
+    /// 250 for RSET.
+    pub fn reset() -> Self {
+        Self::new(250, "2.0.0", "Reset state")
+    }
+    /// 252 for VRFY: no user disclosure.
+    pub fn vrfy() -> Self {
+        Self::new(
+            252,
+            "2.5.0",
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+    /// 250 for MAIL FROM.
+    pub fn sender_ok() -> Self {
+        Self::new(250, "2.1.0", "Sender ok")
+    }
+    /// 250 for RCPT TO.
+    pub fn recipient_ok() -> Self {
+        Self::new(250, "2.1.5", "Recipient ok")
+    }
+    /// 354 after DATA.
+    pub fn start_data() -> Self {
+        Self::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()])
+    }
+    /// 250 for an accepted BDAT chunk that is not the last.
+    pub fn chunk_ok(octets: usize) -> Self {
+        Self::new(250, "2.0.0", format!("{octets} octets received"))
+    }
+    /// 250 once a message is durably queued.
+    pub fn queued(id: &str) -> Self {
+        Self::new(250, "2.0.0", format!("Ok: queued as {id}"))
+    }
+
+    // ----- syntax and sequence errors -----
+
+    /// 500 unknown command.
+    pub fn unknown_command() -> Self {
+        Self::new(500, "5.5.2", "Syntax error, command unrecognized")
+    }
+    /// 500 command line too long.
+    pub fn line_too_long() -> Self {
+        Self::new(500, "5.5.2", "Line too long")
+    }
+    /// 500 for a command line carrying a bare CR or LF.
+    pub fn bare_line_ending_in_command() -> Self {
+        Self::new(
+            500,
+            "5.5.2",
+            "Bare CR or LF in command line; lines must end with CRLF",
+        )
+    }
+    /// 502 known but not implemented command.
+    pub fn not_implemented(cmd: &str) -> Self {
+        Self::new(502, "5.5.1", format!("{cmd} not implemented"))
+    }
+    /// 501 syntax error in parameters.
+    pub fn syntax(detail: impl Into<String>) -> Self {
+        Self::new(501, "5.5.4", detail)
+    }
+    /// 501 for a malformed address.
+    pub fn bad_address(detail: impl Into<String>) -> Self {
+        Self::new(501, "5.1.3", detail)
+    }
+    /// 503 bad sequence of commands.
+    pub fn bad_sequence(detail: impl Into<String>) -> Self {
+        Self::new(503, "5.5.1", detail)
+    }
+    /// 555 unrecognized MAIL/RCPT parameter.
+    pub fn unknown_parameter(name: &str) -> Self {
+        Self::new(555, "5.5.4", format!("Unsupported parameter {name}"))
+    }
+    /// 553 for a UTF-8 address without SMTPUTF8 (RFC 6531 §3.7.4.1).
+    pub fn utf8_needs_smtputf8() -> Self {
+        Self::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address requires the SMTPUTF8 parameter",
+        )
+    }
+    /// 501 for non-ASCII where SMTPUTF8 was not negotiated via EHLO.
+    pub fn eight_bit_command() -> Self {
+        Self::new(501, "5.5.2", "Non-ASCII octets in command without SMTPUTF8")
+    }
+
+    // ----- policy -----
+
+    /// 552 message size exceeds the limit (at MAIL or during DATA).
+    pub fn too_big(limit: u64) -> Self {
+        Self::new(
+            552,
+            "5.3.4",
+            format!("Message size exceeds fixed limit of {limit} octets"),
+        )
+    }
+    /// 452 too many recipients (RFC 5321 §4.5.3.1.10).
+    pub fn too_many_recipients() -> Self {
+        Self::new(452, "4.5.3", "Too many recipients")
+    }
+    /// 550 user unknown.
+    pub fn no_such_user(addr: &str) -> Self {
+        Self::new(
+            550,
+            "5.1.1",
+            format!("<{addr}>: Recipient address rejected: user unknown"),
+        )
+    }
+    /// 550 relay denied.
+    pub fn relay_denied(addr: &str) -> Self {
+        Self::new(550, "5.7.1", format!("<{addr}>: Relay access denied"))
+    }
+    /// 550 for a message containing bare CR or LF (SMTP smuggling defence).
+    pub fn bare_line_ending_in_data() -> Self {
+        Self::new(
+            550,
+            "5.6.0",
+            "Message refused: bare CR or LF found; lines must end with CRLF",
+        )
+    }
+    /// 550 for a message with a text line over the limit.
+    pub fn data_line_too_long(limit: usize) -> Self {
+        Self::new(
+            550,
+            "5.6.0",
+            format!("Message refused: line longer than {limit} octets"),
+        )
+    }
+    /// 554 when DATA is sent without any accepted recipient.
+    pub fn no_valid_recipients() -> Self {
+        Self::new(554, "5.5.1", "No valid recipients")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_single_and_multi_line() {
+        assert_eq!(Reply::ok().to_wire(), "250 2.0.0 Ok\r\n");
+        let r = Reply::ehlo("mx", "c", &["PIPELINING".into(), "SIZE 10".into()]);
+        assert_eq!(
+            r.to_wire(),
+            "250-mx Hello c\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
+        assert_eq!(Reply::greeting("mx").to_wire(), "220 mx ESMTP wasmtp\r\n");
+    }
+}

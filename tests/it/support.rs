@@ -1,0 +1,356 @@
+//! Test support: the real `wasmtp` binary on a port chosen at run time, a
+//! temp data dir, and a line-level SMTP client that reads like a transcript.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasmtp");
+
+/// A running server process.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    extra: String,
+}
+
+/// Config for tests: one listener on port 0, data in the temp dir.
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    let mut s = format!(
+        "[server]\nhostname = \"mx.test\"\ndata_dir = \"{}\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\n",
+        dir.join("data").display()
+    );
+    if !extra.contains("[local]") {
+        s.push_str("[local]\ndomains = [\"example.test\", \"localhost\"]\ncatch_all = true\n\n");
+    }
+    s.push_str(extra);
+    s
+}
+
+impl Server {
+    /// Starts with the test config plus `extra` TOML.
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            dir,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            child: None,
+            logs: Arc::default(),
+            extra: extra.to_string(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let cfg = self.dir.path().join("wasmtp.toml");
+        std::fs::write(&cfg, config_text(self.dir.path(), &self.extra)).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasmtp");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not start; log:\n{}",
+                    self.logs.lock().unwrap().join("\n")
+                )
+            });
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn maildir(&self, mailbox: &str) -> PathBuf {
+        self.data().join("mail").join(mailbox)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9, then start again on the same data dir.
+    pub fn kill9_and_restart(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        self.spawn();
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.wait_exit()
+    }
+
+    /// Starts the server again on the same data dir after it exited.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Log lines (JSON) containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn dump_logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `mailbox` holds `n` messages; returns their contents
+    /// sorted by file name.
+    pub fn wait_for_mail(&self, mailbox: &str, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.mail(mailbox);
+            if got.len() >= n {
+                assert_eq!(got.len(), n, "more messages than expected in {mailbox}");
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mailbox}: {} of {n} messages arrived\n{}",
+                got.len(),
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Messages currently in `mailbox`'s new/ directory.
+    pub fn mail(&self, mailbox: &str) -> Vec<Vec<u8>> {
+        let dir = self.maildir(mailbox).join("new");
+        let mut names: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => return Vec::new(),
+        };
+        names.sort();
+        names.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    /// Every message in every mailbox.
+    pub fn all_mail(&self) -> Vec<Vec<u8>> {
+        let root = self.data().join("mail");
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        rd.flat_map(|e| self.mail(&e.unwrap().file_name().to_string_lossy()))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A reply as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// A transcript-style SMTP client over a real socket.
+pub struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Connects and reads the 220 greeting.
+    pub fn greeted(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.expect(220);
+        c
+    }
+
+    /// Writes raw bytes.
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.stream.write_all(bytes).expect("write");
+        self
+    }
+
+    /// Writes one command line (CRLF added).
+    pub fn send(&mut self, line: &str) -> &mut Self {
+        self.raw(format!("{line}\r\n").as_bytes())
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> Reply {
+        let mut lines = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut buf).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply (got {lines:?})"
+            );
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            assert!(line.len() >= 3, "short reply line {line:?}");
+            let code: u16 = line[..3].parse().expect("reply code");
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line.get(4..).unwrap_or("").to_string());
+            if !more {
+                return Reply { code, lines };
+            }
+        }
+    }
+
+    /// Reads a reply and checks its code.
+    pub fn expect(&mut self, code: u16) -> Reply {
+        let r = self.reply();
+        assert_eq!(r.code, code, "expected {code}, got {r:?}");
+        r
+    }
+
+    /// Sends a command and checks the reply code.
+    pub fn cmd(&mut self, line: &str, code: u16) -> Reply {
+        self.send(line);
+        self.expect(code)
+    }
+
+    /// True once the server closed the connection (reads to EOF).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+    }
+
+    /// EHLO, MAIL, RCPT (each 250), DATA with `body` (already dot-stuffed,
+    /// ending in CRLF); returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
+        self.cmd(&format!("MAIL FROM:<{from}>"), 250);
+        for t in to {
+            self.cmd(&format!("RCPT TO:<{t}>"), 250);
+        }
+        self.cmd("DATA", 354);
+        self.raw(body).raw(b".\r\n");
+        self.reply()
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+}
+
+/// The queue id from a `250 2.0.0 Ok: queued as ID` reply.
+pub fn queue_id(r: &Reply) -> String {
+    assert_eq!(r.code, 250, "{r:?}");
+    r.text().rsplit(' ').next().unwrap().to_string()
+}
+
+/// The body part of a delivered message (after the first blank line).
+pub fn body_of(msg: &[u8]) -> &[u8] {
+    let i = msg
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("header/body separator");
+    &msg[i + 2..]
+}
+
+/// Fails with a clear message when an external tool the test needs is
+/// missing (the README's test command installs it).
+pub fn require_tool(name: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} is not installed: run the README's test command (scripts/test), which installs it"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Reads everything a child wrote, for error messages.
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
