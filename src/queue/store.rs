@@ -1,7 +1,11 @@
 //! The queue store: sled trees for envelopes (JSON) and bodies (raw bytes).
 //!
 //! `commit` writes the body, then the envelope, then waits until both are
-//! flushed to disk. With group commit on, concurrent commits share a single
+//! flushed to disk. sled's own `flush` only calls `sync_file_range` on its
+//! log and never syncs the files it keeps large values in (`blobs/`), which
+//! survives a process crash but not a power cut; so a durable flush here is
+//! sled's flush followed by `syncfs` on the queue's filesystem, which also
+//! reaches the device cache and the file metadata. With group commit on, concurrent commits share a single
 //! flush: a committer task takes every request that arrived while the
 //! previous flush ran and makes them durable with one fsync. sled recovers
 //! a prefix of its log after a crash, so a body without an envelope can be
@@ -45,7 +49,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
+    durable: Durable,
     envelopes: sled::Tree,
     bodies: sled::Tree,
     committer: Option<mpsc::UnboundedSender<FlushReply>>,
@@ -69,14 +73,19 @@ impl Store {
                 bodies.remove(&k)?;
             }
         }
+        let durable = Durable {
+            db: db.clone(),
+            dir: std::fs::File::open(dir).map_err(sled::Error::Io)?,
+        };
+        let for_committer = durable.try_clone().map_err(sled::Error::Io)?;
         let committer = group_commit.then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(committer(db.clone(), rx));
+            tokio::spawn(committer(for_committer, rx));
             tx
         });
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                durable,
                 envelopes,
                 bodies,
                 committer,
@@ -152,16 +161,36 @@ impl Store {
                 }
             }
             None => {
-                let db = self.inner.db.clone();
-                tokio::task::spawn_blocking(move || db.flush()).await??;
+                let durable = self.inner.durable.try_clone().map_err(sled::Error::Io)?;
+                tokio::task::spawn_blocking(move || durable.sync()).await??;
                 Ok(())
             }
         }
     }
+}
 
-    /// Flushes synchronously (used at shutdown).
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
+/// What it takes to make the store's writes survive a power cut.
+struct Durable {
+    db: sled::Db,
+    /// The queue directory, for `syncfs`.
+    dir: std::fs::File,
+}
+
+impl Durable {
+    fn try_clone(&self) -> std::io::Result<Durable> {
+        Ok(Durable {
+            db: self.db.clone(),
+            dir: self.dir.try_clone()?,
+        })
+    }
+
+    fn sync(&self) -> Result<(), sled::Error> {
+        self.db.flush()?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which `self.dir` keeps open.
+        if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
+            return Err(sled::Error::Io(std::io::Error::last_os_error()));
+        }
         Ok(())
     }
 }
@@ -174,12 +203,13 @@ fn decode(id: &str, v: &[u8]) -> Result<QueuedMessage, StoreError> {
 }
 
 /// The group-commit loop: one flush for every request that is waiting.
-async fn committer(db: sled::Db, mut rx: mpsc::UnboundedReceiver<FlushReply>) {
+async fn committer(durable: Durable, mut rx: mpsc::UnboundedReceiver<FlushReply>) {
+    let durable = Arc::new(durable);
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
-        let db2 = db.clone();
-        let result = match tokio::task::spawn_blocking(move || db2.flush()).await {
-            Ok(Ok(_)) => Ok(()),
+        let d = durable.clone();
+        let result = match tokio::task::spawn_blocking(move || d.sync()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
