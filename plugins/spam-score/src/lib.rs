@@ -1,0 +1,405 @@
+//! spam-score: content heuristics on the headers and text of a message, plus the scores other
+//! plugins left in notes (`score.<name>`), summed into one score. Adds `X-Spam-Score` and
+//! `X-Spam-Status` headers (replacing any the client sent) and, above configured thresholds,
+//! quarantines or rejects. Needs no grant beyond the always-granted log and notes, and works with
+//! an empty config, because the server's default config loads it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use wasmtp_plugin_sdk::{Config, Connection, Envelope, Message, Modification, Outcome, Plugin};
+use wasmtp_plugin_sdk::{Reply, Verdict, log, notes};
+
+/// The `[plugin.config]` table; every key is optional.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// Score from which `X-Spam-Status` says `Yes`.
+    spam_threshold: f64,
+    /// Score from which the message is quarantined (none: never).
+    quarantine_threshold: Option<f64>,
+    /// Score from which the message is rejected (none: never).
+    reject_threshold: Option<f64>,
+    /// How much decoded text is scanned, in bytes.
+    max_text_bytes: u32,
+    /// Whether scores other plugins left in `score.<name>` notes are added.
+    use_notes: bool,
+    /// Extra phrases (matched case-insensitively in subject and text) and their scores; a
+    /// phrase listed here replaces the built-in score of the same phrase.
+    phrases: BTreeMap<String, f64>,
+    /// Score overrides for the built-in tests by name (e.g. `MISSING_DATE = 0.0` disables it).
+    tests: BTreeMap<String, f64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            spam_threshold: 5.0,
+            quarantine_threshold: None,
+            reject_threshold: None,
+            max_text_bytes: 256 * 1024,
+            use_notes: true,
+            phrases: BTreeMap::new(),
+            tests: BTreeMap::new(),
+        }
+    }
+}
+
+/// Built-in tests: (name, default score).
+const TESTS: &[(&str, f64)] = &[
+    ("MISSING_FROM", 2.0),
+    ("MISSING_DATE", 1.0),
+    ("MISSING_MESSAGE_ID", 1.0),
+    ("MISSING_SUBJECT", 0.5),
+    ("SUBJECT_ALL_CAPS", 1.5),
+    ("SUBJECT_EXCLAMATIONS", 1.0),
+    ("FROM_NAME_HAS_ADDRESS", 1.5),
+    ("HTML_ONLY", 0.7),
+    ("URL_WITH_IP", 1.5),
+    ("MANY_URLS", 0.8),
+    ("EMPTY_BODY", 1.0),
+    ("SPAM_PHRASE", 0.0), // the phrases carry their own scores
+];
+
+/// Built-in phrases and their scores.
+const PHRASES: &[(&str, f64)] = &[
+    ("viagra", 2.5),
+    ("cialis", 2.5),
+    ("lottery", 1.5),
+    ("you have won", 2.0),
+    ("winner", 0.8),
+    ("100% free", 1.5),
+    ("act now", 1.0),
+    ("click here", 0.8),
+    ("limited time offer", 1.2),
+    ("wire transfer", 1.0),
+    ("bitcoin", 0.8),
+    ("crypto investment", 1.5),
+    ("verify your account", 1.5),
+    ("your account has been suspended", 2.0),
+    ("nigerian prince", 3.0),
+    ("million dollars", 1.5),
+];
+
+struct SpamScore {
+    s: Settings,
+    tests: BTreeMap<&'static str, f64>,
+    phrases: Vec<(String, f64)>,
+}
+
+/// The score of a message and the tests that fired.
+#[derive(Debug, Default)]
+struct Report {
+    score: f64,
+    hits: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: impl Into<String>, score: f64) {
+        if score != 0.0 {
+            self.score += score;
+            self.hits.push(name.into());
+        }
+    }
+}
+
+impl SpamScore {
+    fn test(&self, report: &mut Report, name: &'static str, fired: bool) {
+        if fired {
+            report.add(name, self.tests[name]);
+        }
+    }
+
+    fn score(&self, msg: &Message) -> Report {
+        let mut r = Report::default();
+        let headers = msg.headers();
+        let has = |n: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(n));
+        let first = |n: &str| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(n))
+                .map(|h| h.value.as_str())
+        };
+
+        self.test(&mut r, "MISSING_FROM", !has("From"));
+        self.test(&mut r, "MISSING_DATE", !has("Date"));
+        self.test(&mut r, "MISSING_MESSAGE_ID", !has("Message-ID"));
+        let subject = first("Subject").unwrap_or("");
+        self.test(&mut r, "MISSING_SUBJECT", !has("Subject"));
+        let letters: Vec<char> = subject.chars().filter(|c| c.is_alphabetic()).collect();
+        self.test(
+            &mut r,
+            "SUBJECT_ALL_CAPS",
+            letters.len() >= 8 && letters.iter().all(|c| c.is_uppercase()),
+        );
+        self.test(
+            &mut r,
+            "SUBJECT_EXCLAMATIONS",
+            subject.matches('!').count() >= 3,
+        );
+        if let Some(from) = first("From") {
+            // `"paypal@example.com" <x@evil.example>`: a display name posing as an address.
+            if let Some((name, addr)) = from.rsplit_once('<') {
+                let addr = addr.trim_end_matches('>').trim().to_ascii_lowercase();
+                let name = name.trim().trim_matches('"').to_ascii_lowercase();
+                self.test(
+                    &mut r,
+                    "FROM_NAME_HAS_ADDRESS",
+                    name.contains('@') && !name.contains(&addr),
+                );
+            }
+        }
+        let ctype = first("Content-Type")
+            .unwrap_or("text/plain")
+            .to_ascii_lowercase();
+        self.test(&mut r, "HTML_ONLY", ctype.starts_with("text/html"));
+
+        let text = msg.text(self.s.max_text_bytes);
+        self.test(&mut r, "EMPTY_BODY", text.trim().is_empty());
+        let lower = format!("{}\n{}", subject.to_lowercase(), text.to_lowercase());
+        let urls: Vec<&str> = lower
+            .split_whitespace()
+            .filter(|w| w.contains("http://") || w.contains("https://"))
+            .collect();
+        self.test(&mut r, "MANY_URLS", urls.len() > 10);
+        self.test(
+            &mut r,
+            "URL_WITH_IP",
+            urls.iter().any(|u| url_host_is_ip(u)),
+        );
+        for (phrase, score) in &self.phrases {
+            if lower.contains(phrase.as_str()) {
+                r.add(format!("PHRASE({phrase})"), *score);
+            }
+        }
+        if self.s.use_notes {
+            for (key, value) in notes::entries("score.") {
+                if key == "score.spam-score" {
+                    continue;
+                }
+                match value.trim().parse::<f64>() {
+                    Ok(v) if v.is_finite() => r.add(format!("NOTE({})", &key["score.".len()..]), v),
+                    _ => log::warn(&format!(
+                        "spam-score: ignoring non-numeric note {key}={value}"
+                    )),
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Whether a URL word like `http://192.0.2.1/x` points at a bare IP address.
+fn url_host_is_ip(word: &str) -> bool {
+    let Some(start) = word.find("://") else {
+        return false;
+    };
+    let rest = &word[start + 3..];
+    let host = rest
+        .split(['/', '?', '#', '"', '\'', '>', ')'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = host.trim_start_matches('[');
+    let host = host.split(']').next().unwrap_or(host);
+    let host = if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+impl Plugin for SpamScore {
+    fn init(config: Config) -> Result<Self, String> {
+        let s: Settings = config.parse()?;
+        let mut tests: BTreeMap<&'static str, f64> = TESTS.iter().copied().collect();
+        for (name, score) in &s.tests {
+            let Some(slot) = tests.get_mut(name.as_str()) else {
+                let known: Vec<&str> = TESTS.iter().map(|t| t.0).collect();
+                return Err(format!(
+                    "spam-score: unknown test {name:?} (known: {})",
+                    known.join(", ")
+                ));
+            };
+            *slot = *score;
+        }
+        let mut phrases: BTreeMap<String, f64> =
+            PHRASES.iter().map(|(p, s)| (p.to_string(), *s)).collect();
+        for (p, score) in &s.phrases {
+            phrases.insert(p.to_lowercase(), *score);
+        }
+        Ok(SpamScore {
+            s,
+            tests,
+            phrases: phrases.into_iter().collect(),
+        })
+    }
+
+    fn data(&self, _conn: &Connection, _env: &Envelope, msg: &Message) -> Outcome {
+        let report = self.score(msg);
+        let score = (report.score * 10.0).round() / 10.0;
+        let is_spam = score >= self.s.spam_threshold;
+        let tests = if report.hits.is_empty() {
+            "none".to_string()
+        } else {
+            report.hits.join(",")
+        };
+        let status = format!(
+            "{}, score={score:.1} required={:.1} tests={tests}",
+            if is_spam { "Yes" } else { "No" },
+            self.s.spam_threshold
+        );
+        notes::set("spam.score", &format!("{score:.1}"));
+        let verdict = match (self.s.reject_threshold, self.s.quarantine_threshold) {
+            (Some(t), _) if score >= t => Verdict::Reject(Some(Reply::new(
+                550,
+                "5.7.1",
+                format!("Message looks like spam (score {score:.1})"),
+            ))),
+            (_, Some(t)) if score >= t => {
+                Verdict::quarantine(format!("spam score {score:.1}: {tests}"))
+            }
+            _ => Verdict::Continue,
+        };
+        Outcome::from(verdict)
+            .with(Modification::change_header(
+                "X-Spam-Score",
+                format!("{score:.1}"),
+            ))
+            .with(Modification::change_header("X-Spam-Status", status))
+    }
+}
+
+wasmtp_plugin_sdk::export!(SpamScore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtp_plugin_sdk::Header;
+    use wasmtp_plugin_sdk::testing::{self, FakeHost};
+
+    const HAM: &str = "From: Alice <alice@example.org>\nTo: bob@example.net\nSubject: Lunch tomorrow\n\
+        Date: Mon, 1 Jan 2024 10:00:00 +0000\nMessage-ID: <1@example.org>\n\nShall we meet at noon?\n";
+    const SPAM: &str = "From: \"security@bank.example\" <x@evil.example>\nTo: bob@example.net\n\
+        Subject: YOU HAVE WON THE LOTTERY!!!\n\nClick here to claim your million dollars: http://192.0.2.9/claim\n";
+
+    fn run(p: &SpamScore, raw: &str) -> Outcome {
+        let env = testing::envelope("a@x", &["b@y"]);
+        p.data(
+            &testing::connection("192.0.2.1"),
+            &env,
+            &testing::message(raw),
+        )
+    }
+
+    fn header(out: &Outcome, name: &str) -> String {
+        out.modifications
+            .iter()
+            .find_map(|m| match m {
+                Modification::ChangeHeader(Header { name: n, value }) if n == name => {
+                    Some(value.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn ham_scores_low_with_empty_config() {
+        let _host = FakeHost::new();
+        let p = SpamScore::init(Config::empty()).unwrap();
+        let out = run(&p, HAM);
+        assert_eq!(out.verdict, Verdict::Continue);
+        assert_eq!(header(&out, "X-Spam-Score"), "0.0");
+        assert_eq!(
+            header(&out, "X-Spam-Status"),
+            "No, score=0.0 required=5.0 tests=none"
+        );
+    }
+
+    #[test]
+    fn spam_scores_high_and_lists_tests() {
+        let host = FakeHost::new();
+        let p = SpamScore::init(Config::empty()).unwrap();
+        let out = run(&p, SPAM);
+        let status = header(&out, "X-Spam-Status");
+        assert!(status.starts_with("Yes, "), "{status}");
+        for t in [
+            "MISSING_DATE",
+            "SUBJECT_ALL_CAPS",
+            "SUBJECT_EXCLAMATIONS",
+            "FROM_NAME_HAS_ADDRESS",
+            "URL_WITH_IP",
+            "PHRASE(lottery)",
+        ] {
+            assert!(status.contains(t), "{t} missing in {status}");
+        }
+        // No thresholds configured: headers only.
+        assert_eq!(out.verdict, Verdict::Continue);
+        assert!(host.note("spam.score").is_some());
+    }
+
+    #[test]
+    fn thresholds_quarantine_and_reject() {
+        let _host = FakeHost::new();
+        let q = SpamScore::init(testing::config(
+            r#"{"quarantine_threshold": 5, "reject_threshold": 50}"#,
+        ))
+        .unwrap();
+        assert!(matches!(run(&q, SPAM).verdict, Verdict::Quarantine(_)));
+        let r = SpamScore::init(testing::config(
+            r#"{"quarantine_threshold": 5, "reject_threshold": 6}"#,
+        ))
+        .unwrap();
+        assert!(matches!(
+            run(&r, SPAM).verdict,
+            Verdict::Reject(Some(Reply {
+                code: Some(550),
+                ..
+            }))
+        ));
+        assert_eq!(run(&r, HAM).verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn adds_scores_from_notes() {
+        let host = FakeHost::new();
+        host.set_note("score.dnsbl", "5.0");
+        host.set_note("score.other", "not a number");
+        let p = SpamScore::init(Config::empty()).unwrap();
+        let out = run(&p, HAM);
+        assert_eq!(header(&out, "X-Spam-Score"), "5.0");
+        assert!(header(&out, "X-Spam-Status").contains("NOTE(dnsbl)"));
+        assert!(host.logs().iter().any(|(_, l)| l.contains("score.other")));
+    }
+
+    #[test]
+    fn config_overrides() {
+        let _host = FakeHost::new();
+        let p = SpamScore::init(testing::config(
+            r#"{"tests": {"MISSING_DATE": 0.0}, "phrases": {"noon": 4.5}}"#,
+        ))
+        .unwrap();
+        assert_eq!(header(&run(&p, HAM), "X-Spam-Score"), "4.5");
+        assert!(SpamScore::init(testing::config(r#"{"tests": {"NOPE": 1}}"#)).is_err());
+    }
+
+    #[test]
+    fn mime_text_is_decoded() {
+        let _host = FakeHost::new();
+        let p = SpamScore::init(Config::empty()).unwrap();
+        let raw = "From: a@x\nDate: x\nMessage-ID: <1@x>\nSubject: hi\nMIME-Version: 1.0\n\
+            Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n\
+            dmlhZ3JhIGZvciBzYWxl\n"; // "viagra for sale"
+        assert!(header(&run(&p, raw), "X-Spam-Status").contains("PHRASE(viagra)"));
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert!(url_host_is_ip("http://192.0.2.1/x"));
+        assert!(url_host_is_ip("https://[2001:db8::1]:8080/"));
+        assert!(url_host_is_ip("(http://user@10.0.0.1:80)"));
+        assert!(!url_host_is_ip("https://example.org/192.0.2.1"));
+    }
+}
