@@ -73,6 +73,172 @@ pub struct RawConfig {
     /// `[log]`
     #[serde(default)]
     pub log: RawLog,
+    /// `[[plugin]]`, in the order they run.
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<RawPlugin>,
+    /// `[dns]`
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+/// `[[plugin]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// Name in logs, metrics and kv namespaces.
+    pub name: String,
+    /// The `.wasm` component.
+    pub path: PathBuf,
+    /// Expected sha256 of the file (hex).
+    pub sha256: Option<String>,
+    /// Hooks this plugin runs on; default: all.
+    pub hooks: Option<Vec<HookName>>,
+    /// Capabilities granted: kv, dns, clock (log and notes always).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// What a trap, timeout or out-of-memory turns into.
+    pub on_error: Option<OnError>,
+    /// Deadline of one call.
+    pub timeout: Option<Dur>,
+    /// Per-hook deadlines, overriding `timeout`.
+    #[serde(default)]
+    pub timeouts: std::collections::BTreeMap<HookName, Dur>,
+    /// Linear memory cap per instance.
+    pub memory: Option<ByteSize>,
+    /// The plugin's own settings, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
+
+/// `[dns]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Resolvers as `ip:port`; default: /etc/resolv.conf.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// Per-query timeout.
+    pub timeout: Option<Dur>,
+}
+
+/// A hook point, named as in the WIT contract.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookName {
+    /// After accept, before the greeting.
+    Connect,
+    /// EHLO/HELO.
+    Ehlo,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    Rcpt,
+    /// End of DATA/BDAT.
+    Data,
+    /// Route choice per recipient before queueing.
+    Deliver,
+    /// A recipient was delivered.
+    Delivered,
+    /// A delivery attempt failed temporarily.
+    Deferred,
+    /// A recipient failed for good.
+    Bounced,
+}
+
+impl HookName {
+    /// Every hook, in session order.
+    pub const ALL: [HookName; 9] = [
+        HookName::Connect,
+        HookName::Ehlo,
+        HookName::MailFrom,
+        HookName::Rcpt,
+        HookName::Data,
+        HookName::Deliver,
+        HookName::Delivered,
+        HookName::Deferred,
+        HookName::Bounced,
+    ];
+
+    /// The WIT/config/log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookName::Connect => "connect",
+            HookName::Ehlo => "ehlo",
+            HookName::MailFrom => "mail-from",
+            HookName::Rcpt => "rcpt",
+            HookName::Data => "data",
+            HookName::Deliver => "deliver",
+            HookName::Delivered => "delivered",
+            HookName::Deferred => "deferred",
+            HookName::Bounced => "bounced",
+        }
+    }
+}
+
+/// A capability a plugin may be granted.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// Key-value store in the plugin's own namespace.
+    Kv,
+    /// DNS lookups.
+    Dns,
+    /// Wall clock.
+    Clock,
+}
+
+/// What a failing plugin call (trap, timeout, out of memory) turns into.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 451 4.3.0: the client retries later.
+    #[default]
+    Tempfail,
+    /// Ignore the plugin for this call.
+    Continue,
+    /// 550 5.7.0.
+    Reject,
+}
+
+/// One configured plugin, resolved.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Name.
+    pub name: String,
+    /// Component file.
+    pub path: PathBuf,
+    /// Expected sha256 (lower-case hex).
+    pub sha256: Option<String>,
+    /// Hooks it runs on.
+    pub hooks: Vec<HookName>,
+    /// Granted capabilities.
+    pub grants: Vec<Grant>,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// Deadline per hook.
+    pub timeouts: std::collections::BTreeMap<HookName, Duration>,
+    /// Memory cap in bytes.
+    pub memory: u64,
+    /// Config handed to `init`, as JSON.
+    pub config_json: String,
+}
+
+impl PluginSpec {
+    /// The deadline of one call of `hook`.
+    pub fn timeout(&self, hook: HookName) -> Duration {
+        self.timeouts
+            .get(&hook)
+            .copied()
+            .unwrap_or(Duration::from_millis(500))
+    }
+}
+
+/// DNS settings for the dns capability.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// Explicit resolvers, or None for the system's.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// Per-query timeout.
+    pub timeout: Duration,
 }
 
 /// `[server]`
@@ -383,6 +549,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Plugins in the order they run.
+    pub plugins: Vec<PluginSpec>,
+    /// DNS for plugins.
+    pub dns: DnsSettings,
 }
 
 impl Settings {
@@ -591,7 +761,66 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         line_endings: lc.line_endings.unwrap_or_default(),
     };
 
+    let mut plugins: Vec<PluginSpec> = Vec::new();
+    for p in raw.plugins {
+        if plugins.iter().any(|o| o.name == p.name) {
+            return Err(err(
+                "name",
+                format!("plugin name {:?} is used twice", p.name),
+            ));
+        }
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(
+                "name",
+                format!(
+                    "plugin name {:?}: expected letters, digits, '-' or '_'",
+                    p.name
+                ),
+            ));
+        }
+        let sha256 = match p.sha256 {
+            Some(h) if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Some(h.to_lowercase())
+            }
+            Some(h) => {
+                return Err(err(
+                    "sha256",
+                    format!("{h:?} is not a sha256 hex digest (64 hex digits)"),
+                ));
+            }
+            None => None,
+        };
+        let default_timeout = p.timeout.map_or(Duration::from_millis(500), |d| d.0);
+        let timeouts = HookName::ALL
+            .iter()
+            .map(|h| (*h, p.timeouts.get(h).map_or(default_timeout, |d| d.0)))
+            .collect();
+        let config = p.config.unwrap_or_default();
+        plugins.push(PluginSpec {
+            name: p.name,
+            path: p.path,
+            sha256,
+            hooks: p.hooks.unwrap_or_else(|| HookName::ALL.to_vec()),
+            grants: p.grants,
+            on_error: p.on_error.unwrap_or_default(),
+            timeouts,
+            memory: p.memory.map_or(64 * 1024 * 1024, |b| b.0),
+            config_json: serde_json::to_string(&config).expect("TOML table converts to JSON"),
+        });
+    }
+    let dns = DnsSettings {
+        nameservers: raw.dns.nameservers,
+        timeout: raw.dns.timeout.map_or(Duration::from_secs(5), |d| d.0),
+    };
+
     Ok(Settings {
+        plugins,
+        dns,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod delivery;
 pub mod observe;
+pub mod plugin;
 pub mod queue;
 pub mod server;
 pub mod session;

@@ -36,6 +36,26 @@ enum Cmd {
     },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Plugin management.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCmd {
+    /// Ask the running server to load its plugins again (SIGHUP).
+    Reload {
+        /// Config file of the running server (to find its data dir).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the sha256 of a plugin file, for `sha256` pins.
+    Digest {
+        /// The .wasm file.
+        file: PathBuf,
+    },
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigError> {
@@ -50,16 +70,59 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::CheckConfig { file } => match load(file.as_ref()) {
             Ok(s) => {
+                // Plugins are compiled and their imports checked, as at start.
+                let db = match sled::Config::new().temporary(true).open() {
+                    Ok(db) => db,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if let Err(e) = wasmtp::plugin::PluginHost::new(&s, db) {
+                    eprintln!("error: {}: {e}", s.source);
+                    return ExitCode::FAILURE;
+                }
                 println!(
-                    "{}: ok ({} listener(s), local domains: {})",
+                    "{}: ok ({} listener(s), local domains: {}, plugins: {})",
                     s.source,
                     s.listeners.len(),
-                    s.local.domains.join(", ")
+                    s.local.domains.join(", "),
+                    s.plugins
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Plugins {
+            command: PluginsCmd::Digest { file },
+        } => match wasmtp::plugin::file_digest(&file) {
+            Ok(d) => {
+                println!("{d}  {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Plugins {
+            command: PluginsCmd::Reload { config },
+        } => match reload(config.as_ref()) {
+            Ok(pid) => {
+                println!(
+                    "sent SIGHUP to wasmtp (pid {pid}); its log says whether the new plugin set loaded"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -89,6 +152,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn reload(config: Option<&PathBuf>) -> anyhow::Result<i32> {
+    let settings = load(config)?;
+    let pid_file = settings.data_dir.join("wasmtp.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| {
+            format!(
+                "reading {} (is the server running with this config?)",
+                pid_file.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid read from our own pid file and SIGHUP.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(pid)
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Settings;
+use crate::plugin::PluginHost;
 use crate::queue::{QueueManager, Store, StoreError};
 use crate::session::{ConnInfo, ServerCtx, Session};
 use crate::smtp::Reply;
@@ -28,6 +29,9 @@ pub enum ServerError {
     /// The queue store failed to open or flush.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The plugin set could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
@@ -92,10 +96,12 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (queue, queue_task) =
         QueueManager::start(store.clone(), settings.clone(), shutdown_rx.clone())?;
+    let plugins = PluginHost::new(&settings, store.db())?;
     let ctx = Arc::new(ServerCtx {
         settings: settings.clone(),
         store: store.clone(),
         queue,
+        plugins,
     });
 
     let mut listeners = Vec::new();
@@ -132,7 +138,14 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
         accepts.spawn(a.run());
     }
 
+    let pid_file = settings.data_dir.join("wasmtp.pid");
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        warn!(file = %pid_file.display(), error = %e, "cannot write the pid file (`wasmtp plugins reload` needs it)");
+    }
+    let reloader = tokio::spawn(reload_on_sighup(ctx.clone()));
     stop.await;
+    reloader.abort();
+    let _ = std::fs::remove_file(&pid_file);
     info!("shutting down: no new connections, sessions finish their current command");
     let _ = shutdown_tx.send(true);
     accepts.close();
@@ -149,6 +162,9 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     }
     let _ = queue_task.await;
     store.flush().await?;
+    for (plugin, calls, traps, timeouts) in ctx.plugins.stats_summary() {
+        info!(plugin, calls, traps, timeouts, "plugin totals");
+    }
     info!(queued = store.len(), "stopped");
     Ok(())
 }
@@ -219,4 +235,37 @@ async fn refuse(mut stream: TcpStream, reply: Reply) {
 /// Completes once `rx` turns true (or its sender is gone).
 pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// On SIGHUP: re-read the config file and swap in its plugin set. A set
+/// that fails to load leaves the running one serving. Sessions keep the set
+/// they started with.
+async fn reload_on_sighup(ctx: Arc<ServerCtx>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading plugins");
+        let ctx = ctx.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let source = &ctx.settings.source;
+            let fresh = if source == crate::config::DEFAULT_CONFIG_NAME {
+                crate::config::Settings::embedded_default()
+            } else {
+                crate::config::Settings::load(std::path::Path::new(source))
+            };
+            match fresh {
+                Ok(s) => ctx.plugins.reload(&s.plugins).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(generation)) => info!(generation, "plugin reload done"),
+            Ok(Err(e)) => warn!(error = %e, "plugin reload failed; the running plugin set stays"),
+            Err(e) => warn!(error = %e, "plugin reload failed"),
+        }
+    }
 }

@@ -138,6 +138,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The sled database (plugins' kv namespaces live in it as trees).
+    pub fn db(&self) -> sled::Db {
+        self.inner.durable.db.clone()
+    }
+
     /// Number of queued messages.
     pub fn len(&self) -> usize {
         self.inner.envelopes.len()

@@ -40,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(DataError::LineTooLong) => Some(Reply::data_line_too_long(limits.text_line_length)),
         };
         if let Some(r) = refused {
-            self.tx = None;
+            self.end_tx();
             return Ok(r);
         }
         let tx = self.tx.take().expect("transaction checked above");
@@ -71,6 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let mut tx = self.tx.take().expect("transaction checked above");
         if tx.chunks_too_big {
+            self.end_tx();
             return Ok(Reply::too_big(max));
         }
         let data = tx.chunks.take().unwrap_or_default();
@@ -80,6 +81,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Writes the message to the queue and answers 250 only once it is on
     /// disk.
     async fn queue_message(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
+        let reply = self.queue_checked(tx, data).await;
+        self.end_tx();
+        reply
+    }
+
+    /// Runs the data-time plugins, then queues.
+    async fn queue_checked(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
+        let (tx, data) = match self.data_hooks(tx, data).await {
+            Ok(x) => x,
+            Err(reply) => return reply,
+        };
         let id = new_queue_id();
         let received = self.received_header(&id, &tx);
         let mut body = Vec::with_capacity(received.len() + data.len());

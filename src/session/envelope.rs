@@ -3,7 +3,12 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Session;
+use super::hooks::{Disposition, params_list};
+use crate::config::HookName;
 use crate::delivery::local::{Resolution, resolve};
+use crate::plugin::TxView;
+use crate::plugin::bindings::wasmtp::plugin::types as wit;
+use crate::plugin::run::{Decision, Modification};
 use crate::smtp::command::Body;
 use crate::smtp::{MailParams, Path, Reply};
 
@@ -29,10 +34,14 @@ pub struct Transaction {
     pub chunks: Option<Vec<u8>>,
     /// Set when a BDAT chunk pushed the message over the size limit.
     pub chunks_too_big: bool,
+    /// Modifications plugins asked for so far (applied after DATA).
+    pub mods: Vec<Modification>,
+    /// What happens to the message once accepted.
+    pub disposition: Disposition,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn mail(&mut self, path: Path, params: MailParams) -> Reply {
+    pub(super) async fn mail(&mut self, path: Path, params: MailParams) -> Reply {
         let Some(helo) = &self.helo else {
             return Reply::bad_sequence("Send HELO/EHLO first");
         };
@@ -58,15 +67,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             _ => None,
         };
-        self.tx = Some(Transaction {
+        let mut tx = Transaction {
             sender,
             params,
             ..Default::default()
-        });
-        Reply::sender_ok()
+        };
+        let mut reply = Reply::sender_ok();
+        if self.plugins.wants(HookName::MailFrom) {
+            let conn = self.conn_record();
+            let sender = tx
+                .sender
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let (decision, mods) = self
+                .plugins
+                .mail_from(&conn, &sender, &params_list(&tx.params))
+                .await;
+            if let Some(r) = self.refusal(&decision) {
+                self.plugins.end_tx();
+                return r;
+            }
+            tx.mods = mods;
+            match decision {
+                Decision::Accept(Some(r)) => reply = r,
+                Decision::Discard => tx.disposition = Disposition::Discard,
+                Decision::Quarantine(reason) => tx.disposition = Disposition::Quarantine(reason),
+                _ => {}
+            }
+        }
+        self.plugins.begin_tx();
+        self.tx = Some(tx);
+        reply
     }
 
-    pub(super) fn rcpt(&mut self, path: Path) -> Reply {
+    pub(super) async fn rcpt(&mut self, path: Path) -> Reply {
         let settings = self.ctx.settings.clone();
         let Some(tx) = &mut self.tx else {
             return Reply::bad_sequence("Need MAIL before RCPT");
@@ -85,18 +120,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => format!("postmaster@{}", settings.hostname),
         };
         match resolve(&settings.local, &path) {
-            Resolution::Local(mailbox) => {
-                if !tx
-                    .recipients
-                    .iter()
-                    .any(|r| r.address.eq_ignore_ascii_case(&address))
-                {
-                    tx.recipients.push(Recipient { address, mailbox });
-                }
-                Reply::recipient_ok()
-            }
+            Resolution::Local(mailbox) => self.rcpt_hook(Recipient { address, mailbox }).await,
             Resolution::NotLocal => Reply::relay_denied(&address),
             Resolution::UnknownUser => Reply::no_such_user(&address),
         }
+    }
+
+    /// Runs the rcpt hook for a recipient the core accepts, then adds it.
+    async fn rcpt_hook(&mut self, rcpt: Recipient) -> Reply {
+        let mut reply = Reply::recipient_ok();
+        if self.plugins.wants(HookName::Rcpt) {
+            let conn = self.conn_record();
+            let env = Self::envelope_record(self.tx.as_ref().expect("checked by rcpt"));
+            let r = wit::Recipient {
+                address: rcpt.address.clone(),
+                params: Vec::new(),
+            };
+            let (decision, mods) = self
+                .plugins
+                .rcpt(
+                    TxView {
+                        conn: &conn,
+                        env: &env,
+                    },
+                    &r,
+                )
+                .await;
+            if let Some(r) = self.refusal(&decision) {
+                return r;
+            }
+            let tx = self.tx.as_mut().expect("checked by rcpt");
+            tx.mods.extend(mods);
+            match decision {
+                Decision::Accept(Some(r)) => reply = r,
+                Decision::Discard => return reply,
+                _ => {}
+            }
+        }
+        let tx = self.tx.as_mut().expect("checked by rcpt");
+        if !tx
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&rcpt.address))
+        {
+            tx.recipients.push(rcpt);
+        }
+        reply
     }
 }

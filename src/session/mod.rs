@@ -8,6 +8,7 @@
 
 mod data;
 mod envelope;
+pub mod hooks;
 pub mod io;
 
 use std::net::SocketAddr;
@@ -17,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::config::Settings;
+use crate::config::{HookName, Settings};
+use crate::plugin::run::Decision;
+use crate::plugin::{PluginHost, PluginSession};
 use crate::queue::{QueueManager, Store};
 use crate::smtp::{Command, Reply, parse_command};
 use io::{Conn, Input, Stop};
@@ -32,6 +35,8 @@ pub struct ServerCtx {
     pub store: Store,
     /// Queue manager handle.
     pub queue: QueueManager,
+    /// The plugin host.
+    pub plugins: Arc<PluginHost>,
 }
 
 /// Facts about the connection.
@@ -65,6 +70,9 @@ pub struct Session<S> {
     helo: Option<Helo>,
     tx: Option<Transaction>,
     errors: usize,
+    plugins: PluginSession,
+    /// Set by a plugin's disconnect verdict: close after this reply.
+    closing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -75,6 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         info: ConnInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let plugins = PluginSession::new(ctx.plugins.clone(), info.id.clone());
         Session {
             conn: Conn::new(stream),
             ctx,
@@ -83,6 +92,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: None,
             tx: None,
             errors: 0,
+            plugins,
+            closing: false,
         }
     }
 
@@ -93,6 +104,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the conversation to its end.
     pub async fn run(mut self) {
         let greeting = Reply::greeting(&self.settings().hostname);
+        if self.plugins.wants(HookName::Connect) {
+            let conn = self.conn_record();
+            let decision = self.plugins.connect(&conn).await;
+            if let Some(mut r) = self.refusal(&decision) {
+                // Before the greeting a refusal ends the session (RFC 5321 §3.1).
+                if r.code < 500 {
+                    r.code = 421;
+                }
+                self.conn.reply(&r);
+                self.conn.shutdown().await;
+                return;
+            }
+        }
         self.conn.reply(&greeting);
         loop {
             let max = self.settings().limits.command_line_length;
@@ -116,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             self.conn.reply(&reply);
-            if reply.closes() {
+            if reply.closes() || self.closing {
                 break;
             }
             if reply.is_error() {
@@ -160,14 +184,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return Ok(e.reply()),
         };
         Ok(match cmd {
-            Command::Ehlo(name) => self.hello(name, true),
-            Command::Helo(name) => self.hello(name, false),
-            Command::Mail(path, params) => self.mail(path, params),
-            Command::Rcpt(path, _) => self.rcpt(path),
+            Command::Ehlo(name) => self.hello(name, true).await,
+            Command::Helo(name) => self.hello(name, false).await,
+            Command::Mail(path, params) => self.mail(path, params).await,
+            Command::Rcpt(path, _) => self.rcpt(path).await,
             Command::Data => return self.data().await,
             Command::Bdat(size, last) => return self.bdat(size, last).await,
             Command::Rset => {
-                self.tx = None;
+                self.end_tx();
                 Reply::reset()
             }
             Command::Noop => Reply::ok(),
@@ -178,8 +202,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         })
     }
 
-    fn hello(&mut self, name: String, esmtp: bool) -> Reply {
+    /// Ends the transaction: its state, its notes and its plugin instances.
+    pub(super) fn end_tx(&mut self) {
         self.tx = None;
+        self.plugins.end_tx();
+    }
+
+    async fn hello(&mut self, name: String, esmtp: bool) -> Reply {
+        self.end_tx();
+        if self.plugins.wants(HookName::Ehlo) {
+            let mut conn = self.conn_record();
+            conn.helo = Some(name.clone());
+            let decision = self.plugins.ehlo(&conn, &name).await;
+            if let Some(r) = self.refusal(&decision) {
+                return r;
+            }
+            if let Decision::Accept(Some(r)) = decision {
+                self.helo = Some(Helo { name, esmtp });
+                return r;
+            }
+        }
         let s = self.settings();
         let reply = if esmtp {
             let ext = vec![

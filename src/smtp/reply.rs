@@ -2,6 +2,7 @@
 //! finds one file. A reply is a value: code, enhanced status (RFC 2034/3463)
 //! and text lines; `encode` writes it in wire format.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// One SMTP reply, possibly multi-line.
@@ -11,7 +12,7 @@ pub struct Reply {
     pub code: u16,
     /// Enhanced status code such as "5.1.1", or None where RFC 2034 has none
     /// (the greeting, EHLO/HELO replies).
-    pub status: Option<&'static str>,
+    pub status: Option<Cow<'static, str>>,
     /// Text lines; the reply has as many lines as this has entries.
     pub lines: Vec<String>,
 }
@@ -21,7 +22,7 @@ impl Reply {
     pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Self {
         Reply {
             code,
-            status: Some(status),
+            status: Some(Cow::Borrowed(status)),
             lines: vec![text.into()],
         }
     }
@@ -52,7 +53,7 @@ impl Reply {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
             let sep = if i + 1 == n { ' ' } else { '-' };
             let _ = write!(s, "{}{}", self.code, sep);
-            if let Some(st) = self.status {
+            if let Some(st) = &self.status {
                 s.push_str(st);
                 if !text.is_empty() {
                     s.push(' ');
@@ -235,6 +236,46 @@ impl Reply {
     /// 501 for non-ASCII where SMTPUTF8 was not negotiated via EHLO.
     pub fn eight_bit_command() -> Self {
         Self::new(501, "5.5.2", "Non-ASCII octets in command without SMTPUTF8")
+    }
+
+    // ----- plugins -----
+
+    /// A reply a plugin asked for, after the plugin host checked that its
+    /// code and enhanced status fit the verdict.
+    pub fn from_plugin(code: u16, status: String, text: String) -> Self {
+        Reply {
+            code,
+            status: Some(Cow::Owned(status)),
+            lines: vec![text],
+        }
+    }
+    /// 451 when a plugin failed and its on_error policy is tempfail.
+    pub fn plugin_failed_tempfail() -> Self {
+        Self::new(451, "4.3.0", "Temporary local problem, try again later")
+    }
+    /// 550 when a plugin failed and its on_error policy is reject.
+    pub fn plugin_failed_reject() -> Self {
+        Self::new(550, "5.7.0", "Message refused by local policy")
+    }
+    /// Default reply of a reject verdict.
+    pub fn policy_reject() -> Self {
+        Self::new(550, "5.7.1", "Refused by local policy")
+    }
+    /// Default reply of a reject verdict at connect time (RFC 5321 §3.1).
+    pub fn policy_reject_connect() -> Self {
+        Self::new(554, "5.7.1", "Connection refused by local policy")
+    }
+    /// Default reply of a tempfail verdict.
+    pub fn policy_tempfail() -> Self {
+        Self::new(451, "4.7.1", "Try again later")
+    }
+    /// Default reply of a disconnect verdict.
+    pub fn policy_disconnect(hostname: &str) -> Self {
+        Self::new(421, "4.7.0", format!("{hostname} Closing connection"))
+    }
+    /// 250 for a message a plugin discarded (the client must not learn it).
+    pub fn discarded() -> Self {
+        Self::new(250, "2.0.0", "Ok: message accepted")
     }
 
     // ----- policy -----

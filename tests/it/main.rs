@@ -5,5 +5,6 @@ mod clients;
 mod config;
 mod data;
 mod durability;
+mod plugins;
 mod protocol;
 mod support;

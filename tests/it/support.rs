@@ -354,3 +354,27 @@ pub fn read_all(mut r: impl Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
+
+/// Absolute path of a built plugin component (`scripts/test` builds them).
+pub fn plugin_wasm(file: &str) -> String {
+    let dir = if file.starts_with("python/") {
+        "plugins/target"
+    } else {
+        "plugins/target/wasm32-wasip2/release"
+    };
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: build the plugins (scripts/test does)",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// A `[[plugin]]` table.
+pub fn plugin_toml(name: &str, file: &str, rest: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{rest}\n",
+        plugin_wasm(file)
+    )
+}

@@ -1,0 +1,160 @@
+//! The `message` resource of the data hook: headers parsed once by the
+//! host, the raw bytes read on demand, decoded text through mail-parser.
+//! A plugin that only looks at headers never copies the body.
+
+use std::sync::{Arc, OnceLock};
+
+use wasmtime::component::Resource;
+
+use super::bindings::wasmtp::plugin::types::{Header, HostMessage};
+use super::host::HostState;
+
+/// The message as the data hook sees it (CRLF line endings, unstuffed).
+pub struct MessageData {
+    /// Raw bytes (headers and body).
+    pub raw: Vec<u8>,
+    headers: OnceLock<Vec<(String, String)>>,
+}
+
+impl MessageData {
+    /// Wraps raw message bytes.
+    pub fn new(raw: Vec<u8>) -> Arc<MessageData> {
+        Arc::new(MessageData {
+            raw,
+            headers: OnceLock::new(),
+        })
+    }
+
+    /// Header fields in order: unfolded, trimmed, not decoded.
+    pub fn headers(&self) -> &[(String, String)] {
+        self.headers.get_or_init(|| parse_headers(&self.raw))
+    }
+}
+
+/// The resource handed to guests (a handle to shared message data).
+pub struct MessageRes(pub Arc<MessageData>);
+
+/// Splits the header section into (name, unfolded value) pairs.
+pub fn parse_headers(raw: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(text.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            out.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Length of the header section including the blank line (or the whole
+/// message if it has no body).
+pub fn header_len(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4)
+}
+
+const MAX_READ: u32 = 1024 * 1024;
+
+impl HostMessage for HostState {
+    fn headers(&mut self, this: Resource<MessageRes>) -> wasmtime::Result<Vec<Header>> {
+        let m = &self.table.get(&this)?.0;
+        Ok(m.headers()
+            .iter()
+            .map(|(n, v)| Header {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect())
+    }
+
+    fn header(
+        &mut self,
+        this: Resource<MessageRes>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        let m = &self.table.get(&this)?.0;
+        Ok(m.headers()
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    fn size(&mut self, this: Resource<MessageRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.0.raw.len() as u64)
+    }
+
+    fn body(
+        &mut self,
+        this: Resource<MessageRes>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
+        let raw = &self.table.get(&this)?.0.raw;
+        let start = (offset.min(raw.len() as u64)) as usize;
+        let end = start
+            .saturating_add(len.min(MAX_READ) as usize)
+            .min(raw.len());
+        Ok(raw[start..end].to_vec())
+    }
+
+    fn text(&mut self, this: Resource<MessageRes>, max_bytes: u32) -> wasmtime::Result<String> {
+        let raw = &self.table.get(&this)?.0.raw;
+        let mut out = String::new();
+        if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
+            let mut i = 0;
+            while let Some(t) = msg.body_text(i) {
+                if !out.is_empty() {
+                    out.push_str("\n\n");
+                }
+                out.push_str(&t);
+                i += 1;
+                if out.len() >= max_bytes as usize {
+                    break;
+                }
+            }
+        }
+        let mut cut = out.len().min(max_bytes as usize);
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        Ok(out)
+    }
+
+    fn drop(&mut self, this: Resource<MessageRes>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_unfolds_headers() {
+        let raw = b"Subject: a\r\n long\r\nX-A:b\r\n\r\nbody: no\r\n";
+        let h = parse_headers(raw);
+        assert_eq!(
+            h,
+            vec![
+                ("Subject".into(), "a long".into()),
+                ("X-A".into(), "b".into())
+            ]
+        );
+        assert_eq!(header_len(raw), 28);
+    }
+}

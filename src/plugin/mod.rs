@@ -1,0 +1,451 @@
+//! The WebAssembly plugin host: the one `bindgen!` of the WIT contract,
+//! the engine, loading and checking plugin sets, and hot swap.
+//!
+//! Loading (never on the SMTP path): read the file, check the sha256 pin,
+//! compile once per digest (the compiled artifact is cached on disk under
+//! `<data_dir>/plugin-cache`), refuse any import that was not granted,
+//! pre-link against the host functions. Calls (see `run`) instantiate from
+//! the pre-linked template, with an epoch deadline and a memory cap.
+//!
+//! Host capabilities live one per file: `host` (log, notes, kv, dns,
+//! clock) and `message` (the message resource the data hook reads).
+
+pub mod host;
+pub mod message;
+pub mod run;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::config::{Grant, HookName, PluginSpec, Settings};
+
+pub use run::{PluginSession, TxView};
+
+/// Bindings generated from `wit/` (world `plugin`).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "plugin",
+        imports: { "wasmtp:plugin/dns": async | trappable, default: trappable },
+        exports: { default: async },
+        with: { "wasmtp:plugin/types.message": super::message::MessageRes },
+    });
+}
+
+use bindings::PluginPre;
+use host::HostState;
+
+/// Epoch ticks per second (the ticker thread's rate).
+const TICK: Duration = Duration::from_millis(10);
+
+/// Why a plugin set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("plugin {name}: cannot read {path}: {source}")]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// File.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The digest does not match the pin.
+    #[error(
+        "plugin {name}: sha256 of {path} is {actual}, but the config pins {expected} (key plugin.sha256)"
+    )]
+    Digest {
+        /// Plugin name.
+        name: String,
+        /// File.
+        path: PathBuf,
+        /// Configured digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// Not a valid component, or compilation failed.
+    #[error("plugin {name}: {path} is not a usable WebAssembly component: {detail}")]
+    Compile {
+        /// Plugin name.
+        name: String,
+        /// File.
+        path: PathBuf,
+        /// Compiler message.
+        detail: String,
+    },
+    /// It imports something it was not granted or the host does not have.
+    #[error("plugin {name}: imports {import}, {hint}")]
+    Import {
+        /// Plugin name.
+        name: String,
+        /// The import.
+        import: String,
+        /// How to grant it, or why it cannot be.
+        hint: String,
+    },
+    /// Linking or the engine failed.
+    #[error("plugin {name}: {detail}")]
+    Link {
+        /// Plugin name.
+        name: String,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Per-plugin counters, shown in logs and kept across reloads by name.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Verdicts by kind: continue, accept, reject, tempfail, disconnect, discard, quarantine.
+    pub verdicts: [AtomicU64; 7],
+    /// Traps (including out of memory).
+    pub traps: AtomicU64,
+    /// Calls cut off at their deadline.
+    pub timeouts: AtomicU64,
+    /// Total call time in microseconds.
+    pub micros: AtomicU64,
+    /// Latency histogram: <100µs, <1ms, <10ms, <100ms, >=100ms.
+    pub latency: [AtomicU64; 5],
+}
+
+impl PluginStats {
+    fn record_latency(&self, micros: u64) {
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+        let bucket = match micros {
+            0..100 => 0,
+            100..1000 => 1,
+            1000..10_000 => 2,
+            10_000..100_000 => 3,
+            _ => 4,
+        };
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One loaded plugin.
+pub struct LoadedPlugin {
+    /// Its configuration.
+    pub spec: PluginSpec,
+    /// Pre-linked template.
+    pre: PluginPre<HostState>,
+    /// Counters.
+    pub stats: Arc<PluginStats>,
+}
+
+/// A checked, ready set of plugins; sessions hold the set they started with.
+pub struct PluginSet {
+    /// Plugins in configured order.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Monotonic generation number (1 for the first set).
+    pub generation: u64,
+}
+
+impl PluginSet {
+    /// True if some plugin runs on `hook`.
+    pub fn wants(&self, hook: HookName) -> bool {
+        self.plugins.iter().any(|p| p.spec.hooks.contains(&hook))
+    }
+}
+
+/// The host: engine, shared capabilities and the current plugin set.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    current: RwLock<Arc<PluginSet>>,
+    stats: std::sync::Mutex<HashMap<String, Arc<PluginStats>>>,
+    shared: Arc<host::Shared>,
+}
+
+impl PluginHost {
+    /// Creates the engine and loads the configured plugins.
+    pub fn new(settings: &Settings, db: sled::Db) -> Result<Arc<PluginHost>, PluginError> {
+        let engine_err = |e: wasmtime::Error| PluginError::Link {
+            name: "(engine)".into(),
+            detail: format!("{e:#}"),
+        };
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true);
+        cfg.wasm_component_model(true);
+        let engine = Engine::new(&cfg).map_err(engine_err)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("spawn epoch ticker");
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+        let host = PluginHost {
+            engine,
+            linker,
+            cache_dir: settings.data_dir.join("plugin-cache"),
+            current: RwLock::new(Arc::new(PluginSet {
+                plugins: Vec::new(),
+                generation: 0,
+            })),
+            stats: Default::default(),
+            shared: Arc::new(host::Shared::new(db, &settings.dns)),
+        };
+        let set = host.load_set(&settings.plugins, 1)?;
+        *host.current.write().expect("plugin set lock") = Arc::new(set);
+        Ok(Arc::new(host))
+    }
+
+    /// The set new sessions start with.
+    pub fn current(&self) -> Arc<PluginSet> {
+        self.current.read().expect("plugin set lock").clone()
+    }
+
+    /// Compiles and checks a new set beside the running one and swaps it in;
+    /// on error the running set stays.
+    pub fn reload(&self, specs: &[PluginSpec]) -> Result<u64, PluginError> {
+        let generation = self.current().generation + 1;
+        let set = self.load_set(specs, generation)?;
+        let names: Vec<&str> = set.plugins.iter().map(|p| p.spec.name.as_str()).collect();
+        info!(generation, plugins = ?names, "plugin set swapped in");
+        *self.current.write().expect("plugin set lock") = Arc::new(set);
+        Ok(generation)
+    }
+
+    fn load_set(&self, specs: &[PluginSpec], generation: u64) -> Result<PluginSet, PluginError> {
+        let mut plugins = Vec::new();
+        for spec in specs {
+            let started = std::time::Instant::now();
+            let pre = self.load_one(spec)?;
+            let stats = self
+                .stats
+                .lock()
+                .expect("stats lock")
+                .entry(spec.name.clone())
+                .or_default()
+                .clone();
+            info!(
+                plugin = %spec.name,
+                path = %spec.path.display(),
+                hooks = ?spec.hooks.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                ms = started.elapsed().as_millis() as u64,
+                "plugin loaded"
+            );
+            plugins.push(Arc::new(LoadedPlugin {
+                spec: spec.clone(),
+                pre,
+                stats,
+            }));
+        }
+        Ok(PluginSet {
+            plugins,
+            generation,
+        })
+    }
+
+    fn load_one(&self, spec: &PluginSpec) -> Result<PluginPre<HostState>, PluginError> {
+        let name = spec.name.clone();
+        let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
+            name: name.clone(),
+            path: spec.path.clone(),
+            source,
+        })?;
+        let digest = hex(&Sha256::digest(&bytes));
+        if let Some(expected) = &spec.sha256 {
+            if *expected != digest {
+                return Err(PluginError::Digest {
+                    name,
+                    path: spec.path.clone(),
+                    expected: expected.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        let component = self.compile_cached(spec, &bytes, &digest)?;
+        check_imports(&self.engine, &component, spec)?;
+        let mut linker = self.linker.clone();
+        // Hash maps in guests ask for a seed (wasi:random/insecure-seed); it
+        // grants nothing, so it is provided to everyone.
+        for (import, _) in component.component_type().imports(&self.engine) {
+            if import.starts_with("wasi:random/insecure-seed") {
+                linker
+                    .instance(import)
+                    .and_then(|mut i| {
+                        i.func_wrap("insecure-seed", |_, (): ()| {
+                            Ok(((rand::random::<u64>(), rand::random::<u64>()),))
+                        })
+                    })
+                    .map_err(|e| PluginError::Link {
+                        name: name.clone(),
+                        detail: format!("{e:#}"),
+                    })?;
+            }
+        }
+        // Rust std guests import WASI stdio/env interfaces only to print
+        // panics; they are stubbed to trap (check_imports allowed only those).
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| PluginError::Link {
+                name: name.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link {
+                name: name.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        PluginPre::new(pre).map_err(|e| PluginError::Import {
+            name,
+            import: "an interface of a different shape".into(),
+            hint: format!("it does not match the wasmtp:plugin@0.1.0 world: {e:#}"),
+        })
+    }
+
+    /// Compiles `bytes`, or loads the artifact this server compiled before.
+    fn compile_cached(
+        &self,
+        spec: &PluginSpec,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component, PluginError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = self
+            .cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            // SAFETY: the cache directory holds only artifacts this server
+            // wrote with this engine configuration (keyed by its hash).
+            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
+                return Ok(c);
+            }
+            warn!(plugin = %spec.name, file = %file.display(), "unusable compiled plugin in cache; recompiling");
+        }
+        let compile_err = |e: wasmtime::Error| PluginError::Compile {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            detail: format!("{e:#}"),
+        };
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(compile_err)?;
+        if std::fs::create_dir_all(&self.cache_dir).is_ok() {
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, &artifact)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .is_err()
+            {
+                warn!(plugin = %spec.name, "cannot write the plugin cache");
+            }
+        }
+        // SAFETY: `artifact` was produced just now by this engine.
+        unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(compile_err)
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<host::Shared> {
+        &self.shared
+    }
+
+    /// A summary of every plugin's counters, for the log at shutdown.
+    pub fn stats_summary(&self) -> Vec<(String, u64, u64, u64)> {
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.calls.load(Ordering::Relaxed),
+                    s.traps.load(Ordering::Relaxed),
+                    s.timeouts.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of a file, as used for `sha256` pins.
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+}
+
+/// WASI interfaces Rust std guests import for panic output; stubbed to trap.
+const STUBBED_WASI: &[&str] = &[
+    "wasi:io/poll",
+    "wasi:io/error",
+    "wasi:io/streams",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+/// Refuses imports that were not granted, naming the key that grants them.
+fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    spec: &PluginSpec,
+) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    for (import, _) in ty.imports(engine) {
+        let base = import.split('@').next().unwrap_or(import);
+        let grant = match base {
+            "wasmtp:plugin/types" | "wasmtp:plugin/log" | "wasmtp:plugin/notes" => continue,
+            "wasmtp:plugin/kv" => Grant::Kv,
+            "wasmtp:plugin/dns" => Grant::Dns,
+            "wasmtp:plugin/clock" => Grant::Clock,
+            b if STUBBED_WASI.contains(&b) || b == "wasi:random/insecure-seed" => continue,
+            _ => {
+                return Err(PluginError::Import {
+                    name: spec.name.clone(),
+                    import: import.to_string(),
+                    hint: "which wasmtp does not provide to plugins (no filesystem, network or other WASI access)"
+                        .into(),
+                });
+            }
+        };
+        if !spec.grants.contains(&grant) {
+            let g = format!("{grant:?}").to_lowercase();
+            return Err(PluginError::Import {
+                name: spec.name.clone(),
+                import: import.to_string(),
+                hint: format!(
+                    "which was not granted: add \"{g}\" to its `grants` ([[plugin]] name = {:?}, key grants)",
+                    spec.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}

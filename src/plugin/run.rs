@@ -1,0 +1,552 @@
+//! Calling plugins for one SMTP session.
+//!
+//! Each plugin gets a fresh instance the first time a hook needs it, and
+//! every instance is dropped at the next transaction boundary (EHLO, RSET,
+//! end of DATA) and whenever a call fails: no state leaks between
+//! messages, and a trapped instance never runs again. Every call has a
+//! deadline (epoch interruption makes the guest yield to tokio every tick;
+//! `tokio::time::timeout` cuts it off) and a memory cap. Plugins run in
+//! configured order; the first decisive verdict wins.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+use wasmtime::Store;
+
+use super::bindings::Plugin;
+use super::bindings::wasmtp::plugin::types as wit;
+use super::host::{HostState, Notes};
+use super::message::{MessageData, MessageRes};
+use super::{LoadedPlugin, PluginHost, PluginSet};
+use crate::config::{HookName, OnError};
+use crate::smtp::Reply;
+
+/// What the plugins decided at a hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nobody objected; the core's own answer stands.
+    Continue,
+    /// Accepted; later plugins were skipped. A reply replaces the default.
+    Accept(Option<Reply>),
+    /// Refused with this reply (5xx).
+    Reject(Reply),
+    /// Refused for now with this reply (4xx).
+    Tempfail(Reply),
+    /// Answer with this reply and close the connection.
+    Disconnect(Reply),
+    /// Accept but drop (data) or silently skip (rcpt).
+    Discard,
+    /// Accept into quarantine, with a reason.
+    Quarantine(String),
+}
+
+/// A modification a plugin asked for, checked and normalized.
+pub type Modification = wit::Modification;
+/// A per-recipient route from the deliver hook.
+pub type Route = wit::Route;
+
+/// Read-only view of the transaction that hooks receive.
+pub struct TxView<'a> {
+    /// Connection facts.
+    pub conn: &'a wit::Connection,
+    /// Envelope so far.
+    pub env: &'a wit::Envelope,
+}
+
+struct Live {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+enum Call<'a> {
+    Connect(&'a wit::Connection),
+    Ehlo(&'a wit::Connection, &'a str),
+    MailFrom(
+        &'a wit::Connection,
+        &'a str,
+        &'a Vec<(String, Option<String>)>,
+    ),
+    Rcpt(&'a wit::Connection, &'a wit::Envelope, &'a wit::Recipient),
+    Data(&'a wit::Connection, &'a wit::Envelope, &'a Arc<MessageData>),
+    Deliver(&'a wit::Connection, &'a wit::Envelope),
+}
+
+enum Ret {
+    Verdict(wit::Verdict),
+    Outcome(wit::Outcome),
+    Routes(Vec<wit::Route>),
+}
+
+/// Why a call failed.
+enum CallError {
+    Trap(String),
+    Timeout,
+}
+
+/// The plugins of one session.
+pub struct PluginSession {
+    host: Arc<PluginHost>,
+    set: Arc<PluginSet>,
+    live: Vec<Option<Live>>,
+    notes: Arc<Mutex<Notes>>,
+    session_id: String,
+}
+
+impl PluginSession {
+    /// Starts with the plugin set that is current now; it is kept for the
+    /// whole session even if a reload swaps in another.
+    pub fn new(host: Arc<PluginHost>, session_id: String) -> PluginSession {
+        let set = host.current();
+        let live = set.plugins.iter().map(|_| None).collect();
+        PluginSession {
+            host,
+            set,
+            live,
+            notes: Arc::default(),
+            session_id,
+        }
+    }
+
+    /// The generation of the set this session uses.
+    pub fn generation(&self) -> u64 {
+        self.set.generation
+    }
+
+    /// True if some plugin runs on `hook`.
+    pub fn wants(&self, hook: HookName) -> bool {
+        self.set.wants(hook)
+    }
+
+    /// Read access to the notes (for logs and tests of the core).
+    pub fn note(&self, key: &str) -> Option<String> {
+        self.notes.lock().expect("notes lock").get(key).cloned()
+    }
+
+    /// A transaction starts (MAIL accepted).
+    pub fn begin_tx(&mut self) {
+        self.notes.lock().expect("notes lock").begin_tx();
+    }
+
+    /// A transaction boundary: instances and transaction notes go.
+    pub fn end_tx(&mut self) {
+        self.notes.lock().expect("notes lock").end_tx();
+        for l in &mut self.live {
+            *l = None;
+        }
+    }
+
+    /// connect hook.
+    pub async fn connect(&mut self, conn: &wit::Connection) -> Decision {
+        self.run(HookName::Connect, &Call::Connect(conn)).await.0
+    }
+
+    /// ehlo hook.
+    pub async fn ehlo(&mut self, conn: &wit::Connection, name: &str) -> Decision {
+        self.run(HookName::Ehlo, &Call::Ehlo(conn, name)).await.0
+    }
+
+    /// mail-from hook.
+    pub async fn mail_from(
+        &mut self,
+        conn: &wit::Connection,
+        sender: &str,
+        params: &Vec<(String, Option<String>)>,
+    ) -> (Decision, Vec<Modification>) {
+        self.run(HookName::MailFrom, &Call::MailFrom(conn, sender, params))
+            .await
+    }
+
+    /// rcpt hook.
+    pub async fn rcpt(
+        &mut self,
+        tx: TxView<'_>,
+        rcpt: &wit::Recipient,
+    ) -> (Decision, Vec<Modification>) {
+        self.run(HookName::Rcpt, &Call::Rcpt(tx.conn, tx.env, rcpt))
+            .await
+    }
+
+    /// data hook.
+    pub async fn data(
+        &mut self,
+        tx: TxView<'_>,
+        msg: &Arc<MessageData>,
+    ) -> (Decision, Vec<Modification>) {
+        self.run(HookName::Data, &Call::Data(tx.conn, tx.env, msg))
+            .await
+    }
+
+    /// deliver hook: one route per recipient; for each recipient the first
+    /// plugin (in order) with a route other than `default` decides.
+    pub async fn deliver(&mut self, tx: TxView<'_>) -> Vec<Route> {
+        let n = tx.env.recipients.len();
+        let mut routes = vec![wit::Route::Default; n];
+        for i in 0..self.set.plugins.len() {
+            let p = self.set.plugins[i].clone();
+            if !p.spec.hooks.contains(&HookName::Deliver) {
+                continue;
+            }
+            if let Ok(Ret::Routes(r)) = self
+                .call_one(i, &p, HookName::Deliver, &Call::Deliver(tx.conn, tx.env))
+                .await
+            {
+                for (slot, route) in routes.iter_mut().zip(r) {
+                    if matches!(slot, wit::Route::Default) {
+                        *slot = route;
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    /// Runs `hook` through the plugins in order until one is decisive.
+    async fn run(&mut self, hook: HookName, call: &Call<'_>) -> (Decision, Vec<Modification>) {
+        let mut mods = Vec::new();
+        for i in 0..self.set.plugins.len() {
+            let p = self.set.plugins[i].clone();
+            if !p.spec.hooks.contains(&hook) {
+                continue;
+            }
+            let (verdict, m) = match self.call_one(i, &p, hook, call).await {
+                Ok(Ret::Verdict(v)) => (v, Vec::new()),
+                Ok(Ret::Outcome(o)) => (o.verdict, o.modifications),
+                Ok(Ret::Routes(_)) => unreachable!("routes only come from deliver"),
+                Err(()) => match p.spec.on_error {
+                    OnError::Continue => continue,
+                    OnError::Tempfail => {
+                        return (Decision::Tempfail(Reply::plugin_failed_tempfail()), mods);
+                    }
+                    OnError::Reject => {
+                        return (Decision::Reject(Reply::plugin_failed_reject()), mods);
+                    }
+                },
+            };
+            mods.extend(m);
+            let decision = decide(hook, verdict, &p.spec.name);
+            if decision != Decision::Continue {
+                return (decision, mods);
+            }
+        }
+        (Decision::Continue, mods)
+    }
+
+    /// One call into one plugin, with instance management, deadline,
+    /// counters and a log event. Err means on_error applies.
+    async fn call_one(
+        &mut self,
+        i: usize,
+        p: &Arc<LoadedPlugin>,
+        hook: HookName,
+        call: &Call<'_>,
+    ) -> Result<Ret, ()> {
+        let started = Instant::now();
+        let deadline = p.spec.timeout(hook);
+        p.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let result = match tokio::time::timeout(deadline, self.invoke(i, p, call)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CallError::Timeout),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        p.stats.record_latency(micros);
+        let plugin = p.spec.name.as_str();
+        let hook_name = hook.as_str();
+        match &result {
+            Ok(ret) => {
+                let verdict = ret.kind();
+                p.stats.verdicts[ret.index()].fetch_add(1, Ordering::Relaxed);
+                if verdict == "continue" || verdict == "routes" {
+                    debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
+                } else {
+                    info!(plugin, hook = hook_name, verdict, micros, "plugin call");
+                }
+            }
+            Err(CallError::Timeout) => {
+                p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, "plugin call timed out; instance dropped");
+            }
+            Err(CallError::Trap(e)) => {
+                p.stats.traps.fetch_add(1, Ordering::Relaxed);
+                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %e, "plugin trapped; instance dropped");
+            }
+        }
+        if result.is_err() {
+            self.live[i] = None;
+        }
+        result.map_err(|_| ())
+    }
+
+    async fn invoke(
+        &mut self,
+        i: usize,
+        p: &Arc<LoadedPlugin>,
+        call: &Call<'_>,
+    ) -> Result<Ret, CallError> {
+        if self.live[i].is_none() {
+            let live = instantiate(
+                self.host.clone(),
+                self.notes.clone(),
+                p.clone(),
+                self.session_id.clone(),
+            )
+            .await?;
+            self.live[i] = Some(live);
+        }
+        let live = self.live[i].as_mut().expect("instance just created");
+        let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
+        let hooks = live.plugin.wasmtp_plugin_hooks();
+        let store = &mut live.store;
+        Ok(match call {
+            Call::Connect(c) => {
+                Ret::Verdict(hooks.call_connect(&mut *store, c).await.map_err(trap)?)
+            }
+            Call::Ehlo(c, n) => {
+                Ret::Verdict(hooks.call_ehlo(&mut *store, c, n).await.map_err(trap)?)
+            }
+            Call::MailFrom(c, s, params) => Ret::Outcome(
+                hooks
+                    .call_mail_from(&mut *store, c, s, params)
+                    .await
+                    .map_err(trap)?,
+            ),
+            Call::Rcpt(c, env, r) => Ret::Outcome(
+                hooks
+                    .call_rcpt(&mut *store, c, env, r)
+                    .await
+                    .map_err(trap)?,
+            ),
+            Call::Data(c, env, msg) => {
+                let res = store
+                    .data_mut()
+                    .table
+                    .push(MessageRes((*msg).clone()))
+                    .map_err(|e| trap(e.into()))?;
+                let rep = res.rep();
+                let out = hooks.call_data(&mut *store, c, env, res).await;
+                let _ = store
+                    .data_mut()
+                    .table
+                    .delete(wasmtime::component::Resource::<MessageRes>::new_own(rep));
+                Ret::Outcome(out.map_err(trap)?)
+            }
+            Call::Deliver(c, env) => Ret::Routes(
+                hooks
+                    .call_deliver(&mut *store, c, env)
+                    .await
+                    .map_err(trap)?,
+            ),
+        })
+    }
+}
+
+/// A fresh instance of `p` with its config applied (`init`). Takes owned
+/// handles so the future does not borrow the session (stores are not Sync).
+async fn instantiate(
+    host: Arc<PluginHost>,
+    notes: Arc<Mutex<Notes>>,
+    p: Arc<LoadedPlugin>,
+    session_id: String,
+) -> Result<Live, CallError> {
+    {
+        let state = HostState::new(
+            p.spec.name.as_str().into(),
+            p.spec.grants.clone(),
+            p.spec.memory,
+            notes,
+            host.shared().clone(),
+        );
+        let mut store = Store::new(host.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let plugin = p
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+        match plugin
+            .wasmtp_plugin_hooks()
+            .call_init(&mut store, &p.spec.config_json)
+            .await
+        {
+            Ok(Ok(())) => Ok(Live { store, plugin }),
+            Ok(Err(msg)) => Err(CallError::Trap(format!("init refused its config: {msg}"))),
+            Err(e) => Err(CallError::Trap(format!("init: {e:#}"))),
+        }
+        .inspect_err(
+            |_| debug!(session = %session_id, plugin = %p.spec.name, "instantiation failed"),
+        )
+    }
+}
+
+impl Ret {
+    fn kind(&self) -> &'static str {
+        let v = match self {
+            Ret::Verdict(v) => v,
+            Ret::Outcome(o) => &o.verdict,
+            Ret::Routes(_) => return "routes",
+        };
+        match v {
+            wit::Verdict::Continue => "continue",
+            wit::Verdict::Accept(_) => "accept",
+            wit::Verdict::Reject(_) => "reject",
+            wit::Verdict::Tempfail(_) => "tempfail",
+            wit::Verdict::Disconnect(_) => "disconnect",
+            wit::Verdict::Discard => "discard",
+            wit::Verdict::Quarantine(_) => "quarantine",
+        }
+    }
+
+    fn index(&self) -> usize {
+        [
+            "continue",
+            "accept",
+            "reject",
+            "tempfail",
+            "disconnect",
+            "discard",
+            "quarantine",
+            "routes",
+        ]
+        .iter()
+        .position(|k| *k == self.kind())
+        .unwrap_or(0)
+        .min(6)
+    }
+}
+
+/// Turns a verdict into a decision, checking that a plugin's reply fits it:
+/// a reject must be 5xx, a tempfail 4xx, an accept 2xx, a disconnect 421 or
+/// 5xx; a reply that does not fit is replaced by the default and logged.
+pub fn decide(hook: HookName, verdict: wit::Verdict, plugin: &str) -> Decision {
+    use wit::Verdict as V;
+    match verdict {
+        V::Continue => Decision::Continue,
+        V::Accept(r) => Decision::Accept(r.and_then(|r| checked(r, 200..300, plugin))),
+        V::Reject(r) => Decision::Reject(
+            r.and_then(|r| checked(r, 500..600, plugin))
+                .unwrap_or_else(|| {
+                    if hook == HookName::Connect {
+                        Reply::policy_reject_connect()
+                    } else {
+                        Reply::policy_reject()
+                    }
+                }),
+        ),
+        V::Tempfail(r) => Decision::Tempfail(
+            r.and_then(|r| checked(r, 400..500, plugin))
+                .unwrap_or_else(Reply::policy_tempfail),
+        ),
+        V::Disconnect(r) => Decision::Disconnect(
+            r.and_then(|r| {
+                if r.code == Some(421) {
+                    checked(r, 421..422, plugin)
+                } else {
+                    checked(r, 500..600, plugin)
+                }
+            })
+            .unwrap_or_else(|| Reply::policy_disconnect("")),
+        ),
+        V::Discard => Decision::Discard,
+        V::Quarantine(reason) => Decision::Quarantine(clean_text(&reason)),
+    }
+}
+
+fn clean_text(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect();
+    t.trim().to_string()
+}
+
+/// Checks a plugin reply; None if the code does not fit (the caller then
+/// uses the default reply for the verdict).
+fn checked(r: wit::Reply, range: std::ops::Range<u16>, plugin: &str) -> Option<Reply> {
+    let code = match r.code {
+        Some(c) => c,
+        None => match range.start / 100 {
+            2 => 250,
+            4 => 451,
+            _ => 550,
+        },
+    };
+    if !range.contains(&code) {
+        warn!(
+            plugin,
+            code, "plugin reply code does not fit its verdict; using the default reply"
+        );
+        return None;
+    }
+    let class = code / 100;
+    let status = match r.enhanced {
+        Some(e) if valid_status(&e, class) => e,
+        Some(e) => {
+            warn!(plugin, status = %e, "plugin enhanced status does not fit; using a default");
+            format!("{class}.7.1")
+        }
+        None => format!("{class}.{}", if class == 2 { "0.0" } else { "7.1" }),
+    };
+    Some(Reply::from_plugin(code, status, clean_text(&r.text)))
+}
+
+fn valid_status(s: &str, class: u16) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts[0] == class.to_string()
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: Option<u16>, enhanced: Option<&str>) -> Option<wit::Reply> {
+        Some(wit::Reply {
+            code,
+            enhanced: enhanced.map(Into::into),
+            text: "no\r\nway".into(),
+        })
+    }
+
+    #[test]
+    fn verdict_replies_must_fit() {
+        let d = decide(
+            HookName::Rcpt,
+            wit::Verdict::Reject(reply(Some(554), Some("5.7.1"))),
+            "p",
+        );
+        assert_eq!(
+            d,
+            Decision::Reject(Reply::from_plugin(554, "5.7.1".into(), "no  way".into()))
+        );
+        // A reject with a 2xx or 4xx code falls back to the default 550.
+        for bad in [Some(250), Some(451)] {
+            let d = decide(HookName::Rcpt, wit::Verdict::Reject(reply(bad, None)), "p");
+            assert_eq!(d, Decision::Reject(Reply::policy_reject()));
+        }
+        let d = decide(
+            HookName::Data,
+            wit::Verdict::Tempfail(reply(None, Some("5.1.1"))),
+            "p",
+        );
+        assert_eq!(
+            d,
+            Decision::Tempfail(Reply::from_plugin(451, "4.7.1".into(), "no  way".into()))
+        );
+        assert_eq!(
+            decide(HookName::Connect, wit::Verdict::Reject(None), "p"),
+            Decision::Reject(Reply::policy_reject_connect())
+        );
+        assert_eq!(
+            decide(HookName::Data, wit::Verdict::Continue, "p"),
+            Decision::Continue
+        );
+    }
+}

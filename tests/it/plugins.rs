@@ -1,0 +1,466 @@
+//! The plugin host through real SMTP: verdicts, modifications, order,
+//! capabilities, limits, hot swap, and a plugin written in Python.
+
+use std::net::UdpSocket;
+use std::process::Command;
+
+use crate::support::{BIN, Client, Server, plugin_toml, queue_id};
+
+fn send(s: &Server, from: &str, to: &str, body: &str) -> crate::support::Reply {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("MAIL FROM:<{from}>"), 250);
+    c.cmd(&format!("RCPT TO:<{to}>"), 250);
+    c.cmd("DATA", 354);
+    c.raw(body.as_bytes()).raw(b".\r\n");
+    c.reply()
+}
+
+#[test]
+fn spam_score_headers_on_every_message() {
+    let s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\"]\non_error = \"continue\"",
+    ));
+    queue_id(&send(
+        &s,
+        "a@example.test",
+        "u@example.test",
+        "Subject: hi\r\nX-Spam-Score: 99\r\n\r\nhello\r\n",
+    ));
+    let msg = String::from_utf8(s.wait_for_mail("u", 1).remove(0)).unwrap();
+    assert!(msg.contains("\nX-Spam-Score: "), "{msg}");
+    assert!(msg.contains("\nX-Spam-Status: No"), "{msg}");
+    // The client's own X-Spam-Score was replaced, not kept beside ours.
+    assert_eq!(msg.matches("X-Spam-Score:").count(), 1, "{msg}");
+    assert!(!msg.contains("X-Spam-Score: 99"));
+    let calls = s.log_lines("plugin loaded");
+    assert_eq!(calls.len(), 1, "{}", s.dump_logs());
+}
+
+#[test]
+fn reject_quarantine_and_first_decisive_verdict() {
+    let cfg = format!(
+        "{}{}",
+        plugin_toml(
+            "attachment-guard",
+            "attachment_guard.wasm",
+            "hooks = [\"data\"]"
+        ),
+        plugin_toml(
+            "spam-score",
+            "spam_score.wasm",
+            "hooks = [\"data\"]\n[plugin.config]\nquarantine_threshold = 3.0\nreject_threshold = 6.0\nphrases = { \"lottery\" = 4.0, \"jackpot\" = 10.0 }"
+        )
+    );
+    let s = Server::start(&cfg);
+    let clean = "From: a@example.test\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@x>\r\nSubject: hello\r\n\r\nhi\r\n";
+    queue_id(&send(&s, "a@example.test", "clean@example.test", clean));
+    // Over the reject threshold: 550 at the end of DATA, nothing queued.
+    let r = send(
+        &s,
+        "a@example.test",
+        "spam@example.test",
+        &clean.replace("hi\r\n", "jackpot\r\n"),
+    );
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(r.text().starts_with("5.7.1"), "{r:?}");
+    // Between the thresholds: accepted into quarantine.
+    let q = send(
+        &s,
+        "a@example.test",
+        "maybe@example.test",
+        &clean.replace("hi\r\n", "lottery\r\n"),
+    );
+    queue_id(&q);
+    let quarantined = String::from_utf8(s.wait_for_mail("quarantine", 1).remove(0)).unwrap();
+    assert!(
+        quarantined.contains("X-Wasmtp-Original-Recipients: maybe@example.test"),
+        "{quarantined}"
+    );
+    // attachment-guard runs first, so its refusal is the one the client sees,
+    // even though spam-score would also refuse this message.
+    let attach = "From: a@example.test\r\nSubject: invoice\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\njackpot\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"invoice.exe\"\r\n\r\nMZ\r\n--b--\r\n";
+    let r = send(&s, "a@example.test", "victim@example.test", attach);
+    assert_eq!(r.code / 100, 5, "{r:?}");
+    assert!(
+        r.text().to_lowercase().contains("invoice.exe")
+            || r.text().to_lowercase().contains("attachment"),
+        "{r:?}"
+    );
+    s.wait_for_mail("clean", 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(s.mail("spam").is_empty() && s.mail("maybe").is_empty() && s.mail("victim").is_empty());
+    assert_eq!(
+        s.log_lines("\"verdict\":\"reject\"").len(),
+        2,
+        "{}",
+        s.dump_logs()
+    );
+}
+
+#[test]
+fn router_rewrites_and_routes_recipients() {
+    let s = Server::start(&plugin_toml(
+        "router",
+        "router.wasm",
+        "hooks = [\"rcpt\", \"deliver\"]\n[plugin.config]\nlocal_domains = [\"example.test\"]\nmailboxes = [\"alice@example.test\", \"bob@example.test\"]\naliases = { \"team@example.test\" = [\"alice@example.test\", \"bob@example.test\"] }\nreject_unknown = true",
+    ));
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd("MAIL FROM:<x@example.test>", 250);
+    let r = c.cmd("RCPT TO:<nobody@example.test>", 550);
+    assert!(r.text().starts_with("5.1.1"), "{r:?}");
+    c.cmd("RCPT TO:<team@example.test>", 250);
+    c.cmd("DATA", 354);
+    c.raw(b"Subject: to the team\r\n\r\nhi all\r\n.\r\n");
+    queue_id(&c.expect(250));
+    // The alias expanded into both mailboxes; no "team" mailbox exists.
+    for mb in ["alice", "bob"] {
+        let m = String::from_utf8(s.wait_for_mail(mb, 1).remove(0)).unwrap();
+        assert!(m.contains("Subject: to the team"));
+    }
+    assert!(s.mail("team").is_empty());
+}
+
+/// A one-shot DNS responder on loopback: answers A queries under `zone`
+/// with 127.0.0.2, everything else with NXDOMAIN.
+fn dns_server(zone: &'static str) -> std::net::SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 17 {
+                continue;
+            }
+            // Question name, as dotted text.
+            let mut i = 12;
+            let mut labels = Vec::new();
+            while i < n && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_string());
+                i += 1 + len;
+            }
+            let qend = i + 5;
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let name = labels.join(".").to_lowercase();
+            let listed = name.ends_with(zone) && qtype == 1;
+            let mut resp = q[..qend].to_vec();
+            resp[2] = 0x81;
+            resp[3] = if listed { 0x80 } else { 0x83 };
+            resp[6..8].copy_from_slice(&[0, u8::from(listed)]);
+            resp[8..12].copy_from_slice(&[0, 0, 0, 0]);
+            if listed {
+                resp.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
+            }
+            let _ = sock.send_to(&resp, peer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn dnsbl_rejects_a_listed_client_through_a_real_dns_server() {
+    let dns = dns_server("bl.test");
+    let cfg = format!(
+        "[dns]\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\n\n{}",
+        plugin_toml(
+            "dnsbl",
+            "dnsbl.wasm",
+            "hooks = [\"connect\", \"rcpt\"]\ngrants = [\"dns\"]\n[plugin.config]\nskip_private = false\nzones = [{ zone = \"bl.test\", action = \"reject\" }]"
+        )
+    );
+    let s = Server::start(&cfg);
+    let mut c = Client::connect(s.addr);
+    let first = c.reply();
+    // Depending on the plugin's design the refusal comes at connect or RCPT.
+    if first.code == 220 {
+        c.cmd("EHLO client.test", 250);
+        c.cmd("MAIL FROM:<a@example.test>", 250);
+        let r = c.cmd("RCPT TO:<u@example.test>", 550);
+        assert!(r.text().contains("bl.test"), "{r:?}");
+    } else {
+        assert!(
+            first.code == 554 || first.code == 550 || first.code == 421,
+            "{first:?}"
+        );
+        assert!(first.text().contains("bl.test"), "{first:?}");
+    }
+    // Not listed under another zone: the same plugin lets the client through.
+    let cfg2 = format!(
+        "[dns]\nnameservers = [\"{dns}\"]\n\n{}",
+        plugin_toml(
+            "dnsbl",
+            "dnsbl.wasm",
+            "hooks = [\"connect\", \"rcpt\"]\ngrants = [\"dns\"]\n[plugin.config]\nskip_private = false\nzones = [{ zone = \"other.test\", action = \"reject\" }]"
+        )
+    );
+    let s2 = Server::start(&cfg2);
+    queue_id(&send(
+        &s2,
+        "a@example.test",
+        "u@example.test",
+        "Subject: x\r\n\r\nx\r\n",
+    ));
+}
+
+#[test]
+fn busy_loop_is_cut_off_while_other_sessions_are_served() {
+    let s = Server::start(&plugin_toml(
+        "busy",
+        "fixture_busy_loop.wasm",
+        "hooks = [\"data\"]\ntimeout = \"3s\"\non_error = \"tempfail\"",
+    ));
+    let mut a = Client::greeted(s.addr);
+    a.cmd("EHLO spinner.test", 250);
+    a.cmd("MAIL FROM:<a@example.test>", 250);
+    a.cmd("RCPT TO:<u@example.test>", 250);
+    a.cmd("DATA", 354);
+    a.raw(b"Subject: spin\r\n\r\nx\r\n.\r\n");
+    // While the plugin spins in session A, session B gets every reply.
+    let mut b = Client::greeted(s.addr);
+    b.cmd("EHLO other.test", 250);
+    b.cmd("MAIL FROM:<b@example.test>", 250);
+    b.cmd("RCPT TO:<v@example.test>", 250);
+    b.cmd("NOOP", 250);
+    b.cmd("QUIT", 221);
+    assert!(
+        s.log_lines("timed out").is_empty(),
+        "B finished before A's deadline"
+    );
+    let r = a.expect(451);
+    assert!(r.text().starts_with("4.3.0"), "{r:?}");
+    assert_eq!(
+        s.log_lines("plugin call timed out").len(),
+        1,
+        "{}",
+        s.dump_logs()
+    );
+    // The session goes on with a fresh instance (which spins again).
+    a.cmd("NOOP", 250);
+}
+
+#[test]
+fn trap_and_memory_hog_apply_on_error() {
+    let cfg = format!(
+        "{}{}",
+        plugin_toml(
+            "hog",
+            "fixture_memory_hog.wasm",
+            "hooks = [\"rcpt\"]\nmemory = \"16MiB\"\non_error = \"reject\""
+        ),
+        plugin_toml(
+            "trap",
+            "fixture_trap.wasm",
+            "hooks = [\"mail-from\"]\non_error = \"continue\""
+        )
+    );
+    let s = Server::start(&cfg);
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    // The trap at mail-from is ignored (on_error = continue).
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    // The memory hog hits its cap at rcpt: on_error = reject.
+    let r = c.cmd("RCPT TO:<u@example.test>", 550);
+    assert!(r.text().starts_with("5.7.0"), "{r:?}");
+    // Again: a fresh instance, the same outcome; the server is fine.
+    c.cmd("RCPT TO:<u@example.test>", 550);
+    c.cmd("QUIT", 221);
+    assert!(
+        s.log_lines("plugin trapped").len() >= 3,
+        "{}",
+        s.dump_logs()
+    );
+    assert!(s.dump_logs().contains("\"plugin\":\"hog\""));
+}
+
+#[test]
+fn ungranted_import_and_bad_digest_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}{}",
+            plugin_toml("sneaky", "fixture_ungranted.wasm", "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("sneaky") && err.contains("wasmtp:plugin/kv") && err.contains("grants"),
+        "{err}"
+    );
+    // Granted, it loads.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}{}",
+            plugin_toml(
+                "sneaky",
+                "fixture_ungranted.wasm",
+                "grants = [\"kv\", \"dns\"]"
+            )
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong sha256 pin is refused.
+    let pin = "0".repeat(64);
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}{}",
+            plugin_toml("pinned", "spam_score.wasm", &format!("sha256 = \"{pin}\""))
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("sha256"), "{err}");
+    // The right one is accepted.
+    let digest = Command::new(BIN)
+        .args([
+            "plugins",
+            "digest",
+            &crate::support::plugin_wasm("spam_score.wasm"),
+        ])
+        .output()
+        .unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}{}",
+            plugin_toml(
+                "pinned",
+                "spam_score.wasm",
+                &format!("sha256 = \"{digest}\"")
+            )
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_plugin_refuses_a_sender_domain() {
+    let s = Server::start(&plugin_toml(
+        "sender-block",
+        "python/sender_block.wasm",
+        "hooks = [\"mail-from\"]\n[plugin.config]\ndomains = [\"spam.example\"]",
+    ));
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let r = c.cmd("MAIL FROM:<bad@spam.example>", 550);
+    assert!(r.text().starts_with("5."), "{r:?}");
+    c.cmd("MAIL FROM:<good@example.test>", 250);
+}
+
+#[test]
+fn hot_swap_during_in_flight_sessions_drops_none() {
+    let mut s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\"]",
+    ));
+    // 20 sessions in the middle of a transaction.
+    let mut clients: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = Client::greeted(s.addr);
+            c.cmd("EHLO client.test", 250);
+            c.cmd("MAIL FROM:<a@example.test>", 250);
+            c.cmd(&format!("RCPT TO:<swap{i}@example.test>"), 250);
+            c
+        })
+        .collect();
+    // New config: spam-score now also rejects everything scoring >= 0.
+    let cfg = s.dir.path().join("wasmtp.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[plugin.config]\nreject_threshold = 0.0\n");
+    std::fs::write(&cfg, text).unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.log_lines("plugin reload done").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", s.dump_logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The running sessions finish on the set they started with.
+    for c in &mut clients {
+        c.cmd("DATA", 354);
+        c.raw(b"Subject: during swap\r\n\r\nok\r\n.\r\n");
+        queue_id(&c.expect(250));
+    }
+    for i in 0..20 {
+        s.wait_for_mail(&format!("swap{i}"), 1);
+    }
+    // New sessions get the new set.
+    let r = send(
+        &s,
+        "a@example.test",
+        "after@example.test",
+        "Subject: after\r\n\r\nok\r\n",
+    );
+    assert_eq!(r.code, 550, "{r:?}");
+    // A broken new set leaves the running one serving.
+    std::fs::write(&cfg, "this is = = not toml").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    while s.log_lines("plugin reload failed").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", s.dump_logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        send(
+            &s,
+            "a@example.test",
+            "after@example.test",
+            "Subject: x\r\n\r\nok\r\n"
+        )
+        .code,
+        550
+    );
+    assert!(s.is_running());
+}
