@@ -19,7 +19,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Settings;
 use crate::queue::{QueueManager, Store, StoreError};
-use crate::session::{ConnInfo, ServerCtx, Session};
+use crate::session::starttls::serve_connection;
+use crate::session::{ConnInfo, ServerCtx};
 use crate::smtp::Reply;
 
 /// Why the server could not run.
@@ -28,6 +29,9 @@ pub enum ServerError {
     /// The queue store failed to open or flush.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Certificates could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
@@ -86,16 +90,26 @@ impl Drop for ConnPermit {
 }
 
 /// Runs the server until `stop` completes, then shuts down gracefully.
-pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
+/// Every change of `reload` (SIGHUP in `main.rs`) re-reads the certificates.
+pub async fn serve(
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+    reload: watch::Receiver<u64>,
+) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let store = Store::open(&settings.queue.dir, settings.queue.group_commit)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (queue, queue_task) =
         QueueManager::start(store.clone(), settings.clone(), shutdown_rx.clone())?;
+    let tls = Arc::new(crate::tls::Tls::start(&settings.tls, &settings.hostname)?);
+    tokio::spawn(reload_certificates(tls.clone(), reload));
     let ctx = Arc::new(ServerCtx {
         settings: settings.clone(),
         store: store.clone(),
         queue,
+        tls,
+        users: Arc::new(crate::users::UserDb::new(settings.auth.users_file.clone())),
+        auth_throttle: Arc::new(crate::auth::Throttle::new(settings.auth.failure_delay)),
     });
 
     let mut listeners = Vec::new();
@@ -108,8 +122,8 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
                 source,
             })?;
         let addr = sock.local_addr().unwrap_or(l.address);
-        info!(listener = %l.name, %addr, "listening");
-        listeners.push((l.name.clone(), sock));
+        info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");
+        listeners.push((l.clone(), sock));
     }
     info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), "wasmtp ready");
 
@@ -120,9 +134,9 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     });
     let sessions = TaskTracker::new();
     let accepts = TaskTracker::new();
-    for (name, sock) in listeners {
+    for (listener, sock) in listeners {
         let a = AcceptLoop {
-            name,
+            listener,
             sock,
             ctx: ctx.clone(),
             limiter: limiter.clone(),
@@ -154,7 +168,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
 }
 
 struct AcceptLoop {
-    name: String,
+    listener: crate::config::Listener,
     sock: TcpListener,
     ctx: Arc<ServerCtx>,
     limiter: Arc<ConnLimiter>,
@@ -188,14 +202,16 @@ impl AcceptLoop {
                         id,
                         peer,
                         local,
-                        listener: self.name.clone(),
+                        listener: self.listener.name.clone(),
+                        role: self.listener.role,
+                        tls: None,
+                        auth: None,
                     };
-                    let session =
-                        Session::new(stream, self.ctx.clone(), info, self.shutdown.clone());
+                    let (ctx, shutdown) = (self.ctx.clone(), self.shutdown.clone());
                     self.sessions.spawn(
                         async move {
                             debug!("connected");
-                            session.run().await;
+                            serve_connection(stream, ctx, info, shutdown).await;
                             debug!("closed");
                             drop(permit);
                         }
@@ -219,4 +235,15 @@ async fn refuse(mut stream: TcpStream, reply: Reply) {
 /// Completes once `rx` turns true (or its sender is gone).
 pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Re-reads the certificates on every reload signal. Sessions keep the
+/// connection they have; the next handshake uses the new set.
+async fn reload_certificates(tls: Arc<crate::tls::Tls>, mut reload: watch::Receiver<u64>) {
+    while reload.changed().await.is_ok() {
+        match tls.reload() {
+            Ok(()) => info!("certificates reloaded"),
+            Err(e) => warn!(error = %e, "certificates not reloaded; keeping the previous ones"),
+        }
+    }
 }

@@ -4,6 +4,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Session;
 use crate::delivery::local::{Resolution, resolve};
+use crate::queue::Route;
 use crate::smtp::command::Body;
 use crate::smtp::{MailParams, Path, Reply};
 
@@ -12,8 +13,10 @@ use crate::smtp::{MailParams, Path, Reply};
 pub struct Recipient {
     /// Address as given (postmaster gets our domain).
     pub address: String,
-    /// Local mailbox.
+    /// Local mailbox (empty for a relayed recipient).
     pub mailbox: String,
+    /// Local delivery or relay.
+    pub route: Route,
 }
 
 /// The open mail transaction.
@@ -32,7 +35,7 @@ pub struct Transaction {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn mail(&mut self, path: Path, params: MailParams) -> Reply {
+    pub(super) fn mail(&mut self, path: Path, mut params: MailParams) -> Reply {
         let Some(helo) = &self.helo else {
             return Reply::bad_sequence("Send HELO/EHLO first");
         };
@@ -58,6 +61,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             _ => None,
         };
+        if let Some(refused) = self.mail_policy(sender.as_ref(), &mut params.auth) {
+            return refused;
+        }
         self.tx = Some(Transaction {
             sender,
             params,
@@ -68,6 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub(super) fn rcpt(&mut self, path: Path) -> Reply {
         let settings = self.ctx.settings.clone();
+        let may_relay = self.may_relay();
         let Some(tx) = &mut self.tx else {
             return Reply::bad_sequence("Need MAIL before RCPT");
         };
@@ -84,19 +91,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Path::Mailbox(a) => a.to_string(),
             _ => format!("postmaster@{}", settings.hostname),
         };
-        match resolve(&settings.local, &path) {
-            Resolution::Local(mailbox) => {
-                if !tx
-                    .recipients
-                    .iter()
-                    .any(|r| r.address.eq_ignore_ascii_case(&address))
-                {
-                    tx.recipients.push(Recipient { address, mailbox });
-                }
-                Reply::recipient_ok()
-            }
-            Resolution::NotLocal => Reply::relay_denied(&address),
-            Resolution::UnknownUser => Reply::no_such_user(&address),
+        let (mailbox, route) = match resolve(&settings.local, &path) {
+            Resolution::Local(mailbox) => (mailbox, Route::Local),
+            Resolution::NotLocal if may_relay => (String::new(), Route::Remote),
+            Resolution::NotLocal => return Reply::relay_denied(&address),
+            Resolution::UnknownUser => return Reply::no_such_user(&address),
+        };
+        if !tx
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&address))
+        {
+            tx.recipients.push(Recipient {
+                address,
+                mailbox,
+                route,
+            });
         }
+        Reply::recipient_ok()
     }
 }

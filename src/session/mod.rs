@@ -6,9 +6,11 @@
 //! details live in `crate::smtp`, the stages in this module's files:
 //! `envelope` (MAIL, RCPT) and `data` (DATA, BDAT, queueing).
 
+mod auth;
 mod data;
 mod envelope;
 pub mod io;
+pub mod starttls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +34,12 @@ pub struct ServerCtx {
     pub store: Store,
     /// Queue manager handle.
     pub queue: QueueManager,
+    /// TLS acceptor with reloadable certificates.
+    pub tls: Arc<crate::tls::Tls>,
+    /// The users file.
+    pub users: Arc<crate::users::UserDb>,
+    /// Per-IP brake on failed AUTH.
+    pub auth_throttle: Arc<crate::auth::Throttle>,
 }
 
 /// Facts about the connection.
@@ -45,6 +53,12 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Listener name.
     pub listener: String,
+    /// Listener role.
+    pub role: crate::config::Role,
+    /// TLS parameters once TLS is active.
+    pub tls: Option<crate::tls::TlsInfo>,
+    /// The authenticated user name, once AUTH succeeded.
+    pub auth: Option<String>,
 }
 
 /// The client's HELO/EHLO.
@@ -65,6 +79,13 @@ pub struct Session<S> {
     helo: Option<Helo>,
     tx: Option<Transaction>,
     errors: usize,
+    /// Send the 220 greeting (not after STARTTLS).
+    greet: bool,
+    /// Set by STARTTLS: hand the stream back after the 220.
+    upgrade: bool,
+    /// The authenticated account (see `auth.rs`).
+    user: Option<crate::users::User>,
+    auth_failures: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -83,6 +104,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: None,
             tx: None,
             errors: 0,
+            greet: true,
+            upgrade: false,
+            user: None,
+            auth_failures: 0,
         }
     }
 
@@ -90,10 +115,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &self.ctx.settings
     }
 
-    /// Runs the conversation to its end.
-    pub async fn run(mut self) {
-        let greeting = Reply::greeting(&self.settings().hostname);
-        self.conn.reply(&greeting);
+    /// Runs the conversation to its end; returns the stream when the client
+    /// asked for STARTTLS (see `starttls.rs`).
+    pub async fn run(mut self) -> Option<S> {
+        if self.greet {
+            let greeting = Reply::greeting(&self.settings().hostname);
+            self.conn.reply(&greeting);
+        }
         loop {
             let max = self.settings().limits.command_line_length;
             let timeout = self.settings().timeouts.command;
@@ -107,15 +135,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(r) => r,
                     Err(stop) => {
                         self.stopped(stop).await;
-                        return;
+                        return None;
                     }
                 },
                 Err(stop) => {
                     self.stopped(stop).await;
-                    return;
+                    return None;
                 }
             };
             self.conn.reply(&reply);
+            if self.upgrade {
+                return self.into_tls_stream().await;
+            }
             if reply.closes() {
                 break;
             }
@@ -130,6 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.conn.shutdown().await;
+        None
     }
 
     /// Answers the end of input: a 421 where the client is still there.
@@ -166,6 +198,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Rcpt(path, _) => self.rcpt(path),
             Command::Data => return self.data().await,
             Command::Bdat(size, last) => return self.bdat(size, last).await,
+            Command::StartTls => self.starttls(),
+            Command::Auth(mech, initial) => return self.auth(mech, initial).await,
             Command::Rset => {
                 self.tx = None;
                 Reply::reset()
@@ -190,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "SMTPUTF8".into(),
                 "CHUNKING".into(),
             ];
+            let ext = self.security_extensions(ext);
             Reply::ehlo(&s.hostname, &name, &ext)
         } else {
             Reply::helo(&s.hostname, &name)
