@@ -159,10 +159,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             return None;
         };
-        if let Some(a) = sender {
-            if !user.allows_sender(&a.to_string()) {
-                return Some(Reply::sender_not_owned(&a.to_string()));
-            }
+        if let Some(a) = sender.filter(|a| !user.allows_sender(&a.to_string())) {
+            return Some(Reply::sender_not_owned(&a.to_string()));
         }
         if auth_param
             .as_deref()
