@@ -232,7 +232,8 @@ mod tests {
 
     #[test]
     fn plain_responses() {
-        let table: &[(&[u8], Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a [u8], Option<(&'a str, &'a str)>);
+        let table: &[Case] = &[
             (b"\0alice\0pw", Some(("alice", "pw"))),
             (b"alice\0alice\0pw", Some(("alice", "pw"))),
             (b"bob\0alice\0pw", None),
