@@ -73,6 +73,15 @@ pub struct RawConfig {
     /// `[log]`
     #[serde(default)]
     pub log: RawLog,
+    /// `[tls]`
+    #[serde(default)]
+    pub tls: crate::tls::RawTls,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: crate::auth::RawAuth,
+    /// `[relay]`
+    #[serde(default)]
+    pub relay: crate::auth::RawRelay,
     /// `[[plugin]]`, in the order they run.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<RawPlugin>,
@@ -259,6 +268,32 @@ pub struct RawListener {
     pub name: Option<String>,
     /// `ip:port` to listen on.
     pub address: SocketAddr,
+    /// mx | submission | submissions (default mx).
+    pub role: Option<Role>,
+}
+
+/// What a listener is for.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Port 25: mail from other servers; STARTTLS offered, AUTH optional.
+    #[default]
+    Mx,
+    /// Port 587 (RFC 6409): STARTTLS, then AUTH before MAIL.
+    Submission,
+    /// Port 465 (RFC 8314): implicit TLS, AUTH before MAIL.
+    Submissions,
+}
+
+impl Role {
+    /// The name used in config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mx => "mx",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
 }
 
 /// `[limits]`
@@ -460,6 +495,8 @@ pub struct Listener {
     pub name: String,
     /// Address to bind.
     pub address: SocketAddr,
+    /// What the listener is for.
+    pub role: Role,
 }
 
 /// SMTP protocol limits.
@@ -553,6 +590,12 @@ pub struct Settings {
     pub plugins: Vec<PluginSpec>,
     /// DNS for plugins.
     pub dns: DnsSettings,
+    /// Certificates.
+    pub tls: crate::tls::TlsSettings,
+    /// SMTP AUTH.
+    pub auth: crate::auth::AuthSettings,
+    /// Who may relay.
+    pub relay: crate::auth::RelaySettings,
 }
 
 impl Settings {
@@ -657,6 +700,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         listeners.push(Listener {
             name: l.name.unwrap_or_else(|| format!("smtp{i}")),
             address: l.address,
+            role: l.role.unwrap_or_default(),
         });
     }
 
@@ -761,6 +805,10 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         line_endings: lc.line_endings.unwrap_or_default(),
     };
 
+    let tls = crate::tls::resolve(raw.tls, &data_dir).map_err(|(key, m)| err(&key, m))?;
+    let auth = crate::auth::resolve_auth(raw.auth, &data_dir);
+    let relay = crate::auth::resolve_relay(raw.relay);
+
     let mut plugins: Vec<PluginSpec> = Vec::new();
     for p in raw.plugins {
         if plugins.iter().any(|o| o.name == p.name) {
@@ -821,6 +869,9 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     Ok(Settings {
         plugins,
         dns,
+        tls,
+        auth,
+        relay,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -18,7 +18,11 @@
 //! | `queue` | sled store with group commit, queue manager |
 //! | `delivery` | local recipients, Maildir writer, outcome classes |
 //! | `observe` | tracing setup |
+//! | `tls` | certificates, SNI, reload, the rustls acceptor |
+//! | `auth` | AUTH settings, SASL mechanisms, failure throttle, relay networks |
+//! | `users` | the users file (argon2id), reloaded on change |
 
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod observe;
@@ -27,3 +31,5 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod tls;
+pub mod users;

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod user_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "wasmtp",
@@ -36,6 +38,14 @@ enum Cmd {
     },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Manage the users file for SMTP AUTH.
+    User {
+        /// Config file naming the users file (the embedded default without it).
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: user_cmd::UserCmd,
+    },
     /// Plugin management.
     Plugins {
         #[command(subcommand)]
@@ -126,6 +136,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::User { config, cmd } => {
+            let run = load(config.as_ref())
+                .map_err(anyhow::Error::from)
+                .and_then(|s| user_cmd::run(cmd, s.auth.users_file));
+            match run {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::DefaultConfig => {
             print!("{}", wasmtp::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
@@ -183,6 +205,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
+        let reload = reload_on_sighup();
         let stop = async {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -192,7 +215,22 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        wasmtp::server::serve(settings, stop).await
+        wasmtp::server::serve(settings, stop, reload).await
     })?;
     Ok(())
+}
+
+/// SIGHUP bumps a counter; subscribers (certificates today) reload when it
+/// changes. Clone the receiver to hook more reloadable state in.
+fn reload_on_sighup() -> tokio::sync::watch::Receiver<u64> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    rx
 }

@@ -20,7 +20,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::Settings;
 use crate::plugin::PluginHost;
 use crate::queue::{QueueManager, Store, StoreError};
-use crate::session::{ConnInfo, ServerCtx, Session};
+use crate::session::starttls::serve_connection;
+use crate::session::{ConnInfo, ServerCtx};
 use crate::smtp::Reply;
 
 /// Why the server could not run.
@@ -32,6 +33,9 @@ pub enum ServerError {
     /// The plugin set could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugin::PluginError),
+    /// Certificates could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
@@ -90,18 +94,28 @@ impl Drop for ConnPermit {
 }
 
 /// Runs the server until `stop` completes, then shuts down gracefully.
-pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
+/// Every change of `reload` (SIGHUP in `main.rs`) re-reads the certificates.
+pub async fn serve(
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+    reload: watch::Receiver<u64>,
+) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let store = Store::open(&settings.queue.dir, settings.queue.group_commit)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (queue, queue_task) =
         QueueManager::start(store.clone(), settings.clone(), shutdown_rx.clone())?;
     let plugins = PluginHost::new(&settings, store.db())?;
+    let tls = Arc::new(crate::tls::Tls::start(&settings.tls, &settings.hostname)?);
+    tokio::spawn(reload_certificates(tls.clone(), reload.clone()));
     let ctx = Arc::new(ServerCtx {
         settings: settings.clone(),
         store: store.clone(),
         queue,
         plugins,
+        tls,
+        users: Arc::new(crate::users::UserDb::new(settings.auth.users_file.clone())),
+        auth_throttle: Arc::new(crate::auth::Throttle::new(settings.auth.failure_delay)),
     });
 
     let mut listeners = Vec::new();
@@ -114,8 +128,8 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
                 source,
             })?;
         let addr = sock.local_addr().unwrap_or(l.address);
-        info!(listener = %l.name, %addr, "listening");
-        listeners.push((l.name.clone(), sock));
+        info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");
+        listeners.push((l.clone(), sock));
     }
     info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), "wasmtp ready");
 
@@ -126,9 +140,9 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     });
     let sessions = TaskTracker::new();
     let accepts = TaskTracker::new();
-    for (name, sock) in listeners {
+    for (listener, sock) in listeners {
         let a = AcceptLoop {
-            name,
+            listener,
             sock,
             ctx: ctx.clone(),
             limiter: limiter.clone(),
@@ -142,7 +156,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         warn!(file = %pid_file.display(), error = %e, "cannot write the pid file (`wasmtp plugins reload` needs it)");
     }
-    let reloader = tokio::spawn(reload_on_sighup(ctx.clone()));
+    let reloader = tokio::spawn(reload_plugins(ctx.clone(), reload.clone()));
     stop.await;
     reloader.abort();
     let _ = std::fs::remove_file(&pid_file);
@@ -170,7 +184,7 @@ pub async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> Result
 }
 
 struct AcceptLoop {
-    name: String,
+    listener: crate::config::Listener,
     sock: TcpListener,
     ctx: Arc<ServerCtx>,
     limiter: Arc<ConnLimiter>,
@@ -204,14 +218,16 @@ impl AcceptLoop {
                         id,
                         peer,
                         local,
-                        listener: self.name.clone(),
+                        listener: self.listener.name.clone(),
+                        role: self.listener.role,
+                        tls: None,
+                        auth: None,
                     };
-                    let session =
-                        Session::new(stream, self.ctx.clone(), info, self.shutdown.clone());
+                    let (ctx, shutdown) = (self.ctx.clone(), self.shutdown.clone());
                     self.sessions.spawn(
                         async move {
                             debug!("connected");
-                            session.run().await;
+                            serve_connection(stream, ctx, info, shutdown).await;
                             debug!("closed");
                             drop(permit);
                         }
@@ -237,17 +253,12 @@ pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// On SIGHUP: re-read the config file and swap in its plugin set. A set
+/// On every reload signal (SIGHUP): re-read the config file and swap in its plugin set. A set
 /// that fails to load leaves the running one serving. Sessions keep the set
 /// they started with.
-async fn reload_on_sighup(ctx: Arc<ServerCtx>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler; reload is unavailable");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        info!("SIGHUP: reloading plugins");
+async fn reload_plugins(ctx: Arc<ServerCtx>, mut reload: watch::Receiver<u64>) {
+    while reload.changed().await.is_ok() {
+        info!("reloading plugins");
         let ctx = ctx.clone();
         let result = tokio::task::spawn_blocking(move || {
             let source = &ctx.settings.source;
@@ -266,6 +277,17 @@ async fn reload_on_sighup(ctx: Arc<ServerCtx>) {
             Ok(Ok(generation)) => info!(generation, "plugin reload done"),
             Ok(Err(e)) => warn!(error = %e, "plugin reload failed; the running plugin set stays"),
             Err(e) => warn!(error = %e, "plugin reload failed"),
+        }
+    }
+}
+
+/// Re-reads the certificates on every reload signal. Sessions keep the
+/// connection they have; the next handshake uses the new set.
+async fn reload_certificates(tls: Arc<crate::tls::Tls>, mut reload: watch::Receiver<u64>) {
+    while reload.changed().await.is_ok() {
+        match tls.reload() {
+            Ok(()) => info!("certificates reloaded"),
+            Err(e) => warn!(error = %e, "certificates not reloaded; keeping the previous ones"),
         }
     }
 }

@@ -11,7 +11,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::{QueuedMessage, RcptStatus, Store, StoreError, now_secs};
+/// Why relayed recipients stay queued.
+const NO_OUTBOUND: &str = "deferred: no outbound delivery configured";
+
+use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, now_secs};
 use crate::config::Settings;
 use crate::delivery::{Outcome, maildir};
 
@@ -191,6 +194,9 @@ fn deliver_local(
     retry: bool,
 ) -> Outcome {
     let r = &msg.recipients[i];
+    if r.route == Route::Remote {
+        return Outcome::Temporary(NO_OUTBOUND.into());
+    }
     if !maildir::is_safe_mailbox(&r.mailbox) {
         return Outcome::Permanent(format!("invalid mailbox name {:?}", r.mailbox));
     }

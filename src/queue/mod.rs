@@ -27,13 +27,27 @@ pub enum RcptStatus {
     Failed(String),
 }
 
+/// How a recipient is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Route {
+    /// Into a local Maildir.
+    #[default]
+    Local,
+    /// To another server (relay). Outbound delivery does not exist yet, so
+    /// these wait in the queue.
+    Remote,
+}
+
 /// One recipient of a queued message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueuedRcpt {
     /// The address as given at RCPT.
     pub address: String,
-    /// Local mailbox it resolves to.
+    /// Local mailbox it resolves to (empty for a remote recipient).
     pub mailbox: String,
+    /// Local delivery or relay; envelopes from before routes were recorded are local.
+    #[serde(default)]
+    pub route: Route,
     /// Current state.
     pub status: RcptStatus,
     /// Attempts so far.

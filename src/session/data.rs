@@ -109,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(|r| QueuedRcpt {
                     address: r.address,
                     mailbox: r.mailbox,
+                    route: r.route,
                     status: RcptStatus::Pending,
                     attempts: 0,
                     last_error: None,
@@ -147,12 +148,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (true, false) => "ESMTP",
             (false, false) => "SMTP",
         };
+        let (proto, comments) = self.received_with(proto);
         let for_clause = match tx.recipients.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),
         };
         format!(
-            "Received: from {} ([{}])\r\n\tby {} (wasmtp) with {proto} id {id}{for_clause};\r\n\t{}\r\n",
+            "Received: from {} ([{}])\r\n\tby {} (wasmtp){comments} with {proto} id {id}{for_clause};\r\n\t{}\r\n",
             helo.map_or("unknown", |h| h.name.as_str()),
             self.info.peer.ip(),
             self.ctx.settings.hostname,

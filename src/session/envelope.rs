@@ -9,6 +9,7 @@ use crate::delivery::local::{Resolution, resolve};
 use crate::plugin::TxView;
 use crate::plugin::bindings::wasmtp::plugin::types as wit;
 use crate::plugin::run::{Decision, Modification};
+use crate::queue::Route;
 use crate::smtp::command::Body;
 use crate::smtp::{MailParams, Path, Reply};
 
@@ -17,8 +18,10 @@ use crate::smtp::{MailParams, Path, Reply};
 pub struct Recipient {
     /// Address as given (postmaster gets our domain).
     pub address: String,
-    /// Local mailbox.
+    /// Local mailbox (empty for a relayed recipient).
     pub mailbox: String,
+    /// Local delivery or relay.
+    pub route: Route,
 }
 
 /// The open mail transaction.
@@ -41,7 +44,7 @@ pub struct Transaction {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) async fn mail(&mut self, path: Path, params: MailParams) -> Reply {
+    pub(super) async fn mail(&mut self, path: Path, mut params: MailParams) -> Reply {
         let Some(helo) = &self.helo else {
             return Reply::bad_sequence("Send HELO/EHLO first");
         };
@@ -67,6 +70,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             _ => None,
         };
+        if let Some(refused) = self.mail_policy(sender.as_ref(), &mut params.auth) {
+            return refused;
+        }
         let mut tx = Transaction {
             sender,
             params,
@@ -103,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub(super) async fn rcpt(&mut self, path: Path) -> Reply {
         let settings = self.ctx.settings.clone();
+        let may_relay = self.may_relay();
         let Some(tx) = &mut self.tx else {
             return Reply::bad_sequence("Need MAIL before RCPT");
         };
@@ -119,11 +126,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Path::Mailbox(a) => a.to_string(),
             _ => format!("postmaster@{}", settings.hostname),
         };
-        match resolve(&settings.local, &path) {
-            Resolution::Local(mailbox) => self.rcpt_hook(Recipient { address, mailbox }).await,
-            Resolution::NotLocal => Reply::relay_denied(&address),
-            Resolution::UnknownUser => Reply::no_such_user(&address),
-        }
+        let (mailbox, route) = match resolve(&settings.local, &path) {
+            Resolution::Local(mailbox) => (mailbox, Route::Local),
+            Resolution::NotLocal if may_relay => (String::new(), Route::Remote),
+            Resolution::NotLocal => return Reply::relay_denied(&address),
+            Resolution::UnknownUser => return Reply::no_such_user(&address),
+        };
+        self.rcpt_hook(Recipient {
+            address,
+            mailbox,
+            route,
+        })
+        .await
     }
 
     /// Runs the rcpt hook for a recipient the core accepts, then adds it.

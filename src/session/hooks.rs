@@ -14,7 +14,9 @@ use crate::delivery::maildir::is_safe_mailbox;
 use crate::plugin::TxView;
 use crate::plugin::bindings::wasmtp::plugin::types as wit;
 use crate::plugin::message::{MessageData, header_len};
-use crate::plugin::run::{Decision, Modification, Route};
+use crate::plugin::run::Route as HookRoute;
+use crate::plugin::run::{Decision, Modification};
+use crate::queue::Route;
 use crate::smtp::address::parse_path;
 use crate::smtp::{MailParams, Path, Reply};
 
@@ -67,8 +69,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             local_ip: ip(self.info.local),
             local_port: self.info.local.port(),
             listener: self.info.listener.clone(),
-            tls: None,
-            authenticated: None,
+            tls: self.info.tls.as_ref().map(|t| wit::TlsInfo {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+                sni: t.sni.clone(),
+            }),
+            authenticated: self.info.auth.clone(),
             helo: self.helo.as_ref().map(|h| h.name.clone()),
         }
     }
@@ -169,6 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tx.recipients = vec![Recipient {
                     address: format!("{QUARANTINE_MAILBOX}@{}", self.ctx.settings.hostname),
                     mailbox: QUARANTINE_MAILBOX.into(),
+                    route: Route::Local,
                 }];
                 info!(%reason, "message quarantined by a plugin");
                 return Ok((tx, data));
@@ -194,16 +201,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok((tx, data))
     }
 
-    fn apply_routes(&self, tx: &mut Transaction, routes: Vec<Route>) {
+    fn apply_routes(&self, tx: &mut Transaction, routes: Vec<HookRoute>) {
         let mut keep = Vec::new();
-        for (r, route) in tx
-            .recipients
-            .drain(..)
-            .zip(routes.into_iter().chain(std::iter::repeat(Route::Default)))
-        {
+        for (r, route) in tx.recipients.drain(..).zip(
+            routes
+                .into_iter()
+                .chain(std::iter::repeat(HookRoute::Default)),
+        ) {
             match route {
-                Route::Default => keep.push(r),
-                Route::Local(mb) => {
+                HookRoute::Default => keep.push(r),
+                HookRoute::Local(mb) => {
                     // An address names the mailbox it resolves to locally.
                     let mb = match parse_path(&format!("<{mb}>")) {
                         Ok((path @ Path::Mailbox(_), "")) => {
@@ -215,18 +222,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         _ => mb.to_lowercase(),
                     };
                     if is_safe_mailbox(&mb) {
-                        keep.push(Recipient { mailbox: mb, ..r });
+                        keep.push(Recipient {
+                            mailbox: mb,
+                            route: Route::Local,
+                            ..r
+                        });
                     } else {
                         warn!(rcpt = %r.address, mailbox = %mb, "deliver hook chose an invalid mailbox; keeping the default");
                         keep.push(r);
                     }
                 }
-                Route::Discard => {
+                HookRoute::Discard => {
                     info!(rcpt = %r.address, "recipient discarded by the deliver hook")
                 }
-                Route::Relay(t) => {
-                    warn!(rcpt = %r.address, host = %t.host, "relay routes need outbound delivery, which is not available yet; delivering locally");
-                    keep.push(r);
+                HookRoute::Relay(t) => {
+                    // Outbound delivery does not exist yet: the copy waits in the queue.
+                    info!(rcpt = %r.address, host = %t.host, "deliver hook routes recipient to a relay");
+                    keep.push(Recipient {
+                        route: crate::queue::Route::Remote,
+                        mailbox: String::new(),
+                        ..r
+                    });
                 }
             }
         }
@@ -268,6 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                                 tx.recipients.push(Recipient {
                                     address: a,
                                     mailbox,
+                                    route: Route::Local,
                                 });
                             }
                         }

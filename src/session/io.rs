@@ -78,6 +78,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = self.stream.shutdown().await;
     }
 
+    /// Gives the stream back (for STARTTLS) with the number of input octets
+    /// that were buffered but not consumed; the caller discards them.
+    pub fn into_inner(self) -> (S, usize) {
+        let unread = self.inbuf.len() - self.pos;
+        (self.stream, unread)
+    }
+
     fn buffered(&self) -> &[u8] {
         &self.inbuf[self.pos..]
     }

@@ -6,10 +6,12 @@
 //! details live in `crate::smtp`, the stages in this module's files:
 //! `envelope` (MAIL, RCPT) and `data` (DATA, BDAT, queueing).
 
+mod auth;
 mod data;
 mod envelope;
 pub mod hooks;
 pub mod io;
+pub mod starttls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,12 @@ pub struct ServerCtx {
     pub queue: QueueManager,
     /// The plugin host.
     pub plugins: Arc<PluginHost>,
+    /// TLS acceptor with reloadable certificates.
+    pub tls: Arc<crate::tls::Tls>,
+    /// The users file.
+    pub users: Arc<crate::users::UserDb>,
+    /// Per-IP brake on failed AUTH.
+    pub auth_throttle: Arc<crate::auth::Throttle>,
 }
 
 /// Facts about the connection.
@@ -50,6 +58,12 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Listener name.
     pub listener: String,
+    /// Listener role.
+    pub role: crate::config::Role,
+    /// TLS parameters once TLS is active.
+    pub tls: Option<crate::tls::TlsInfo>,
+    /// The authenticated user name, once AUTH succeeded.
+    pub auth: Option<String>,
 }
 
 /// The client's HELO/EHLO.
@@ -73,6 +87,13 @@ pub struct Session<S> {
     plugins: PluginSession,
     /// Set by a plugin's disconnect verdict: close after this reply.
     closing: bool,
+    /// Send the 220 greeting (not after STARTTLS).
+    greet: bool,
+    /// Set by STARTTLS: hand the stream back after the 220.
+    upgrade: bool,
+    /// The authenticated account (see `auth.rs`).
+    user: Option<crate::users::User>,
+    auth_failures: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -94,6 +115,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             errors: 0,
             plugins,
             closing: false,
+            greet: true,
+            upgrade: false,
+            user: None,
+            auth_failures: 0,
         }
     }
 
@@ -101,23 +126,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &self.ctx.settings
     }
 
-    /// Runs the conversation to its end.
-    pub async fn run(mut self) {
-        let greeting = Reply::greeting(&self.settings().hostname);
-        if self.plugins.wants(HookName::Connect) {
-            let conn = self.conn_record();
-            let decision = self.plugins.connect(&conn).await;
-            if let Some(mut r) = self.refusal(&decision) {
-                // Before the greeting a refusal ends the session (RFC 5321 §3.1).
-                if r.code < 500 {
-                    r.code = 421;
+    /// Runs the conversation to its end; returns the stream when the client
+    /// asked for STARTTLS (see `starttls.rs`).
+    pub async fn run(mut self) -> Option<S> {
+        if self.greet {
+            if self.plugins.wants(HookName::Connect) {
+                let conn = self.conn_record();
+                let decision = self.plugins.connect(&conn).await;
+                if let Some(mut r) = self.refusal(&decision) {
+                    // Before the greeting a refusal ends the session (RFC 5321 §3.1).
+                    if r.code < 500 {
+                        r.code = 421;
+                    }
+                    self.conn.reply(&r);
+                    self.conn.shutdown().await;
+                    return None;
                 }
-                self.conn.reply(&r);
-                self.conn.shutdown().await;
-                return;
             }
+            let greeting = Reply::greeting(&self.settings().hostname);
+            self.conn.reply(&greeting);
         }
-        self.conn.reply(&greeting);
         loop {
             let max = self.settings().limits.command_line_length;
             let timeout = self.settings().timeouts.command;
@@ -131,15 +159,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(r) => r,
                     Err(stop) => {
                         self.stopped(stop).await;
-                        return;
+                        return None;
                     }
                 },
                 Err(stop) => {
                     self.stopped(stop).await;
-                    return;
+                    return None;
                 }
             };
             self.conn.reply(&reply);
+            if self.upgrade {
+                return self.into_tls_stream().await;
+            }
             if reply.closes() || self.closing {
                 break;
             }
@@ -154,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.conn.shutdown().await;
+        None
     }
 
     /// Answers the end of input: a 421 where the client is still there.
@@ -190,6 +222,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Rcpt(path, _) => self.rcpt(path).await,
             Command::Data => return self.data().await,
             Command::Bdat(size, last) => return self.bdat(size, last).await,
+            Command::StartTls => self.starttls(),
+            Command::Auth(mech, initial) => return self.auth(mech, initial).await,
             Command::Rset => {
                 self.end_tx();
                 Reply::reset()
@@ -232,6 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "SMTPUTF8".into(),
                 "CHUNKING".into(),
             ];
+            let ext = self.security_extensions(ext);
             Reply::ehlo(&s.hostname, &name, &ext)
         } else {
             Reply::helo(&s.hostname, &name)

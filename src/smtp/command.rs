@@ -60,6 +60,10 @@ pub enum Command {
     Help,
     /// VRFY string
     Vrfy,
+    /// STARTTLS (RFC 3207)
+    StartTls,
+    /// AUTH mechanism [initial-response] (RFC 4954); the mechanism upper-cased.
+    Auth(String, Option<String>),
     /// A command we know but do not offer (EXPN, TURN, ...), by name.
     NotImplemented(&'static str),
 }
@@ -155,8 +159,20 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         "EXPN" => Err(CommandError::NotImplemented("EXPN")),
         "TURN" => Err(CommandError::NotImplemented("TURN")),
         "ETRN" => Err(CommandError::NotImplemented("ETRN")),
-        "STARTTLS" => Err(CommandError::NotImplemented("STARTTLS")),
-        "AUTH" => Err(CommandError::NotImplemented("AUTH")),
+        "STARTTLS" => no_arg(arg, Command::StartTls),
+        "AUTH" => {
+            let mut parts = arg.split(' ').filter(|s| !s.is_empty());
+            let mech = parts.next().ok_or(CommandError::Syntax(
+                "Syntax: AUTH mechanism [initial-response]",
+            ))?;
+            let initial = parts.next().map(str::to_string);
+            if parts.next().is_some() {
+                return Err(CommandError::Syntax(
+                    "Syntax: AUTH mechanism [initial-response]",
+                ));
+            }
+            Ok(Command::Auth(mech.to_ascii_uppercase(), initial))
+        }
         "SEND" | "SOML" | "SAML" => Err(CommandError::NotImplemented("SEND")),
         _ => Err(CommandError::Unknown),
     }
@@ -292,6 +308,16 @@ mod tests {
             (b"QUIT", Command::Quit),
             (b"HELP", Command::Help),
             (b"VRFY root", Command::Vrfy),
+            (b"STARTTLS", Command::StartTls),
+            (b"auth plain", Command::Auth("PLAIN".into(), None)),
+            (
+                b"AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+                Command::Auth("PLAIN".into(), Some("AGFsaWNlAHNlY3JldA==".into())),
+            ),
+            (
+                b"AUTH LOGIN =",
+                Command::Auth("LOGIN".into(), Some("=".into())),
+            ),
         ];
         for (line, want) in table {
             assert_eq!(

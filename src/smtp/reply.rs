@@ -324,6 +324,77 @@ impl Reply {
     pub fn no_valid_recipients() -> Self {
         Self::new(554, "5.5.1", "No valid recipients")
     }
+
+    // ----- STARTTLS (RFC 3207) and AUTH (RFC 4954) -----
+
+    /// 220 go ahead with the TLS handshake.
+    pub fn ready_for_tls() -> Self {
+        Self::new(220, "2.0.0", "Ready to start TLS")
+    }
+    /// 503 STARTTLS on a connection that already has TLS.
+    pub fn already_tls() -> Self {
+        Self::new(503, "5.5.1", "TLS already active")
+    }
+    /// 530 a command that needs TLS first (RFC 3207 §4).
+    pub fn tls_required() -> Self {
+        Self::new(530, "5.7.0", "Must issue a STARTTLS command first")
+    }
+    /// 530 MAIL on a submission listener without AUTH (RFC 4954 §6).
+    pub fn auth_required() -> Self {
+        Self::new(530, "5.7.0", "Authentication required")
+    }
+    /// 334 server challenge (base64 text, possibly empty).
+    pub fn auth_challenge(base64: &str) -> Self {
+        Self::plain(334, vec![base64.to_string()])
+    }
+    /// 235 authentication succeeded.
+    pub fn auth_ok() -> Self {
+        Self::new(235, "2.7.0", "Authentication successful")
+    }
+    /// 535 wrong credentials (the same text whether or not the user exists).
+    pub fn auth_failed() -> Self {
+        Self::new(535, "5.7.8", "Authentication credentials invalid")
+    }
+    /// 501 the client cancelled the exchange with `*`.
+    pub fn auth_cancelled() -> Self {
+        Self::new(501, "5.0.0", "Authentication cancelled")
+    }
+    /// 501 a response that is not valid base64 or not the mechanism's shape.
+    pub fn auth_malformed() -> Self {
+        Self::new(501, "5.5.2", "Cannot decode the authentication response")
+    }
+    /// 504 a mechanism we do not offer.
+    pub fn auth_mechanism_unknown() -> Self {
+        Self::new(504, "5.5.4", "Unrecognized authentication mechanism")
+    }
+    /// 503 AUTH after a successful AUTH, or during a transaction.
+    pub fn auth_not_now(detail: &str) -> Self {
+        Self::new(503, "5.5.1", detail.to_string())
+    }
+    /// 538 AUTH over plaintext where TLS is required for it.
+    pub fn auth_needs_encryption() -> Self {
+        Self::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    /// 421 the session is closed after too many failed AUTH attempts.
+    pub fn too_many_auth_failures(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many authentication failures, closing connection"),
+        )
+    }
+    /// 553 an authenticated user used a sender address they may not use.
+    pub fn sender_not_owned(addr: &str) -> Self {
+        Self::new(
+            553,
+            "5.7.1",
+            format!("<{addr}>: Sender address not owned by the authenticated user"),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ fn shipped_configs_pass_check_config() {
 fn example_config_documents_every_key() {
     let example = std::fs::read_to_string("config/example.toml").unwrap();
     let settings = wasmtp::config::Settings::parse(&example, "example.toml").unwrap();
-    assert_eq!(settings.listeners.len(), 1);
+    assert_eq!(settings.listeners.len(), 3);
     // Every key the raw config knows appears in the example (commented or not).
     for key in [
         "hostname",
@@ -61,6 +61,15 @@ fn example_config_documents_every_key() {
         "line_endings",
         "format",
         "level",
+        "role",
+        "cert",
+        "key",
+        "names",
+        "users_file",
+        "allow_plaintext_on_loopback",
+        "max_failures",
+        "failure_delay",
+        "trusted_networks",
     ] {
         assert!(
             example.lines().any(|l| l

@@ -1,10 +1,13 @@
 //! Integration tests: the real `wasmtp` binary over real TCP sockets, with
 //! real clients (lettre, Python's smtplib, swaks).
 
+mod auth;
 mod clients;
 mod config;
 mod data;
 mod durability;
 mod plugins;
 mod protocol;
+mod relay;
 mod support;
+mod tls;

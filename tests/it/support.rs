@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,12 +17,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_wasmtp");
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// Every listener's address by name, as logged at start.
+    pub addrs: HashMap<String, SocketAddr>,
     child: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
     extra: String,
 }
 
-/// Config for tests: one listener on port 0, data in the temp dir.
+/// Extra config adding a submission and a submissions listener on port 0.
+pub const SUBMISSION_LISTENERS: &str = "[[listener]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\nrole = \"submission\"\n\n[[listener]]\nname = \"submissions\"\naddress = \"127.0.0.1:0\"\nrole = \"submissions\"\n\n";
+
+/// Config for tests: one listener (mx) on port 0, data in the temp dir;
+/// `extra` may add more `[[listener]]`s.
 pub fn config_text(dir: &Path, extra: &str) -> String {
     let mut s = format!(
         "[server]\nhostname = \"mx.test\"\ndata_dir = \"{}\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\n",
@@ -41,6 +48,7 @@ impl Server {
         let mut s = Server {
             dir,
             addr: "127.0.0.1:0".parse().unwrap(),
+            addrs: HashMap::new(),
             child: None,
             logs: Arc::default(),
             extra: extra.to_string(),
@@ -68,22 +76,44 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    let field = |k: &str| {
+                        v["fields"][k]
+                            .as_str()
+                            .or(v[k].as_str())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let msg = v["fields"]["message"]
+                        .as_str()
+                        .or(v["message"].as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    if msg == "listening" {
+                        let _ = tx.send(Some((field("listener"), field("addr"))));
+                    } else if msg == "wasmtp ready" {
+                        let _ = tx.send(None);
                     }
                 }
                 logs.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not start; log:\n{}",
-                    self.logs.lock().unwrap().join("\n")
-                )
-            });
-        self.addr = addr.parse().unwrap();
+        self.addrs.clear();
+        let mut first = None;
+        loop {
+            let got = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "server did not start; log:\n{}",
+                        self.logs.lock().unwrap().join("\n")
+                    )
+                });
+            let Some((name, addr)) = got else { break };
+            let addr: SocketAddr = addr.parse().unwrap();
+            first.get_or_insert(addr);
+            self.addrs.insert(name, addr);
+        }
+        self.addr = first.expect("at least one listener");
         self.child = Some(child);
     }
 
@@ -145,6 +175,55 @@ impl Server {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// The address of the listener called `name`.
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name:?}: {:?}", self.addrs))
+    }
+
+    /// The test config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("wasmtp.toml")
+    }
+
+    /// `wasmtp user ARGS` on this server's config with `stdin` piped in.
+    pub fn user_cmd(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        let mut child = Command::new(BIN)
+            .arg("user")
+            .args(args)
+            .arg("--config")
+            .arg(self.config_file())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Adds a user through the CLI (the running server picks it up).
+    pub fn add_user(&self, name: &str, password: &str) {
+        let out = self.user_cmd(&["add", name], &format!("{password}\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The self-signed certificate the server generated, as PEM path.
+    pub fn self_signed_cert(&self) -> PathBuf {
+        self.data().join("tls").join("selfsigned.crt")
     }
 
     /// Log lines (JSON) containing `needle`.
@@ -226,10 +305,14 @@ impl Reply {
     }
 }
 
-/// A transcript-style SMTP client over a real socket.
+/// A byte stream the client can speak SMTP over (TCP or TLS over TCP).
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A transcript-style SMTP client over a real socket, optionally TLS.
 pub struct Client {
     stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 impl Client {
@@ -238,8 +321,61 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
+        let reader = BufReader::new(Box::new(stream.try_clone().unwrap()) as Box<dyn Stream>);
         Client { stream, reader }
+    }
+
+    /// Connects with implicit TLS (the submissions role) and reads the greeting.
+    pub fn connect_tls(addr: SocketAddr, sni: &str) -> Client {
+        let mut c = Client::connect(addr);
+        c.start_tls(sni);
+        c.expect(220);
+        c
+    }
+
+    /// Wraps the connection in TLS now (after a 220 to STARTTLS, or at
+    /// once for implicit TLS). Anything the server sent in plaintext but
+    /// that was not read yet is a test failure.
+    pub fn start_tls(&mut self, sni: &str) {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "unread plaintext before TLS: {:?}",
+            String::from_utf8_lossy(self.reader.buffer())
+        );
+        let conn = rustls::ClientConnection::new(
+            tls_client_config(),
+            rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),
+        )
+        .unwrap();
+        let tcp = self.stream.try_clone().unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // Complete the handshake now so failures show up here.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        self.reader = BufReader::new(Box::new(tls) as Box<dyn Stream>);
+    }
+
+    /// Completes a TLS handshake and returns the server's leaf certificate (DER).
+    pub fn peer_cert(addr: SocketAddr, sni: &str, starttls: bool) -> Vec<u8> {
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        if starttls {
+            let mut c = Client::connect(addr);
+            c.expect(220);
+            c.cmd("EHLO cert.test", 250);
+            c.cmd("STARTTLS", 220);
+            tcp = c.stream;
+        }
+        let mut conn = rustls::ClientConnection::new(
+            tls_client_config(),
+            rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),
+        )
+        .unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("TLS handshake");
+        }
+        conn.peer_certificates().unwrap()[0].to_vec()
     }
 
     /// Connects and reads the 220 greeting.
@@ -251,7 +387,8 @@ impl Client {
 
     /// Writes raw bytes.
     pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
-        self.stream.write_all(bytes).expect("write");
+        self.reader.get_mut().write_all(bytes).expect("write");
+        self.reader.get_mut().flush().expect("flush");
         self
     }
 
@@ -377,4 +514,78 @@ pub fn plugin_toml(name: &str, file: &str, rest: &str) -> String {
         "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{rest}\n",
         plugin_wasm(file)
     )
+}
+
+/// A TLS client config that accepts any certificate: the tests check which
+/// certificate was served by comparing it with the files.
+pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AcceptAny(rustls::crypto::CryptoProvider);
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider.clone()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn pem_cert_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
+}
+
+/// base64 (for AUTH PLAIN responses).
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -1,0 +1,286 @@
+//! Who may do what: SMTP AUTH settings and the SASL mechanisms as pure
+//! functions (RFC 4616 PLAIN, the LOGIN draft), the per-IP brake on failed
+//! attempts, and the relay policy (authenticated or trusted network).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+
+use crate::config::{AtLeast, Dur};
+
+/// `[auth]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// The users file (default `<data_dir>/users`).
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to clients connecting over loopback.
+    pub allow_plaintext_on_loopback: Option<bool>,
+    /// Failed attempts after which the session is closed.
+    pub max_failures: Option<AtLeast<1>>,
+    /// Delay added per recent failure from the same client IP.
+    pub failure_delay: Option<Dur>,
+}
+
+/// `[relay]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    /// Networks (CIDR) that may relay without AUTH.
+    pub trusted_networks: Option<Vec<Cidr>>,
+}
+
+/// Resolved `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The users file.
+    pub users_file: PathBuf,
+    /// AUTH over plaintext from loopback clients.
+    pub allow_plaintext_on_loopback: bool,
+    /// Failures per session before it is closed.
+    pub max_failures: usize,
+    /// Delay per recent failure from one IP (grows linearly, capped).
+    pub failure_delay: Duration,
+}
+
+/// Resolved `[relay]`.
+#[derive(Debug, Clone, Default)]
+pub struct RelaySettings {
+    /// Networks whose clients may relay unauthenticated.
+    pub trusted_networks: Vec<Cidr>,
+}
+
+impl RelaySettings {
+    /// True if `ip` is in a trusted network.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Resolves `[auth]`.
+pub fn resolve_auth(raw: RawAuth, data_dir: &Path) -> AuthSettings {
+    AuthSettings {
+        users_file: raw.users_file.unwrap_or_else(|| data_dir.join("users")),
+        allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback.unwrap_or(false),
+        max_failures: raw.max_failures.map_or(3, |n| n.0),
+        failure_delay: raw.failure_delay.map_or(Duration::from_secs(1), |d| d.0),
+    }
+}
+
+/// Resolves `[relay]`.
+pub fn resolve_relay(raw: RawRelay) -> RelaySettings {
+    RelaySettings {
+        trusted_networks: raw.trusted_networks.unwrap_or_default(),
+    }
+}
+
+/// A network such as `192.0.2.0/24` or `2001:db8::/32` (a bare address is /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr[/prefix]`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse().ok().filter(|&n| n <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    /// True if `ip` lies inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid network {s:?}: expected e.g. \"192.0.2.0/24\" or \"2001:db8::/32\""
+            ))
+        })
+    }
+}
+
+// ------------------------------------------------------------ mechanisms
+
+/// The mechanisms offered, in EHLO order.
+pub const MECHANISMS: &[&str] = &["PLAIN", "LOGIN"];
+
+/// A decoded client response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The client sent `*` (RFC 4954 §4).
+    Cancel,
+    /// Decoded bytes.
+    Data(Vec<u8>),
+    /// Not base64.
+    Malformed,
+}
+
+/// Decodes one client line; `=` is the empty initial response.
+pub fn decode(line: &str) -> Response {
+    match line.trim() {
+        "*" => Response::Cancel,
+        "=" => Response::Data(Vec::new()),
+        s => B64.decode(s).map_or(Response::Malformed, Response::Data),
+    }
+}
+
+/// Base64 for a 334 challenge.
+pub fn encode(text: &str) -> String {
+    B64.encode(text)
+}
+
+/// Login name and password.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// authcid
+    pub user: String,
+    /// password
+    pub password: String,
+}
+
+/// PLAIN (RFC 4616): `authzid NUL authcid NUL passwd`. An authzid other
+/// than empty or the authcid itself is refused (no proxy authorization).
+pub fn parse_plain(data: &[u8]) -> Option<Credentials> {
+    let mut parts = data.split(|&b| b == 0);
+    let authz = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?;
+    let password = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() || user.is_empty() {
+        return None;
+    }
+    if !authz.is_empty() && authz != user.as_bytes() {
+        return None;
+    }
+    Some(Credentials {
+        user: user.to_string(),
+        password: password.to_string(),
+    })
+}
+
+// -------------------------------------------------------------- throttle
+
+/// Slows down failed AUTH attempts per client IP: every failure in the last
+/// `window` adds `delay` before the next 535 (capped), across sessions.
+pub struct Throttle {
+    delay: Duration,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+impl Throttle {
+    /// A throttle adding `delay` per recent failure.
+    pub fn new(delay: Duration) -> Throttle {
+        Throttle {
+            delay,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Records a failure and returns how long to wait before answering.
+    pub fn failed(&self, ip: IpAddr) -> Duration {
+        let now = Instant::now();
+        let mut map = self.failures.lock().expect("throttle lock");
+        map.retain(|_, (_, at)| now.duration_since(*at) < WINDOW);
+        let e = map.entry(ip).or_insert((0, now));
+        e.0 = e.0.saturating_add(1);
+        e.1 = now;
+        self.delay.saturating_mul(e.0).min(MAX_DELAY)
+    }
+
+    /// Forgets the failures of `ip` after a successful login.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.failures.lock().expect("throttle lock").remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_responses() {
+        type Case<'a> = (&'a [u8], Option<(&'a str, &'a str)>);
+        let table: &[Case] = &[
+            (b"\0alice\0pw", Some(("alice", "pw"))),
+            (b"alice\0alice\0pw", Some(("alice", "pw"))),
+            (b"bob\0alice\0pw", None),
+            (b"\0\0pw", None),
+            (b"\0alice", None),
+            (b"\0alice\0pw\0x", None),
+            (b"\0alice\0", Some(("alice", ""))),
+        ];
+        for (input, want) in table {
+            let got = parse_plain(input);
+            let want = want.map(|(u, p)| Credentials {
+                user: u.into(),
+                password: p.into(),
+            });
+            assert_eq!(got, want, "{input:?}");
+        }
+        assert_eq!(decode("*"), Response::Cancel);
+        assert_eq!(decode("="), Response::Data(vec![]));
+        assert_eq!(decode("!!"), Response::Malformed);
+        assert_eq!(decode("YWxpY2U="), Response::Data(b"alice".to_vec()));
+    }
+
+    #[test]
+    fn networks() {
+        let n = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("nope").is_none());
+    }
+
+    #[test]
+    fn throttle_grows_per_ip() {
+        let t = Throttle::new(Duration::from_millis(10));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(t.failed(a), Duration::from_millis(10));
+        assert_eq!(t.failed(a), Duration::from_millis(20));
+        assert_eq!(t.failed(b), Duration::from_millis(10));
+        t.succeeded(a);
+        assert_eq!(t.failed(a), Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,108 @@
+//! TLS on a connection: implicit (the submissions role) or by STARTTLS
+//! (RFC 3207).
+//!
+//! STARTTLS is a type change: the plaintext `Session<TcpStream>` ends and
+//! hands its stream back; a new `Session<TlsStream<TcpStream>>` starts with
+//! fresh state (no HELO, no transaction, no AUTH) and no greeting. Input
+//! the client pipelined after STARTTLS is dropped with the plaintext
+//! session, so it can never be read as if it came over TLS (the
+//! CVE-2011-0411 injection). A TLS session refuses STARTTLS, so the chain
+//! stops after one step.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info};
+
+use super::{ConnInfo, ServerCtx, Session};
+use crate::config::Role;
+use crate::smtp::Reply;
+use crate::tls::TlsInfo;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Answers STARTTLS; the run loop hands the stream over after the 220.
+    pub(super) fn starttls(&mut self) -> Reply {
+        if self.info.tls.is_some() {
+            return Reply::already_tls();
+        }
+        if self.helo.as_ref().is_none_or(|h| !h.esmtp) {
+            return Reply::bad_sequence("Send EHLO first");
+        }
+        self.upgrade = true;
+        Reply::ready_for_tls()
+    }
+
+    /// Flushes the 220 and gives the stream back, dropping any input the
+    /// client sent after STARTTLS.
+    pub(super) async fn into_tls_stream(mut self) -> Option<S> {
+        self.conn.flush().await.ok()?;
+        let (stream, unread) = self.conn.into_inner();
+        if unread > 0 {
+            info!(
+                octets = unread,
+                "discarded plaintext pipelined after STARTTLS"
+            );
+        }
+        Some(stream)
+    }
+}
+
+/// Runs one accepted connection according to its listener's role.
+pub async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<ServerCtx>,
+    mut info: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+) {
+    if info.role == Role::Submissions {
+        if let Some(tls) = handshake(stream, &ctx, &mut info).await {
+            Session::new(tls, ctx, info, shutdown).run().await;
+        }
+        return;
+    }
+    let plain = Session::new(stream, ctx.clone(), info.clone(), shutdown.clone());
+    let Some(stream) = plain.run().await else {
+        return;
+    };
+    if let Some(tls) = handshake(stream, &ctx, &mut info).await {
+        let mut session = Session::new(tls, ctx, info, shutdown);
+        session.greet = false;
+        // A TLS session never asks for another upgrade (`starttls` refuses).
+        let _ = session.run().await;
+    }
+}
+
+/// The server side of a TLS handshake, bounded by the command timeout.
+/// Records the negotiated parameters in `info`.
+async fn handshake(
+    stream: TcpStream,
+    ctx: &ServerCtx,
+    info: &mut ConnInfo,
+) -> Option<TlsStream<TcpStream>> {
+    let timeout = ctx.settings.timeouts.command;
+    let accept = ctx.tls.acceptor().accept(stream);
+    let tls = match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return None;
+        }
+    };
+    let facts = TlsInfo::of(tls.get_ref().1);
+    info!(
+        version = %facts.version,
+        cipher = %facts.cipher,
+        sni = facts.sni.as_deref().unwrap_or(""),
+        "TLS established"
+    );
+    info.tls = Some(facts);
+    info.auth = None;
+    Some(tls)
+}
