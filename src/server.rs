@@ -103,9 +103,13 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let store = Store::open(&settings.queue.dir, settings.queue.group_commit)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (queue, queue_task) =
-        QueueManager::start(store.clone(), settings.clone(), shutdown_rx.clone())?;
     let plugins = PluginHost::new(&settings, store.db())?;
+    let (queue, queue_task) = QueueManager::start(
+        store.clone(),
+        settings.clone(),
+        plugins.clone(),
+        shutdown_rx.clone(),
+    )?;
     let tls = Arc::new(crate::tls::Tls::start(&settings.tls, &settings.hostname)?);
     tokio::spawn(reload_certificates(tls.clone(), reload.clone()));
     let ctx = Arc::new(ServerCtx {

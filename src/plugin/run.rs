@@ -71,12 +71,14 @@ enum Call<'a> {
     Rcpt(&'a wit::Connection, &'a wit::Envelope, &'a wit::Recipient),
     Data(&'a wit::Connection, &'a wit::Envelope, &'a Arc<MessageData>),
     Deliver(&'a wit::Connection, &'a wit::Envelope),
+    Notify(HookName, &'a wit::DeliveryReport),
 }
 
 enum Ret {
     Verdict(wit::Verdict),
     Outcome(wit::Outcome),
     Routes(Vec<wit::Route>),
+    Notified,
 }
 
 /// Why a call failed.
@@ -202,6 +204,19 @@ impl PluginSession {
         routes
     }
 
+    /// A notification hook (delivered, deferred, bounced): every plugin on
+    /// it sees the report; nothing it answers changes the outcome.
+    pub async fn notify(&mut self, hook: HookName, report: &wit::DeliveryReport) {
+        for i in 0..self.set.plugins.len() {
+            let p = self.set.plugins[i].clone();
+            if p.spec.hooks.contains(&hook) {
+                let _ = self
+                    .call_one(i, &p, hook, &Call::Notify(hook, report))
+                    .await;
+            }
+        }
+    }
+
     /// Runs `hook` through the plugins in order until one is decisive.
     async fn run(&mut self, hook: HookName, call: &Call<'_>) -> (Decision, Vec<Modification>) {
         let mut mods = Vec::new();
@@ -213,7 +228,7 @@ impl PluginSession {
             let (verdict, m) = match self.call_one(i, &p, hook, call).await {
                 Ok(Ret::Verdict(v)) => (v, Vec::new()),
                 Ok(Ret::Outcome(o)) => (o.verdict, o.modifications),
-                Ok(Ret::Routes(_)) => unreachable!("routes only come from deliver"),
+                Ok(Ret::Routes(_) | Ret::Notified) => continue,
                 Err(()) => match p.spec.on_error {
                     OnError::Continue => continue,
                     OnError::Tempfail => {
@@ -258,7 +273,7 @@ impl PluginSession {
             Ok(ret) => {
                 let verdict = ret.kind();
                 p.stats.verdicts[ret.index()].fetch_add(1, Ordering::Relaxed);
-                if verdict == "continue" || verdict == "routes" {
+                if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
                 } else {
                     info!(plugin, hook = hook_name, verdict, micros, "plugin call");
@@ -332,6 +347,15 @@ impl PluginSession {
                     .delete(wasmtime::component::Resource::<MessageRes>::new_own(rep));
                 Ret::Outcome(out.map_err(trap)?)
             }
+            Call::Notify(hook, report) => {
+                match hook {
+                    HookName::Delivered => hooks.call_delivered(&mut *store, report).await,
+                    HookName::Deferred => hooks.call_deferred(&mut *store, report).await,
+                    _ => hooks.call_bounced(&mut *store, report).await,
+                }
+                .map_err(trap)?;
+                Ret::Notified
+            }
             Call::Deliver(c, env) => Ret::Routes(
                 hooks
                     .call_deliver(&mut *store, c, env)
@@ -388,6 +412,7 @@ impl Ret {
             Ret::Verdict(v) => v,
             Ret::Outcome(o) => &o.verdict,
             Ret::Routes(_) => return "routes",
+            Ret::Notified => return "notified",
         };
         match v {
             wit::Verdict::Continue => "continue",

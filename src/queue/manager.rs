@@ -15,8 +15,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 const NO_OUTBOUND: &str = "deferred: no outbound delivery configured";
 
 use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, now_secs};
-use crate::config::Settings;
+use crate::config::{HookName, Settings};
 use crate::delivery::{Outcome, maildir};
+use crate::plugin::PluginHost;
+use crate::plugin::bindings::wasmtp::plugin::types::DeliveryReport;
 
 /// Handle used by sessions to hand over newly queued messages.
 #[derive(Clone)]
@@ -30,6 +32,7 @@ impl QueueManager {
     pub fn start(
         store: Store,
         settings: Arc<Settings>,
+        plugins: Arc<PluginHost>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(QueueManager, tokio::task::JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -44,6 +47,7 @@ impl QueueManager {
         let actor = Actor {
             store,
             settings,
+            plugins,
             rx,
             deferred,
             shutdown,
@@ -60,6 +64,7 @@ impl QueueManager {
 struct Actor {
     store: Store,
     settings: Arc<Settings>,
+    plugins: Arc<PluginHost>,
     rx: mpsc::UnboundedReceiver<String>,
     deferred: BTreeSet<(i64, String)>,
     shutdown: watch::Receiver<bool>,
@@ -107,12 +112,13 @@ impl Actor {
     ) {
         let store = self.store.clone();
         let settings = self.settings.clone();
+        let plugins = self.plugins.clone();
         let workers = workers.clone();
         let span = info_span!("delivery", queue_id = %id);
         running.spawn(
             async move {
                 let _permit = workers.acquire_owned().await.ok()?;
-                match deliver_message(&store, &settings, &id, retry).await {
+                match deliver_message(&store, &settings, &plugins, &id, retry).await {
                     Ok(next) => next.map(|t| (t, id)),
                     Err(e) => {
                         error!(error = %e, "delivery failed; retrying in 60s");
@@ -130,6 +136,7 @@ impl Actor {
 async fn deliver_message(
     store: &Store,
     settings: &Arc<Settings>,
+    plugins: &Arc<PluginHost>,
     id: &str,
     retry: bool,
 ) -> Result<Option<i64>, StoreError> {
@@ -168,6 +175,7 @@ async fn deliver_message(
             Outcome::Permanent(e) => error!(rcpt = %r.address, error = %e, "bounced"),
         }
     }
+    notify(plugins, &msg, &outcomes).await;
     if msg.is_final() {
         store.remove(id)?;
         return Ok(None);
@@ -216,5 +224,37 @@ fn deliver_local(
     match maildir::deliver(&copy) {
         Ok(_) => Outcome::Delivered,
         Err(e) => Outcome::from_io("maildir delivery", &e),
+    }
+}
+
+/// Tells the plugins on delivered/deferred/bounced what happened.
+async fn notify(plugins: &Arc<PluginHost>, msg: &QueuedMessage, outcomes: &[(usize, Outcome)]) {
+    let set = plugins.current();
+    let wanted = [HookName::Delivered, HookName::Deferred, HookName::Bounced];
+    if !wanted.iter().any(|h| set.wants(*h)) {
+        return;
+    }
+    let mut session =
+        crate::plugin::PluginSession::new(plugins.clone(), format!("queue-{}", msg.id));
+    for (i, outcome) in outcomes {
+        let r = &msg.recipients[*i];
+        let (hook, detail) = match (outcome, &r.status) {
+            (Outcome::Delivered, _) => (
+                HookName::Delivered,
+                format!("delivered to mailbox {}", r.mailbox),
+            ),
+            (_, RcptStatus::Failed(e)) => (HookName::Bounced, e.clone()),
+            (Outcome::Temporary(e), _) | (Outcome::Permanent(e), _) => {
+                (HookName::Deferred, e.clone())
+            }
+        };
+        let report = DeliveryReport {
+            queue_id: msg.id.clone(),
+            sender: msg.return_path(),
+            recipient: r.address.clone(),
+            attempts: r.attempts,
+            detail,
+        };
+        session.notify(hook, &report).await;
     }
 }

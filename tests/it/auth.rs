@@ -77,7 +77,7 @@ fn plain_and_login_right_and_wrong() {
     c.cmd("AUTH PLAIN !!!", 501);
     c.cmd("AUTH CRAM-MD5", 504);
     // Logged with the identity.
-    let ok = s.log_lines("\"authenticated\"");
+    let ok = s.wait_for_log("\"authenticated\"", 2);
     assert_eq!(ok.len(), 2, "{}", s.dump_logs());
     assert!(ok.iter().all(|l| l.contains("alice")));
 }
@@ -100,7 +100,7 @@ fn failed_attempts_are_slowed_and_the_session_closed() {
     c.cmd("EHLO client.test", 250);
     c.cmd(&format!("AUTH PLAIN {}", plain("nobody", "w4")), 535);
     let delays: Vec<String> = s
-        .log_lines("authentication failed")
+        .wait_for_log("authentication failed", 4)
         .iter()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();

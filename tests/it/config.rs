@@ -31,6 +31,8 @@ fn example_config_documents_every_key() {
     let example = std::fs::read_to_string("config/example.toml").unwrap();
     let settings = wasmtp::config::Settings::parse(&example, "example.toml").unwrap();
     assert_eq!(settings.listeners.len(), 3);
+    assert_eq!(settings.plugins.len(), 1);
+    assert_eq!(settings.plugins[0].config_json, r#"{"spam_threshold":5.0}"#);
     // Every key the raw config knows appears in the example (commented or not).
     for key in [
         "hostname",
@@ -70,6 +72,15 @@ fn example_config_documents_every_key() {
         "max_failures",
         "failure_delay",
         "trusted_networks",
+        "nameservers",
+        "timeout",
+        "path",
+        "sha256",
+        "hooks",
+        "grants",
+        "on_error",
+        "timeouts",
+        "memory",
     ] {
         assert!(
             example.lines().any(|l| l

@@ -205,5 +205,5 @@ fn client_vanishing_mid_data_queues_nothing() {
     ));
     s.wait_for_mail("other", 1);
     assert!(s.mail("gone").is_empty());
-    assert_eq!(s.log_lines("message accepted").len(), 1);
+    assert_eq!(s.wait_for_log("message accepted", 1).len(), 1);
 }

@@ -93,7 +93,7 @@ fn reject_quarantine_and_first_decisive_verdict() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(s.mail("spam").is_empty() && s.mail("maybe").is_empty() && s.mail("victim").is_empty());
     assert_eq!(
-        s.log_lines("\"verdict\":\"reject\"").len(),
+        s.wait_for_log("\"verdict\":\"reject\"", 2).len(),
         2,
         "{}",
         s.dump_logs()
@@ -234,7 +234,7 @@ fn busy_loop_is_cut_off_while_other_sessions_are_served() {
     let r = a.expect(451);
     assert!(r.text().starts_with("4.3.0"), "{r:?}");
     assert_eq!(
-        s.log_lines("plugin call timed out").len(),
+        s.wait_for_log("plugin call timed out", 1).len(),
         1,
         "{}",
         s.dump_logs()
@@ -270,7 +270,7 @@ fn trap_and_memory_hog_apply_on_error() {
     c.cmd("RCPT TO:<u@example.test>", 550);
     c.cmd("QUIT", 221);
     assert!(
-        s.log_lines("plugin trapped").len() >= 3,
+        s.wait_for_log("plugin trapped", 3).len() >= 3,
         "{}",
         s.dump_logs()
     );
@@ -463,4 +463,33 @@ fn hot_swap_during_in_flight_sessions_drops_none() {
         550
     );
     assert!(s.is_running());
+}
+
+#[test]
+fn delivery_notifications_reach_plugins() {
+    let mut s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\", \"delivered\"]",
+    ));
+    queue_id(&send(
+        &s,
+        "a@example.test",
+        "n@example.test",
+        "Subject: x\r\n\r\nx\r\n",
+    ));
+    s.wait_for_mail("n", 1);
+    // Delivery is recorded before the notification: wait for the call.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let st = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if std::time::Instant::now() > deadline || !s.log_lines("\"delivered\"").is_empty() {
+            break s.signal_and_wait("TERM");
+        }
+    };
+    assert!(st.success());
+    let totals = s.wait_for_log("plugin totals", 1);
+    assert_eq!(totals.len(), 1, "{}", s.dump_logs());
+    // One data call and one delivered call.
+    assert!(totals[0].contains("\"calls\":2"), "{}", totals[0]);
 }

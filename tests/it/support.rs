@@ -237,6 +237,24 @@ impl Server {
             .collect()
     }
 
+    /// Waits until `n` log lines contain `needle` (the log is read by a
+    /// thread, so a line can trail the reply it explains).
+    pub fn wait_for_log(&self, needle: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {n} log lines with {needle:?}:\n{}",
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn dump_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -49,7 +49,7 @@ fn starttls_resets_the_session() {
     let msg = String::from_utf8(s.wait_for_mail("tlsuser", 1).remove(0)).unwrap();
     assert!(msg.contains(" with ESMTPS id "), "{msg}");
     assert!(msg.contains("(using TLSv1.3 with cipher TLS13_"), "{msg}");
-    let est = s.log_lines("TLS established");
+    let est = s.wait_for_log("TLS established", 1);
     assert!(
         est.iter()
             .any(|l| l.contains("TLSv1.3") && l.contains("mx.test")),
@@ -72,7 +72,7 @@ fn plaintext_pipelined_after_starttls_is_discarded() {
     c.cmd("MAIL FROM:<good@example.test>", 250);
     c.cmd("RCPT TO:<victim@example.test>", 250);
     c.cmd("QUIT", 221);
-    let lines = s.log_lines("discarded plaintext pipelined after STARTTLS");
+    let lines = s.wait_for_log("discarded plaintext pipelined after STARTTLS", 1);
     assert_eq!(lines.len(), 1, "{}", s.dump_logs());
     assert!(s.log_lines("evil@").is_empty());
 }
@@ -112,7 +112,7 @@ print(attempt(V.TLSv1, V.TLSv1), attempt(V.TLSv1_1, V.TLSv1_1), attempt(V.TLSv1_
         String::from_utf8_lossy(&out.stderr)
     );
     // The refusals happened at the server (the client did send a hello).
-    let failed = s.log_lines("TLS handshake failed");
+    let failed = s.wait_for_log("TLS handshake failed", 2);
     assert!(failed.len() >= 2, "{}", s.dump_logs());
 }
 
