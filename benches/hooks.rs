@@ -1,0 +1,158 @@
+//! Hook dispatch cost: one call into a live instance, one call in a fresh
+//! instance (instantiate + init + call), and a whole transaction (connect,
+//! ehlo, mail-from, rcpt, data of a 10 KiB message, deliver) through the six
+//! example plugins. Needs the plugins built (`scripts/test` or
+//! `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`).
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use wasmtp::config::Settings;
+use wasmtp::plugin::bindings::wasmtp::plugin::types as wit;
+use wasmtp::plugin::message::MessageData;
+use wasmtp::plugin::{PluginHost, PluginSession, TxView};
+
+const WASM: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/plugins/target/wasm32-wasip2/release"
+);
+
+fn host(plugins: &str) -> Arc<PluginHost> {
+    let cfg = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[server]\ndata_dir = \"{}\"\n{plugins}",
+        std::env::temp_dir().join("wasmtp-bench").display()
+    );
+    let settings = Settings::parse(&cfg, "bench.toml").expect("bench config");
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    PluginHost::new(&settings, db).expect("plugins load (build them first)")
+}
+
+fn six() -> String {
+    let p = |name: &str, file: &str, rest: &str| {
+        format!("[[plugin]]\nname = \"{name}\"\npath = \"{WASM}/{file}\"\n{rest}\n")
+    };
+    [
+        p(
+            "rate-limit",
+            "rate_limit.wasm",
+            "hooks = [\"connect\", \"mail-from\"]\ngrants = [\"kv\"]",
+        ),
+        p(
+            "dnsbl",
+            "dnsbl.wasm",
+            "hooks = [\"connect\", \"rcpt\"]\ngrants = [\"dns\"]",
+        ),
+        p(
+            "greylist",
+            "greylist.wasm",
+            "hooks = [\"rcpt\"]\ngrants = [\"kv\", \"clock\"]",
+        ),
+        p(
+            "router",
+            "router.wasm",
+            "hooks = [\"rcpt\", \"deliver\"]\n[plugin.config]\nlocal_domains = [\"example.test\"]",
+        ),
+        p(
+            "attachment-guard",
+            "attachment_guard.wasm",
+            "hooks = [\"data\"]",
+        ),
+        p("spam-score", "spam_score.wasm", "hooks = [\"data\"]"),
+    ]
+    .concat()
+}
+
+fn conn() -> wit::Connection {
+    wit::Connection {
+        session_id: "bench".into(),
+        peer_ip: "127.0.0.1".into(),
+        peer_port: 40000,
+        local_ip: "127.0.0.1".into(),
+        local_port: 25,
+        listener: "mx".into(),
+        tls: None,
+        authenticated: None,
+        helo: Some("client.test".into()),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let conn = conn();
+    let env = wit::Envelope {
+        sender: "a@example.test".into(),
+        sender_params: vec![],
+        recipients: vec![wit::Recipient {
+            address: "u@example.test".into(),
+            params: vec![],
+        }],
+    };
+    let mut body = b"From: a@example.test\r\nTo: u@example.test\r\nSubject: bench\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <b@x>\r\n\r\n".to_vec();
+    while body.len() < 10 * 1024 {
+        body.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n",
+        );
+    }
+    let msg = MessageData::new(body);
+
+    let one = host(&format!(
+        "[[plugin]]\nname = \"router\"\npath = \"{WASM}/router.wasm\"\nhooks = [\"ehlo\"]\n"
+    ));
+    let mut live = PluginSession::new(one.clone(), "bench".into());
+    rt.block_on(live.ehlo(&conn, "client.test"));
+    c.bench_function("hook call, live instance (router, ehlo)", |b| {
+        b.iter(|| rt.block_on(live.ehlo(&conn, "client.test")))
+    });
+    c.bench_function("hook call, fresh instance (router, ehlo)", |b| {
+        b.iter(|| {
+            live.end_tx();
+            rt.block_on(live.ehlo(&conn, "client.test"))
+        })
+    });
+
+    let all = host(&six());
+    c.bench_function("transaction, six plugins, 10 KiB message", |b| {
+        b.iter(|| {
+            let mut s = PluginSession::new(all.clone(), "bench".into());
+            rt.block_on(async {
+                s.connect(&conn).await;
+                s.ehlo(&conn, "client.test").await;
+                s.mail_from(&conn, "a@example.test", &vec![]).await;
+                s.begin_tx();
+                s.rcpt(
+                    TxView {
+                        conn: &conn,
+                        env: &env,
+                    },
+                    &env.recipients[0],
+                )
+                .await;
+                s.data(
+                    TxView {
+                        conn: &conn,
+                        env: &env,
+                    },
+                    &msg,
+                )
+                .await;
+                s.deliver(TxView {
+                    conn: &conn,
+                    env: &env,
+                })
+                .await;
+                s.end_tx();
+            })
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);
