@@ -277,17 +277,14 @@ fn trap_and_memory_hog_apply_on_error() {
     assert!(s.dump_logs().contains("\"plugin\":\"hog\""));
 }
 
-#[test]
-fn ungranted_import_and_bad_digest_are_refused_at_load() {
+/// Runs `wasmtp check-config` on a config with one listener and `plugin`;
+/// returns whether it passed and what it printed on stderr.
+fn check_config(plugin: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    let base = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
     std::fs::write(
         &cfg,
-        format!(
-            "{base}{}",
-            plugin_toml("sneaky", "fixture_ungranted.wasm", "")
-        ),
+        format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{plugin}"),
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -295,59 +292,39 @@ fn ungranted_import_and_bad_digest_are_refused_at_load() {
         .arg(&cfg)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ungranted_import_and_bad_digest_are_refused_at_load() {
+    let (ok, err) = check_config(&plugin_toml("sneaky", "fixture_ungranted.wasm", ""));
+    assert!(!ok);
     assert!(
         err.contains("sneaky") && err.contains("wasmtp:plugin/kv") && err.contains("grants"),
         "{err}"
     );
     // Granted, it loads.
-    std::fs::write(
-        &cfg,
-        format!(
-            "{base}{}",
-            plugin_toml(
-                "sneaky",
-                "fixture_ungranted.wasm",
-                "grants = [\"kv\", \"dns\"]"
-            )
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = check_config(&plugin_toml(
+        "sneaky",
+        "fixture_ungranted.wasm",
+        "grants = [\"kv\", \"dns\"]",
+    ));
+    assert!(ok, "{err}");
     // A wrong sha256 pin is refused.
     let pin = "0".repeat(64);
-    std::fs::write(
-        &cfg,
-        format!(
-            "{base}{}",
-            plugin_toml("pinned", "spam_score.wasm", &format!("sha256 = \"{pin}\""))
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("sha256"), "{err}");
+    let (ok, err) = check_config(&plugin_toml(
+        "pinned",
+        "spam_score.wasm",
+        &format!("sha256 = \"{pin}\""),
+    ));
+    assert!(!ok && err.contains("sha256"), "{err}");
     // The right one is accepted.
+    let wasm = crate::support::plugin_wasm("spam_score.wasm");
     let digest = Command::new(BIN)
-        .args([
-            "plugins",
-            "digest",
-            &crate::support::plugin_wasm("spam_score.wasm"),
-        ])
+        .args(["plugins", "digest", &wasm])
         .output()
         .unwrap();
     let digest = String::from_utf8_lossy(&digest.stdout)
@@ -355,28 +332,13 @@ fn ungranted_import_and_bad_digest_are_refused_at_load() {
         .next()
         .unwrap()
         .to_string();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{base}{}",
-            plugin_toml(
-                "pinned",
-                "spam_score.wasm",
-                &format!("sha256 = \"{digest}\"")
-            )
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(digest.len(), 64);
+    let (ok, err) = check_config(&plugin_toml(
+        "pinned",
+        "spam_score.wasm",
+        &format!("sha256 = \"{digest}\""),
+    ));
+    assert!(ok, "{err}");
 }
 
 #[test]
