@@ -206,16 +206,20 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async {
         let reload = reload_on_sighup();
-        let stop = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        // Installed before anything listens, so an early SIGTERM is never
+        // the default (fatal) action.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let stop = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        wasmtp::server::serve(settings, stop, reload).await
+        wasmtp::server::serve(settings, stop, reload)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     Ok(())
 }
