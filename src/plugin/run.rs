@@ -34,8 +34,8 @@ pub enum Decision {
     Reject(Reply),
     /// Refused for now with this reply (4xx).
     Tempfail(Reply),
-    /// Answer with this reply and close the connection.
-    Disconnect(Reply),
+    /// Answer and close the connection; None means the default 421.
+    Disconnect(Option<Reply>),
     /// Accept but drop (data) or silently skip (rcpt).
     Discard,
     /// Accept into quarantine, with a reason.
@@ -272,7 +272,9 @@ impl PluginSession {
         match &result {
             Ok(ret) => {
                 let verdict = ret.kind();
-                p.stats.verdicts[ret.index()].fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = ret.verdict() {
+                    p.stats.verdicts[i].fetch_add(1, Ordering::Relaxed);
+                }
                 if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
                 } else {
@@ -406,40 +408,43 @@ async fn instantiate(
     }
 }
 
+/// Verdict names, in the order of `PluginStats::verdicts`.
+const VERDICT_NAMES: [&str; 7] = [
+    "continue",
+    "accept",
+    "reject",
+    "tempfail",
+    "disconnect",
+    "discard",
+    "quarantine",
+];
+
 impl Ret {
-    fn kind(&self) -> &'static str {
+    /// The verdict's index in `VERDICT_NAMES`; None for routes and
+    /// notifications, which carry no verdict.
+    fn verdict(&self) -> Option<usize> {
         let v = match self {
             Ret::Verdict(v) => v,
             Ret::Outcome(o) => &o.verdict,
-            Ret::Routes(_) => return "routes",
-            Ret::Notified => return "notified",
+            Ret::Routes(_) | Ret::Notified => return None,
         };
-        match v {
-            wit::Verdict::Continue => "continue",
-            wit::Verdict::Accept(_) => "accept",
-            wit::Verdict::Reject(_) => "reject",
-            wit::Verdict::Tempfail(_) => "tempfail",
-            wit::Verdict::Disconnect(_) => "disconnect",
-            wit::Verdict::Discard => "discard",
-            wit::Verdict::Quarantine(_) => "quarantine",
-        }
+        Some(match v {
+            wit::Verdict::Continue => 0,
+            wit::Verdict::Accept(_) => 1,
+            wit::Verdict::Reject(_) => 2,
+            wit::Verdict::Tempfail(_) => 3,
+            wit::Verdict::Disconnect(_) => 4,
+            wit::Verdict::Discard => 5,
+            wit::Verdict::Quarantine(_) => 6,
+        })
     }
 
-    fn index(&self) -> usize {
-        [
-            "continue",
-            "accept",
-            "reject",
-            "tempfail",
-            "disconnect",
-            "discard",
-            "quarantine",
-            "routes",
-        ]
-        .iter()
-        .position(|k| *k == self.kind())
-        .unwrap_or(0)
-        .min(6)
+    fn kind(&self) -> &'static str {
+        match (self.verdict(), self) {
+            (Some(i), _) => VERDICT_NAMES[i],
+            (None, Ret::Routes(_)) => "routes",
+            (None, _) => "notified",
+        }
     }
 }
 
@@ -465,16 +470,13 @@ pub fn decide(hook: HookName, verdict: wit::Verdict, plugin: &str) -> Decision {
             r.and_then(|r| checked(r, 400..500, plugin))
                 .unwrap_or_else(Reply::policy_tempfail),
         ),
-        V::Disconnect(r) => Decision::Disconnect(
-            r.and_then(|r| {
-                if r.code == Some(421) {
-                    checked(r, 421..422, plugin)
-                } else {
-                    checked(r, 500..600, plugin)
-                }
-            })
-            .unwrap_or_else(|| Reply::policy_disconnect("")),
-        ),
+        V::Disconnect(r) => Decision::Disconnect(r.and_then(|r| {
+            if r.code == Some(421) {
+                checked(r, 421..422, plugin)
+            } else {
+                checked(r, 500..600, plugin)
+            }
+        })),
         V::Discard => Decision::Discard,
         V::Quarantine(reason) => Decision::Quarantine(clean_text(&reason)),
     }

@@ -218,13 +218,9 @@ async fn committer(durable: Durable, mut rx: mpsc::UnboundedReceiver<FlushReply>
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        metrics_batch(batch.len());
+        tracing::trace!(batch = batch.len(), "queue flush");
         for done in batch.drain(..) {
             let _ = done.send(result.clone());
         }
     }
-}
-
-fn metrics_batch(n: usize) {
-    tracing::trace!(batch = n, "queue flush");
 }

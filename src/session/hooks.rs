@@ -106,15 +106,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Decision::Reject(r) | Decision::Tempfail(r) => Some(r.clone()),
             Decision::Disconnect(r) => {
                 self.closing = true;
-                let mut r = r.clone();
-                if r.code == 421
-                    && r.lines
-                        .first()
-                        .is_some_and(|l| l.trim().is_empty() || l == "Closing connection")
-                {
-                    r = Reply::policy_disconnect(&self.ctx.settings.hostname);
-                }
-                Some(r)
+                Some(
+                    r.clone()
+                        .unwrap_or_else(|| Reply::policy_disconnect(&self.ctx.settings.hostname)),
+                )
             }
             _ => None,
         }
