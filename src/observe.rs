@@ -1,5 +1,14 @@
-//! Logging: tracing with human or JSON output on stderr. Spans carry the
-//! session id and peer, and the queue id of each message.
+//! Logging and limit counters. Tracing with human or JSON output on stderr;
+//! spans carry the session id and peer, and the queue id of each message.
+//!
+//! Every bound a client or a plugin can run into (sizes, counts, waits)
+//! reports through [`limit_hit`]: a process-wide counter per limit name, a
+//! log line, and a summary at shutdown. The names are the config keys that
+//! set the limits, so an operator who sees `limit=limits.max_bdat_chunk`
+//! knows which key to raise.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
@@ -20,4 +29,72 @@ pub fn init(format: LogFormat, level: &str) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+static LIMIT_HITS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one hit of the limit named `limit` (its config key, such as
+/// `limits.max_message_size`) and logs it with `detail` (who or what hit
+/// it). Returns the new total. Hits are rare events, so a lock is fine.
+pub fn limit_hit(limit: &'static str, detail: &str) -> u64 {
+    let total = {
+        let mut hits = LIMIT_HITS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = hits.entry(limit).or_insert(0);
+        *n += 1;
+        *n
+    };
+    tracing::warn!(limit, total, detail = %escape(detail), "limit reached");
+    total
+}
+
+/// How often each limit was hit since start (name, count), by name.
+pub fn limit_hits() -> Vec<(&'static str, u64)> {
+    let hits = LIMIT_HITS.lock().unwrap_or_else(|e| e.into_inner());
+    hits.iter().map(|(k, v)| (*k, *v)).collect()
+}
+
+/// A client- or plugin-supplied string made safe for one log line: control
+/// characters, backslashes and non-ASCII are escaped (`\n`, `\x1b`,
+/// `\u{e9}`) and the result is cut at 200 characters, so nothing a client
+/// sends can start a forged line or flood the log.
+pub fn escape(s: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = String::with_capacity(s.len().min(MAX) + 8);
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_default()),
+        }
+    }
+    out
+}
+
+/// [`escape`] for raw bytes (invalid UTF-8 is shown as U+FFFD).
+pub fn escape_bytes(b: &[u8]) -> String {
+    escape(&String::from_utf8_lossy(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_keeps_one_line() {
+        assert_eq!(escape("alice"), "alice");
+        assert_eq!(escape("a\r\nlevel=ERROR forged"), "a\\r\\nlevel=ERROR forged");
+        assert_eq!(escape("\x1b[31m\\"), "\\u{1b}[31m\\\\");
+        assert_eq!(escape(&"x".repeat(500)).len(), 203);
+    }
+
+    #[test]
+    fn limit_hits_count() {
+        let before = limit_hits().into_iter().find(|(k, _)| *k == "test.limit").map_or(0, |x| x.1);
+        limit_hit("test.limit", "a");
+        assert_eq!(limit_hit("test.limit", "b"), before + 2);
+    }
 }

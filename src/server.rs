@@ -183,6 +183,9 @@ pub async fn serve(
     for (plugin, calls, traps, timeouts) in ctx.plugins.stats_summary() {
         info!(plugin, calls, traps, timeouts, "plugin totals");
     }
+    for (limit, hits) in crate::observe::limit_hits() {
+        info!(limit, hits, "limit totals");
+    }
     info!(queued = store.len(), "stopped");
     Ok(())
 }
