@@ -302,6 +302,10 @@ impl Role {
 pub struct RawLimits {
     /// Largest accepted message.
     pub max_message_size: Option<ByteSize>,
+    /// Message bytes held in memory by all sessions together.
+    pub max_bytes_in_flight: Option<ByteSize>,
+    /// NOOP/RSET/VRFY/HELP/EHLO/HELO outside a transaction per session.
+    pub max_junk_commands: Option<AtLeast<1>>,
     /// Recipients per message.
     pub max_recipients: Option<AtLeast<100>>,
     /// Open connections in total.
@@ -324,6 +328,12 @@ pub struct RawTimeouts {
     pub command: Option<Dur>,
     /// Waiting for the next chunk of message data.
     pub data: Option<Dur>,
+    /// Writing replies to a client that does not read them.
+    pub write: Option<Dur>,
+    /// A whole connection, STARTTLS included.
+    pub session: Option<Dur>,
+    /// The TLS handshake (implicit TLS and STARTTLS).
+    pub tls_handshake: Option<Dur>,
     /// How long shutdown waits for sessions to finish their command.
     pub shutdown: Option<Dur>,
 }
@@ -504,6 +514,11 @@ pub struct Listener {
 pub struct Limits {
     /// Largest accepted message in octets.
     pub max_message_size: u64,
+    /// Message bytes held in memory by all sessions together.
+    pub max_bytes_in_flight: u64,
+    /// Junk commands (NOOP, RSET, VRFY, HELP, EHLO, HELO with no
+    /// transaction open) before the session is closed.
+    pub max_junk_commands: usize,
     /// Recipients per message.
     pub max_recipients: usize,
     /// Open connections in total.
@@ -525,6 +540,12 @@ pub struct Timeouts {
     pub command: Duration,
     /// Waiting for message data.
     pub data: Duration,
+    /// Writing replies.
+    pub write: Duration,
+    /// A whole connection's lifetime.
+    pub session: Duration,
+    /// The TLS handshake.
+    pub tls_handshake: Duration,
     /// Grace period for sessions at shutdown.
     pub shutdown: Duration,
 }
@@ -707,6 +728,8 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let l = raw.limits;
     let limits = Limits {
         max_message_size: l.max_message_size.map_or(25 * 1024 * 1024, |b| b.0),
+        max_bytes_in_flight: l.max_bytes_in_flight.map_or(512 * 1024 * 1024, |b| b.0),
+        max_junk_commands: l.max_junk_commands.map_or(100, |n| n.0),
         max_recipients: l.max_recipients.map_or(1000, |n| n.0),
         max_connections: l.max_connections.map_or(1000, |n| n.0),
         max_connections_per_ip: l.max_connections_per_ip.map_or(50, |n| n.0),
@@ -720,11 +743,24 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             "must be greater than 0".into(),
         ));
     }
+    // One message of the largest size, with room for its headers.
+    let least = limits.max_message_size.saturating_add(64 * 1024);
+    if limits.max_bytes_in_flight < least {
+        return Err(err(
+            "limits.max_bytes_in_flight",
+            format!(
+                "must be at least limits.max_message_size + 64KiB ({least} octets), or no message of the largest size could be received"
+            ),
+        ));
+    }
 
     let t = raw.timeouts;
     let timeouts = Timeouts {
         command: t.command.map_or(Duration::from_secs(300), |d| d.0),
         data: t.data.map_or(Duration::from_secs(180), |d| d.0),
+        write: t.write.map_or(Duration::from_secs(60), |d| d.0),
+        session: t.session.map_or(Duration::from_secs(30 * 60), |d| d.0),
+        tls_handshake: t.tls_handshake.map_or(Duration::from_secs(10), |d| d.0),
         shutdown: t.shutdown.map_or(Duration::from_secs(30), |d| d.0),
     };
 

@@ -54,9 +54,11 @@ pub fn limit_hits() -> Vec<(&'static str, u64)> {
 }
 
 /// A client- or plugin-supplied string made safe for one log line: control
-/// characters, backslashes and non-ASCII are escaped (`\n`, `\x1b`,
-/// `\u{e9}`) and the result is cut at 200 characters, so nothing a client
-/// sends can start a forged line or flood the log.
+/// characters, backslashes, line and paragraph separators and bidi
+/// overrides are escaped (`\n`, `\u{1b}`, `\u{202e}`) and the result is cut
+/// at 200 characters, so nothing a client sends can start a forged line,
+/// reorder what a reader sees, or flood the log. Other non-ASCII text (an
+/// SMTPUTF8 address) stays readable.
 pub fn escape(s: &str) -> String {
     const MAX: usize = 200;
     let mut out = String::with_capacity(s.len().min(MAX) + 8);
@@ -67,8 +69,12 @@ pub fn escape(s: &str) -> String {
         }
         match c {
             '\\' => out.push_str("\\\\"),
-            ' '..='~' => out.push(c),
-            _ => out.extend(c.escape_default()),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.extend(c.escape_default())
+            }
+            c => out.push(c),
         }
     }
     out
@@ -86,14 +92,21 @@ mod tests {
     #[test]
     fn escape_keeps_one_line() {
         assert_eq!(escape("alice"), "alice");
-        assert_eq!(escape("a\r\nlevel=ERROR forged"), "a\\r\\nlevel=ERROR forged");
+        assert_eq!(
+            escape("a\r\nlevel=ERROR forged"),
+            "a\\r\\nlevel=ERROR forged"
+        );
         assert_eq!(escape("\x1b[31m\\"), "\\u{1b}[31m\\\\");
+        assert_eq!(escape("jösé\u{202e}"), "jösé\\u{202e}");
         assert_eq!(escape(&"x".repeat(500)).len(), 203);
     }
 
     #[test]
     fn limit_hits_count() {
-        let before = limit_hits().into_iter().find(|(k, _)| *k == "test.limit").map_or(0, |x| x.1);
+        let before = limit_hits()
+            .into_iter()
+            .find(|(k, _)| *k == "test.limit")
+            .map_or(0, |x| x.1);
         limit_hit("test.limit", "a");
         assert_eq!(limit_hit("test.limit", "b"), before + 2);
     }

@@ -120,6 +120,7 @@ pub async fn serve(
         tls,
         users: Arc::new(crate::users::UserDb::new(settings.auth.users_file.clone())),
         auth_throttle: Arc::new(crate::auth::Throttle::new(settings.auth.failure_delay)),
+        budget: crate::session::body::Budget::new(settings.limits.max_bytes_in_flight),
     });
 
     let mut listeners = Vec::new();
@@ -229,6 +230,7 @@ impl AcceptLoop {
                         role: self.listener.role,
                         tls: None,
                         auth: None,
+                        deadline: tokio::time::Instant::now() + self.ctx.settings.timeouts.session,
                     };
                     let (ctx, shutdown) = (self.ctx.clone(), self.shutdown.clone());
                     self.sessions.spawn(
@@ -242,17 +244,22 @@ impl AcceptLoop {
                     );
                 }
                 Err(reply) => {
-                    self.sessions.spawn(refuse(stream, reply).instrument(span));
+                    let write = self.ctx.settings.timeouts.write;
+                    self.sessions
+                        .spawn(refuse(stream, reply, write).instrument(span));
                 }
             }
         }
     }
 }
 
-async fn refuse(mut stream: TcpStream, reply: Reply) {
+async fn refuse(mut stream: TcpStream, reply: Reply, write_timeout: std::time::Duration) {
     info!(reply = %reply.to_wire().trim_end(), "connection refused");
-    let _ = stream.write_all(reply.to_wire().as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(write_timeout, async {
+        stream.write_all(reply.to_wire().as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Completes once `rx` turns true (or its sender is gone).

@@ -4,7 +4,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Instrument, error, info, info_span};
 
 use super::Session;
-use super::io::Stop;
+use super::body::{Body, BodyError, BodyReader};
+use super::io::{Discard, Stop};
 use crate::queue::{QueuedMessage, QueuedRcpt, RcptStatus, new_queue_id, now_secs};
 use crate::smtp::{DataDecoder, DataError, Reply};
 
@@ -22,60 +23,103 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(r) = self.data_sequence_error() {
             return Ok(r);
         }
-        if self.tx.as_ref().is_some_and(|t| t.chunks.is_some()) {
+        if self.tx.as_ref().is_some_and(|t| t.body.is_some()) {
             return Ok(Reply::bad_sequence("DATA not allowed during BDAT transfer"));
         }
         self.conn.reply(&Reply::start_data());
         let limits = &self.ctx.settings.limits;
-        let mut decoder = DataDecoder::new(limits.text_line_length, limits.max_message_size);
-        let mut body = Vec::with_capacity(8 * 1024);
+        let decoder = DataDecoder::new(limits.text_line_length, limits.max_message_size);
+        let mut reader = self.body_reader(decoder);
         let timeout = self.ctx.settings.timeouts.data;
-        self.conn
-            .read_data(&mut decoder, &mut body, timeout)
-            .await?;
-        let refused = match decoder.finish() {
-            Ok(()) => None,
-            Err(DataError::BareLineEnding) => Some(Reply::bare_line_ending_in_data()),
-            Err(DataError::TooBig) => Some(Reply::too_big(limits.max_message_size)),
-            Err(DataError::LineTooLong) => Some(Reply::data_line_too_long(limits.text_line_length)),
-        };
-        if let Some(r) = refused {
-            self.end_tx();
-            return Ok(r);
-        }
-        let tx = self.tx.take().expect("transaction checked above");
-        Ok(self.queue_message(tx, body).await)
+        self.conn.read_data(&mut reader, timeout).await?;
+        self.received(reader).await
     }
 
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Result<Reply, Stop> {
         let timeout = self.ctx.settings.timeouts.data;
         let max = self.ctx.settings.limits.max_message_size;
-        // The chunk is read whatever the verdict, so the next command is
-        // found where the client put it.
-        let refusal = self.data_sequence_error();
-        let Some(tx) = self.tx.as_mut().filter(|_| refusal.is_none()) else {
-            self.conn.read_chunk(size, None, timeout).await?;
-            return Ok(refusal.unwrap_or_else(|| Reply::bad_sequence("Need MAIL command")));
-        };
-        let chunks = tx.chunks.get_or_insert_with(Vec::new);
-        let total = chunks.len() as u64 + size;
-        if total > max || tx.chunks_too_big {
-            tx.chunks_too_big = true;
-            chunks.clear();
-            self.conn.read_chunk(size, None, timeout).await?;
-        } else {
-            self.conn.read_chunk(size, Some(chunks), timeout).await?;
+        if size > max {
+            // A chunk over the whole limit would have to be read to find
+            // the next command, for as long as the client likes to send:
+            // refuse it and close instead.
+            crate::observe::limit_hit("limits.max_message_size", &format!("BDAT {size}"));
+            self.end_tx();
+            self.closing = true;
+            return Ok(Reply::too_big(max));
         }
-        if !last {
-            return Ok(Reply::chunk_ok(size as usize));
+        // A refused chunk is still read, so the next command is found where
+        // the client put it.
+        if let Some(refusal) = self.data_sequence_error() {
+            self.conn.read_chunk(size, &mut Discard, timeout).await?;
+            return Ok(refusal);
         }
-        let mut tx = self.tx.take().expect("transaction checked above");
-        if tx.chunks_too_big {
+        if self.tx.as_ref().is_some_and(|t| t.body.is_none()) {
+            let limits = &self.ctx.settings.limits;
+            let decoder = DataDecoder::chunked(limits.text_line_length, max);
+            let reader = self.body_reader(decoder);
+            self.tx.as_mut().expect("checked above").body = Some(reader);
+        }
+        let tx = self.tx.as_mut().expect("transaction checked above");
+        let reader = tx.body.as_mut().expect("set above");
+        if reader.size().saturating_add(size) > max {
+            crate::observe::limit_hit(
+                "limits.max_message_size",
+                &format!("BDAT total {}", reader.size().saturating_add(size)),
+            );
+            self.conn.read_chunk(size, &mut Discard, timeout).await?;
             self.end_tx();
             return Ok(Reply::too_big(max));
         }
-        let data = tx.chunks.take().unwrap_or_default();
-        Ok(self.queue_message(tx, data).await)
+        reader.reserve(size);
+        self.conn.read_chunk(size, reader, timeout).await?;
+        if !last {
+            return Ok(Reply::chunk_ok(size));
+        }
+        let mut reader = self
+            .tx
+            .as_mut()
+            .and_then(|t| t.body.take())
+            .expect("set above");
+        reader.end_chunks();
+        self.received(reader).await
+    }
+
+    /// A reader for this transaction's message, which starts with our
+    /// Received header (so the message is never copied to prepend it).
+    fn body_reader(&mut self, decoder: DataDecoder) -> BodyReader {
+        let tx = self.tx.as_mut().expect("only called in a transaction");
+        let id = tx.id.get_or_insert_with(new_queue_id).clone();
+        let received = self.received_header(&id, self.tx.as_ref().expect("checked"));
+        BodyReader::new(decoder, received.as_bytes(), &self.ctx.budget)
+    }
+
+    /// The end of DATA or of the last BDAT chunk: refuse or queue.
+    async fn received(&mut self, reader: BodyReader) -> Result<Reply, Stop> {
+        let limits = &self.ctx.settings.limits;
+        let body = match reader.finish() {
+            Ok(body) => body,
+            Err(e) => {
+                let reply = match e {
+                    BodyError::Refused(DataError::BareLineEnding) => {
+                        Reply::bare_line_ending_in_data()
+                    }
+                    BodyError::Refused(DataError::TooBig) => {
+                        Reply::too_big(limits.max_message_size)
+                    }
+                    BodyError::Refused(DataError::LineTooLong) => {
+                        Reply::data_line_too_long(limits.text_line_length)
+                    }
+                    BodyError::OverBudget => Reply::insufficient_storage(),
+                };
+                self.end_tx();
+                return Ok(reply);
+            }
+        };
+        let tx = self.tx.take().expect("transaction checked above");
+        let Body { bytes, held } = body;
+        let reply = self.queue_message(tx, bytes).await;
+        drop(held);
+        Ok(reply)
     }
 
     /// Writes the message to the queue and answers 250 only once it is on
@@ -92,12 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(x) => x,
             Err(reply) => return reply,
         };
-        let id = new_queue_id();
-        let received = self.received_header(&id, &tx);
-        let mut body = Vec::with_capacity(received.len() + data.len());
-        body.extend_from_slice(received.as_bytes());
-        body.extend_from_slice(&data);
-        drop(data);
+        let id = tx.id.clone().unwrap_or_else(new_queue_id);
         let now = now_secs();
         let msg = QueuedMessage {
             id: id.clone(),
@@ -115,20 +154,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     last_error: None,
                 })
                 .collect(),
-            size: body.len() as u64,
+            size: data.len() as u64,
             next_attempt: now,
         };
         let span = info_span!("message", queue_id = %id);
         async {
-            match self.ctx.store.commit(&msg, &body).await {
+            match self.ctx.store.commit(&msg, &data).await {
                 Ok(()) => {
                     info!(
                         size = msg.size,
-                        from = %msg.return_path(),
+                        from = %crate::observe::escape(&msg.return_path()),
                         nrcpt = msg.recipients.len(),
                         "message accepted"
                     );
                     self.ctx.queue.enqueued(id.clone());
+                    self.junk = 0;
                     Reply::queued(&id)
                 }
                 Err(e) => {

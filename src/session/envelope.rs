@@ -33,10 +33,11 @@ pub struct Transaction {
     pub params: MailParams,
     /// Accepted recipients.
     pub recipients: Vec<Recipient>,
-    /// BDAT chunks received so far, once BDAT started.
-    pub chunks: Option<Vec<u8>>,
-    /// Set when a BDAT chunk pushed the message over the size limit.
-    pub chunks_too_big: bool,
+    /// The queue id, chosen when the message starts (it is in our Received
+    /// header, the message's first line).
+    pub id: Option<String>,
+    /// The message being received by BDAT, once the first chunk came.
+    pub body: Option<super::body::BodyReader>,
     /// Modifications plugins asked for so far (applied after DATA).
     pub mods: Vec<Modification>,
     /// What happens to the message once accepted.
@@ -113,7 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(tx) = &mut self.tx else {
             return Reply::bad_sequence("Need MAIL before RCPT");
         };
-        if tx.chunks.is_some() {
+        if tx.body.is_some() {
             return Reply::bad_sequence("RCPT not allowed during BDAT transfer");
         }
         if tx.recipients.len() >= settings.limits.max_recipients {

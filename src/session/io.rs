@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::smtp::{DataDecoder, DataEvent, Reply};
+use crate::smtp::{DataEvent, Reply};
 
 /// Why the session cannot read on.
 #[derive(Debug)]
@@ -25,6 +26,27 @@ pub enum Stop {
     Shutdown,
     /// The socket failed.
     Io(io::Error),
+    /// The client did not take our replies within the write timeout (it
+    /// pipelines and never reads): nothing more can be said to it.
+    WriteTimeout,
+    /// The session outlived `timeouts.session`.
+    Lifetime,
+}
+
+/// Where the payload of DATA or BDAT goes: the session's body reader, or
+/// nowhere (a refused chunk is still read, so the session stays in step).
+pub trait BodySink {
+    /// Takes wire bytes; says whether the DATA end marker was among them.
+    fn feed(&mut self, input: &[u8]) -> DataEvent;
+}
+
+/// Throws payload away.
+pub struct Discard;
+
+impl BodySink for Discard {
+    fn feed(&mut self, _: &[u8]) -> DataEvent {
+        DataEvent::NeedMore
+    }
 }
 
 /// One command line, or the news that it was too long.
@@ -44,16 +66,33 @@ pub struct Conn<S> {
     inbuf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
+    write_timeout: Duration,
+    /// The end of the session's lifetime: no read or write waits past it.
+    deadline: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    /// Wraps a stream.
-    pub fn new(stream: S) -> Self {
+    /// Wraps a stream. Every write of replies must finish within
+    /// `write_timeout`, and nothing waits past `deadline`.
+    pub fn new(stream: S, write_timeout: Duration, deadline: Instant) -> Self {
         Conn {
             stream,
             inbuf: Vec::with_capacity(READ_CHUNK),
             pos: 0,
             out: Vec::with_capacity(1024),
+            write_timeout,
+            deadline,
+        }
+    }
+
+    /// `timeout`, cut short by the session's deadline; true when the
+    /// deadline is what binds.
+    fn bounded(&self, timeout: Duration) -> (Duration, bool) {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left <= timeout {
+            (left, true)
+        } else {
+            (timeout, false)
         }
     }
 
@@ -65,8 +104,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Writes queued replies.
     pub async fn flush(&mut self) -> Result<(), Stop> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await.map_err(Stop::Io)?;
-            self.stream.flush().await.map_err(Stop::Io)?;
+            // A reply may still go out after the deadline (the 421 that says
+            // so), but never waits longer than the write timeout.
+            let write = async {
+                self.stream.write_all(&self.out).await?;
+                self.stream.flush().await
+            };
+            match tokio::time::timeout(self.write_timeout, write).await {
+                Ok(r) => r.map_err(Stop::Io)?,
+                Err(_) => {
+                    crate::observe::limit_hit("timeouts.write", "client does not read replies");
+                    return Err(Stop::WriteTimeout);
+                }
+            }
             self.out.clear();
         }
         Ok(())
@@ -74,8 +124,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Closes the write side after flushing.
     pub async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(self.write_timeout, self.stream.shutdown()).await;
+        }
     }
 
     /// Gives the stream back (for STARTTLS) with the number of input octets
@@ -105,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let len = self.inbuf.len();
         self.inbuf.resize(len + READ_CHUNK, 0);
+        let (timeout, at_deadline) = self.bounded(timeout);
         let read = tokio::time::timeout(timeout, self.stream.read(&mut self.inbuf[len..]));
         let result = match shutdown {
             Some(rx) => tokio::select! {
@@ -116,7 +168,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match result {
             Err(_) => {
                 self.inbuf.truncate(len);
-                Err(Stop::Timeout)
+                Err(if at_deadline {
+                    Stop::Lifetime
+                } else {
+                    Stop::Timeout
+                })
             }
             Ok(Err(e)) => {
                 self.inbuf.truncate(len);
@@ -174,16 +230,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads DATA up to its end marker through `decoder` into `out`.
+    /// Reads DATA up to its end marker into `sink`.
     pub async fn read_data(
         &mut self,
-        decoder: &mut DataDecoder,
-        out: &mut Vec<u8>,
+        sink: &mut (dyn BodySink + Send),
         timeout: Duration,
     ) -> Result<(), Stop> {
         loop {
             let start = self.pos;
-            match decoder.feed(&self.inbuf[start..], out) {
+            match sink.feed(&self.inbuf[start..]) {
                 DataEvent::End { consumed } => {
                     self.pos = start + consumed;
                     return Ok(());
@@ -194,20 +249,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads exactly `n` octets (a BDAT chunk); appends them to `out` if
-    /// given, else discards them.
+    /// Reads exactly `n` octets (a BDAT chunk) into `sink`.
     pub async fn read_chunk(
         &mut self,
         mut n: u64,
-        mut out: Option<&mut Vec<u8>>,
+        sink: &mut (dyn BodySink + Send),
         timeout: Duration,
     ) -> Result<(), Stop> {
         loop {
             let avail = (self.inbuf.len() - self.pos) as u64;
             let take = avail.min(n) as usize;
-            if let Some(o) = out.as_deref_mut() {
-                o.extend_from_slice(&self.inbuf[self.pos..self.pos + take]);
-            }
+            sink.feed(&self.inbuf[self.pos..self.pos + take]);
             self.pos += take;
             n -= take as u64;
             if n == 0 {
@@ -229,8 +281,8 @@ mod tests {
     #[tokio::test]
     async fn lines_and_limits() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut conn = Conn::new(server);
         let t = Duration::from_secs(5);
+        let mut conn = Conn::new(server, t, Instant::now() + t);
         tokio::spawn(async move {
             let long = vec![b'x'; 600];
             client.write_all(b"NOOP\r\nEHLO a\r").await.unwrap();

@@ -7,6 +7,7 @@
 //! `envelope` (MAIL, RCPT) and `data` (DATA, BDAT, queueing).
 
 mod auth;
+pub mod body;
 mod data;
 mod envelope;
 pub mod hooks;
@@ -45,6 +46,8 @@ pub struct ServerCtx {
     pub users: Arc<crate::users::UserDb>,
     /// Per-IP brake on failed AUTH.
     pub auth_throttle: Arc<crate::auth::Throttle>,
+    /// The budget on message bytes held in memory (`limits.max_bytes_in_flight`).
+    pub budget: body::Budget,
 }
 
 /// Facts about the connection.
@@ -64,6 +67,8 @@ pub struct ConnInfo {
     pub tls: Option<crate::tls::TlsInfo>,
     /// The authenticated user name, once AUTH succeeded.
     pub auth: Option<String>,
+    /// When the connection must end (`timeouts.session`), STARTTLS or not.
+    pub deadline: tokio::time::Instant,
 }
 
 /// The client's HELO/EHLO.
@@ -84,6 +89,8 @@ pub struct Session<S> {
     helo: Option<Helo>,
     tx: Option<Transaction>,
     errors: usize,
+    /// Junk commands since the session started or last queued a message.
+    junk: usize,
     plugins: PluginSession,
     /// Set by a plugin's disconnect verdict: close after this reply.
     closing: bool,
@@ -106,13 +113,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Self {
         let plugins = PluginSession::new(ctx.plugins.clone(), info.id.clone());
         Session {
-            conn: Conn::new(stream),
+            conn: Conn::new(stream, ctx.settings.timeouts.write, info.deadline),
             ctx,
             info,
             shutdown,
             helo: None,
             tx: None,
             errors: 0,
+            junk: 0,
             plugins,
             closing: false,
             greet: true,
@@ -196,10 +204,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 debug!("command timeout");
                 self.conn.reply(&Reply::timeout(&host));
             }
+            Stop::Lifetime => {
+                debug!("session lifetime reached");
+                crate::observe::limit_hit("timeouts.session", &self.info.peer.ip().to_string());
+                self.conn.reply(&Reply::session_too_long(&host));
+            }
             Stop::Shutdown => self.conn.reply(&Reply::shutting_down(&host)),
             Stop::Eof => debug!("client closed the connection"),
             Stop::Io(e) => {
                 debug!(error = %e, "connection error");
+                return;
+            }
+            Stop::WriteTimeout => {
+                debug!("client does not read its replies");
                 return;
             }
         }
@@ -215,6 +232,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(c) => c,
             Err(e) => return Ok(e.reply()),
         };
+        if self.tx.is_none()
+            && matches!(
+                cmd,
+                Command::Noop
+                    | Command::Rset
+                    | Command::Vrfy
+                    | Command::Help
+                    | Command::Ehlo(_)
+                    | Command::Helo(_)
+            )
+        {
+            self.junk += 1;
+            if self.junk > self.settings().limits.max_junk_commands {
+                let peer = self.info.peer.ip().to_string();
+                crate::observe::limit_hit("limits.max_junk_commands", &peer);
+                return Ok(Reply::too_many_junk_commands(&self.settings().hostname));
+            }
+        }
         Ok(match cmd {
             Command::Ehlo(name) => self.hello(name, true).await,
             Command::Helo(name) => self.hello(name, false).await,

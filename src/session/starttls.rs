@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{ConnInfo, ServerCtx, Session};
 use crate::config::Role;
@@ -75,14 +75,18 @@ pub async fn serve_connection(
     }
 }
 
-/// The server side of a TLS handshake, bounded by the command timeout.
+/// The server side of a TLS handshake, bounded by `timeouts.tls_handshake`
+/// (a client that opens TLS and stalls holds a connection only that long).
 /// Records the negotiated parameters in `info`.
 async fn handshake(
     stream: TcpStream,
     ctx: &ServerCtx,
     info: &mut ConnInfo,
 ) -> Option<TlsStream<TcpStream>> {
-    let timeout = ctx.settings.timeouts.command;
+    let timeout = ctx.settings.timeouts.tls_handshake.min(
+        info.deadline
+            .saturating_duration_since(tokio::time::Instant::now()),
+    );
     let accept = ctx.tls.acceptor().accept(stream);
     let tls = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(tls)) => tls,
@@ -91,7 +95,7 @@ async fn handshake(
             return None;
         }
         Err(_) => {
-            debug!("TLS handshake timed out");
+            crate::observe::limit_hit("timeouts.tls_handshake", &info.peer.ip().to_string());
             return None;
         }
     };
@@ -99,7 +103,7 @@ async fn handshake(
     info!(
         version = %facts.version,
         cipher = %facts.cipher,
-        sni = facts.sni.as_deref().unwrap_or(""),
+        sni = %crate::observe::escape(facts.sni.as_deref().unwrap_or("")),
         "TLS established"
     );
     info.tls = Some(facts);

@@ -210,8 +210,19 @@ fn check_local(local: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
+/// Checks the argument of EHLO/HELO: a domain or an address literal, as
+/// `check_domain`, except that `_` is let through (Windows machine names
+/// carry it and it can forge nothing).
+pub fn check_helo(d: &str) -> Result<(), AddressError> {
+    check_domain_with(d, true)
+}
+
 /// Checks a domain name or address literal.
 pub fn check_domain(d: &str) -> Result<(), AddressError> {
+    check_domain_with(d, false)
+}
+
+fn check_domain_with(d: &str, underscore: bool) -> Result<(), AddressError> {
     if d.is_empty() {
         return Err(AddressError::Syntax("empty domain"));
     }
@@ -239,9 +250,13 @@ pub fn check_domain(d: &str) -> Result<(), AddressError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            && label.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                        || c == '-'
+                        || (underscore && c == '_')
+                        // U-labels (RFC 6531), but no control or space characters.
+                        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+            });
         if !ok {
             return Err(AddressError::Syntax("invalid domain"));
         }

@@ -109,9 +109,14 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     let upper = verb.to_ascii_uppercase();
     match upper.as_str() {
         "EHLO" | "HELO" => {
-            let host = arg.trim();
-            if host.is_empty() || host.contains(' ') {
-                return Err(CommandError::Syntax("Syntax: EHLO hostname"));
+            // A domain or an address literal (RFC 5321 §4.1.1.1); anything
+            // else (control characters, parentheses, spaces) could forge
+            // fields of the Received header it ends up in.
+            let host = arg.trim_matches(' ');
+            if super::address::check_helo(host).is_err() {
+                return Err(CommandError::Syntax(
+                    "Syntax: EHLO domain or address literal",
+                ));
             }
             Ok(if upper == "EHLO" {
                 Command::Ehlo(host.into())
@@ -272,6 +277,12 @@ mod tests {
         let table: &[(&[u8], Command)] = &[
             (b"EHLO client.test", Command::Ehlo("client.test".into())),
             (b"helo [127.0.0.1]", Command::Helo("[127.0.0.1]".into())),
+            (b"EHLO [IPv6:::1]", Command::Ehlo("[IPv6:::1]".into())),
+            (b"EHLO my_pc.local", Command::Ehlo("my_pc.local".into())),
+            (
+                b"EHLO b\xc3\xbccher.test",
+                Command::Ehlo("bücher.test".into()),
+            ),
             (
                 b"MAIL FROM:<a@b.test>",
                 Command::Mail(addr("a", "b.test"), MailParams::default()),
@@ -336,6 +347,13 @@ mod tests {
             (b"", 500),
             (b"EXPN list", 502),
             (b"EHLO", 501),
+            // Trace-field forgery through the Received header.
+            (b"EHLO x (forged by evil)", 501),
+            (b"EHLO x\tby", 501),
+            (b"EHLO x\x01", 501),
+            (b"HELO a;b", 501),
+            (b"EHLO [1.2.3]", 501),
+            (b"EHLO a\xc2\x85b", 501),
             (b"MAIL TO:<a@b>", 501),
             (b"MAIL FROM:a@b", 501),
             (b"MAIL FROM:<a@b> FOO=1", 555),

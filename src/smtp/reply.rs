@@ -122,6 +122,30 @@ impl Reply {
             format!("{hostname} Too many errors, closing connection"),
         )
     }
+    /// 421 when a session outlived `timeouts.session`.
+    pub fn session_too_long(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.4.2",
+            format!("{hostname} Session time limit exceeded, closing connection"),
+        )
+    }
+    /// 421 after too many NOOP/RSET/VRFY/HELP/EHLO without a message.
+    pub fn too_many_junk_commands(hostname: &str) -> Self {
+        Self::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Too many commands without a message, closing connection"),
+        )
+    }
+    /// 452 when the server-wide memory budget for messages is spent.
+    pub fn insufficient_storage() -> Self {
+        Self::new(
+            452,
+            "4.3.1",
+            "Insufficient system resources, try again later",
+        )
+    }
     /// 451 on a local store failure.
     pub fn local_error() -> Self {
         Self::new(451, "4.3.0", "Local error in processing, try again later")
@@ -179,7 +203,7 @@ impl Reply {
         Self::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()])
     }
     /// 250 for an accepted BDAT chunk that is not the last.
-    pub fn chunk_ok(octets: usize) -> Self {
+    pub fn chunk_ok(octets: u64) -> Self {
         Self::new(250, "2.0.0", format!("{octets} octets received"))
     }
     /// 250 once a message is durably queued.

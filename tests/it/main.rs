@@ -6,6 +6,7 @@ mod clients;
 mod config;
 mod data;
 mod durability;
+mod hostile;
 mod plugins;
 mod protocol;
 mod relay;

@@ -472,6 +472,12 @@ impl Client {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+
+    /// A second handle on the socket, to write from another thread while
+    /// this one reads replies.
+    pub fn stream_clone(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone socket")
+    }
 }
 
 /// The queue id from a `250 2.0.0 Ok: queued as ID` reply.
