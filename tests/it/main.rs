@@ -6,6 +6,7 @@ mod clients;
 mod config;
 mod data;
 mod durability;
+mod plugin_limits;
 mod plugins;
 mod protocol;
 mod relay;
