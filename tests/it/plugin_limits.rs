@@ -25,7 +25,8 @@ fn send(s: &Server, to: &str, body: &str) -> crate::support::Reply {
 
 /// Waits for a `limit reached` line naming `limit`.
 fn limit_line(s: &Server, limit: &str) -> String {
-    s.wait_for_log(&format!("\"limit\":\"{limit}\""), 1).remove(0)
+    s.wait_for_log(&format!("\"limit\":\"{limit}\""), 1)
+        .remove(0)
 }
 
 #[test]
@@ -35,7 +36,10 @@ fn a_huge_memory_grow_traps_at_the_cap() {
     let line = limit_line(&s, "plugin.memory");
     assert!(line.contains("hostile"), "{line}");
     let trap = s.wait_for_log("plugin trapped", 1).remove(0);
-    assert!(trap.contains("\"plugin\":\"hostile\"") && trap.contains("\"hook\":\"rcpt\""), "{trap}");
+    assert!(
+        trap.contains("\"plugin\":\"hostile\"") && trap.contains("\"hook\":\"rcpt\""),
+        "{trap}"
+    );
     assert!(trap.contains("memory cap"), "{trap}");
     s.wait_for_mail("u", 1);
 }
@@ -54,7 +58,10 @@ fn a_notes_flood_is_cut_off_by_count_and_by_size() {
     assert!(limit_line(&s, "plugin_limits.max_notes_size").contains("big-notes"));
     assert!(limit_line(&s, "plugin_limits.max_notes").contains("many-notes"));
     let traps = s.wait_for_log("plugin trapped", 2);
-    assert!(traps.iter().any(|l| l.contains("\"hook\":\"mail-from\"")), "{traps:?}");
+    assert!(
+        traps.iter().any(|l| l.contains("\"hook\":\"mail-from\"")),
+        "{traps:?}"
+    );
     // The notes went with the transaction: the next one is cut off at the
     // same place, not earlier.
     queue_id(&send(&s, "v@example.test", "Subject: b\r\n\r\nx\r\n"));
@@ -104,7 +111,11 @@ fn a_log_flood_is_dropped_and_counted() {
     // At most two one-second windows' worth got through.
     assert!(!lines.is_empty() && lines.len() <= 40, "{}", lines.len());
     // The plugin's control characters are escaped, not written raw.
-    assert!(lines[0].contains("\\\\n\\\\u{1b}[31mforged"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("\\\\n\\\\u{1b}[31mforged"),
+        "{}",
+        lines[0]
+    );
     // A later second reports how many were dropped.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     queue_id(&send(&s, "v@example.test", "Subject: b\r\n\r\nx\r\n"));
@@ -143,7 +154,10 @@ fn quarantine_at_rcpt_quarantines_the_message() {
     queue_id(&send(&s, "u@example.test", "Subject: q\r\n\r\nx\r\n"));
     let q = String::from_utf8(s.wait_for_mail("quarantine", 1).remove(0)).unwrap();
     assert!(q.contains("X-Wasmtp-Quarantine: hostile"), "{q}");
-    assert!(q.contains("X-Wasmtp-Original-Recipients: u@example.test"), "{q}");
+    assert!(
+        q.contains("X-Wasmtp-Original-Recipients: u@example.test"),
+        "{q}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(s.mail("u").is_empty());
 }
@@ -171,9 +185,15 @@ fn plugin_replies_keep_ehlo_extensions_and_fit_512_octets() {
     let s = Server::start(&cfg);
     let mut c = Client::greeted(s.addr);
     let r = c.cmd("EHLO client.test", 250);
-    assert!(r.lines[0].starts_with("mx.test hostile plugin text"), "{r:?}");
+    assert!(
+        r.lines[0].starts_with("mx.test hostile plugin text"),
+        "{r:?}"
+    );
     for ext in ["PIPELINING", "STARTTLS", "CHUNKING"] {
-        assert!(r.lines.iter().any(|l| l.starts_with(ext)), "{ext} missing: {r:?}");
+        assert!(
+            r.lines.iter().any(|l| l.starts_with(ext)),
+            "{ext} missing: {r:?}"
+        );
     }
     c.cmd("MAIL FROM:<a@example.test>", 250);
     let r = c.cmd("RCPT TO:<u@example.test>", 550);
@@ -183,4 +203,44 @@ fn plugin_replies_keep_ehlo_extensions_and_fit_512_octets() {
         assert!(4 + l.len() + 2 <= 512, "{} octets: {l}", l.len() + 6);
         assert!(l.starts_with("5.7.1 "), "{l}");
     }
+}
+
+#[test]
+fn the_compile_cache_is_trusted_only_when_private_and_pruned() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\"]",
+    ));
+    let cache = s.data().join("plugin-cache");
+    let artifacts = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let first = artifacts();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(s.signal_and_wait("TERM").success());
+    // Someone else could have written into it: compile instead of loading.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(cache.join("stale.cwasm"), b"not ours").unwrap();
+    s.start_again();
+    let w = s.wait_for_log("plugin cache not trusted", 1).remove(0);
+    assert!(w.contains("writable"), "{w}");
+    queue_id(&send(&s, "u@example.test", "Subject: a\r\n\r\nx\r\n"));
+    assert!(
+        artifacts().contains(&"stale.cwasm".to_string()),
+        "an untrusted dir is not cleaned"
+    );
+    assert!(s.signal_and_wait("TERM").success());
+    // Private again: the artifact loads and the unused one is pruned.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    s.start_again();
+    s.wait_for_log("unused compiled plugins pruned", 1);
+    assert_eq!(artifacts(), first);
+    queue_id(&send(&s, "v@example.test", "Subject: b\r\n\r\nx\r\n"));
 }
