@@ -939,9 +939,9 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         max_kv_value: pl.max_kv_value.map_or(d.max_kv_value, |b| b.0),
         max_kv_size: pl.max_kv_size.map_or(d.max_kv_size, |b| b.0),
         kv_sweep_interval: pl.kv_sweep_interval.map_or(d.kv_sweep_interval, |x| x.0),
-        log_lines_per_second: pl
-            .log_lines_per_second
-            .map_or(d.log_lines_per_second, |n| n.0.min(u32::MAX as usize) as u32),
+        log_lines_per_second: pl.log_lines_per_second.map_or(d.log_lines_per_second, |n| {
+            n.0.min(u32::MAX as usize) as u32
+        }),
         max_modifications: pl.max_modifications.map_or(d.max_modifications, |n| n.0),
     };
     if plugin_limits.kv_sweep_interval.is_zero() {

@@ -148,11 +148,18 @@ mod tests {
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
         assert!(check_trusted(&dir, &file).is_err());
-        assert!(write(&dir, &file, b"x").is_err(), "no writing into it either");
+        assert!(
+            write(&dir, &file, b"x").is_err(),
+            "no writing into it either"
+        );
         assert_eq!(prune(&dir, &[]), 0, "nor cleaning it");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, ["a.cwasm"]);
     }
 
@@ -166,6 +173,9 @@ mod tests {
         fs::write(dir.join(".fresh.tmp"), b"partial").unwrap();
         assert_eq!(prune(&dir, std::slice::from_ref(&a)), 1);
         assert!(a.exists() && !b.exists());
-        assert!(dir.join(".fresh.tmp").exists(), "a recent temporary file may be in use");
+        assert!(
+            dir.join(".fresh.tmp").exists(),
+            "a recent temporary file may be in use"
+        );
     }
 }

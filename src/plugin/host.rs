@@ -124,7 +124,12 @@ impl Shared {
             .db
             .tree_names()
             .iter()
-            .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("kv:").map(String::from))
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix("kv:")
+                    .map(String::from)
+            })
             .collect();
         for name in names {
             let Ok(space) = self.kv_space(&name) else {
@@ -154,7 +159,9 @@ impl Shared {
             if w.dropped == 1 {
                 limit_hit(
                     "plugin_limits.log_lines_per_second",
-                    &format!("plugin {plugin} writes more log lines than that; the rest of this second is dropped"),
+                    &format!(
+                        "plugin {plugin} writes more log lines than that; the rest of this second is dropped"
+                    ),
                 );
             }
             return (false, 0);

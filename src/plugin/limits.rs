@@ -195,7 +195,10 @@ mod tests {
     fn the_cap_bounds_all_memories_together() {
         // Two memories of 4 pages each fit a 4-page cap one by one, not together.
         let page = 64 * 1024;
-        assert_eq!(instantiate(&module(1, 4, 0), 4 * page), Ok(4 * page as usize));
+        assert_eq!(
+            instantiate(&module(1, 4, 0), 4 * page),
+            Ok(4 * page as usize)
+        );
         let e = instantiate(&module(2, 4, 0), 4 * page).unwrap_err();
         assert!(e.contains("memory cap"), "{e}");
         assert!(instantiate(&module(2, 4, 0), 8 * page).is_ok());

@@ -575,7 +575,11 @@ fn checked(r: wit::Reply, range: std::ops::Range<u16>, plugin: &str) -> Option<R
         }
         None => format!("{class}.{}", if class == 2 { "0.0" } else { "7.1" }),
     };
-    Some(Reply::from_plugin(code, status, clean_text(&r.text, MAX_TEXT)))
+    Some(Reply::from_plugin(
+        code,
+        status,
+        clean_text(&r.text, MAX_TEXT),
+    ))
 }
 
 fn valid_status(s: &str, class: u16) -> bool {

@@ -12,12 +12,12 @@ use super::Session;
 use super::envelope::{Recipient, Transaction};
 use crate::delivery::local::{Resolution, resolve};
 use crate::delivery::maildir::is_safe_mailbox;
+use crate::observe::{escape, limit_hit};
 use crate::plugin::TxView;
 use crate::plugin::bindings::wasmtp::plugin::types as wit;
 use crate::plugin::message::{MessageData, header_len};
 use crate::plugin::run::Route as HookRoute;
 use crate::plugin::run::{Decision, Modification};
-use crate::observe::{escape, limit_hit};
 use crate::queue::Route;
 use crate::smtp::address::parse_path;
 use crate::smtp::{MailParams, Path, Reply};
@@ -342,7 +342,8 @@ impl HeaderEdit {
 
     fn remove(&mut self, name: &str) {
         self.removed.insert(name.trim().to_ascii_lowercase());
-        self.added.retain(|(n, _)| !n.eq_ignore_ascii_case(name.trim()));
+        self.added
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.trim()));
     }
 
     /// The message with the fields removed and added, in one copy.
@@ -422,7 +423,10 @@ mod tests {
         }
         let out = e.apply(b"Subject: old\r\nX-A: kept? no\r\n\r\nbody\r\n".to_vec());
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("X-B: 2\r\nSubject: new\r\nX-N0: v\r\n"), "{text}");
+        assert!(
+            text.starts_with("X-B: 2\r\nSubject: new\r\nX-N0: v\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("old") && !text.contains("X-A"), "{text}");
         assert!(text.ends_with("\r\n\r\nbody\r\n"));
     }

@@ -459,7 +459,10 @@ mod tests {
             let joined: String = r.lines.concat();
             assert_eq!(joined.replace(' ', ""), text.replace(' ', ""));
         }
-        assert_eq!(Reply::from_plugin(250, "2.0.0".into(), "ok".into()).lines, ["ok"]);
+        assert_eq!(
+            Reply::from_plugin(250, "2.0.0".into(), "ok".into()).lines,
+            ["ok"]
+        );
     }
 
     #[test]
