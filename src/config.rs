@@ -88,6 +88,9 @@ pub struct RawConfig {
     /// `[dns]`
     #[serde(default)]
     pub dns: RawDns,
+    /// `[plugin_limits]`
+    #[serde(default)]
+    pub plugin_limits: RawPluginLimits,
 }
 
 /// `[[plugin]]`
@@ -127,6 +130,28 @@ pub struct RawDns {
     pub nameservers: Option<Vec<SocketAddr>>,
     /// Per-query timeout.
     pub timeout: Option<Dur>,
+}
+
+/// `[plugin_limits]`: bounds on the host-side buffers plugins can grow.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    /// Notes per session (session and transaction notes together).
+    pub max_notes: Option<AtLeast<1>>,
+    /// Total bytes of note keys and values per session.
+    pub max_notes_size: Option<ByteSize>,
+    /// Largest kv key.
+    pub max_kv_key: Option<ByteSize>,
+    /// Largest kv value.
+    pub max_kv_value: Option<ByteSize>,
+    /// kv bytes (keys and values) per plugin namespace.
+    pub max_kv_size: Option<ByteSize>,
+    /// How often expired kv entries are swept out.
+    pub kv_sweep_interval: Option<Dur>,
+    /// Log lines per plugin per second; the excess is dropped and counted.
+    pub log_lines_per_second: Option<AtLeast<1>>,
+    /// Modifications one call may return.
+    pub max_modifications: Option<AtLeast<1>>,
 }
 
 /// A hook point, named as in the WIT contract.
@@ -238,6 +263,43 @@ impl PluginSpec {
             .get(&hook)
             .copied()
             .unwrap_or(Duration::from_millis(500))
+    }
+}
+
+/// Bounds on what plugins can make the host keep (`[plugin_limits]`).
+/// Every bound reports through `observe::limit_hit` with its key.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// Notes per session.
+    pub max_notes: usize,
+    /// Bytes of note keys and values per session.
+    pub max_notes_size: u64,
+    /// Largest kv key in bytes.
+    pub max_kv_key: u64,
+    /// Largest kv value in bytes.
+    pub max_kv_value: u64,
+    /// kv bytes per plugin namespace.
+    pub max_kv_size: u64,
+    /// Period of the expired-entry sweep.
+    pub kv_sweep_interval: Duration,
+    /// Log lines per plugin per second.
+    pub log_lines_per_second: u32,
+    /// Modifications per call.
+    pub max_modifications: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            max_notes: 256,
+            max_notes_size: 256 * 1024,
+            max_kv_key: 1024,
+            max_kv_value: 64 * 1024,
+            max_kv_size: 64 * 1024 * 1024,
+            kv_sweep_interval: Duration::from_secs(600),
+            log_lines_per_second: 100,
+            max_modifications: 100,
+        }
     }
 }
 
@@ -611,6 +673,8 @@ pub struct Settings {
     pub plugins: Vec<PluginSpec>,
     /// DNS for plugins.
     pub dns: DnsSettings,
+    /// Bounds on host-side plugin buffers.
+    pub plugin_limits: PluginLimits,
     /// Certificates.
     pub tls: crate::tls::TlsSettings,
     /// SMTP AUTH.
@@ -902,9 +966,31 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         timeout: raw.dns.timeout.map_or(Duration::from_secs(5), |d| d.0),
     };
 
+    let pl = raw.plugin_limits;
+    let d = PluginLimits::default();
+    let plugin_limits = PluginLimits {
+        max_notes: pl.max_notes.map_or(d.max_notes, |n| n.0),
+        max_notes_size: pl.max_notes_size.map_or(d.max_notes_size, |b| b.0),
+        max_kv_key: pl.max_kv_key.map_or(d.max_kv_key, |b| b.0),
+        max_kv_value: pl.max_kv_value.map_or(d.max_kv_value, |b| b.0),
+        max_kv_size: pl.max_kv_size.map_or(d.max_kv_size, |b| b.0),
+        kv_sweep_interval: pl.kv_sweep_interval.map_or(d.kv_sweep_interval, |x| x.0),
+        log_lines_per_second: pl.log_lines_per_second.map_or(d.log_lines_per_second, |n| {
+            n.0.min(u32::MAX as usize) as u32
+        }),
+        max_modifications: pl.max_modifications.map_or(d.max_modifications, |n| n.0),
+    };
+    if plugin_limits.kv_sweep_interval.is_zero() {
+        return Err(err(
+            "plugin_limits.kv_sweep_interval",
+            "must be greater than 0".into(),
+        ));
+    }
+
     Ok(Settings {
         plugins,
         dns,
+        plugin_limits,
         tls,
         auth,
         relay,

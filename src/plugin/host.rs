@@ -3,7 +3,8 @@
 //! ungranted interface is refused at load (`check_imports`); each call
 //! checks the grant again and traps if it is missing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,40 +14,160 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tokio::sync::OnceCell;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::wasmtp::plugin::{clock, dns, kv, log, notes, types};
-use crate::config::{DnsSettings, Grant};
+use super::limits::InstanceLimits;
+use crate::config::{DnsSettings, Grant, PluginLimits};
+use crate::observe::{escape, limit_hit};
 
-/// What every instance of every plugin shares: the kv store and the resolver.
+/// What every instance of every plugin shares: the kv store, the resolver,
+/// the limits and each plugin's log budget.
 pub struct Shared {
     db: sled::Db,
-    kv_trees: Mutex<HashMap<String, sled::Tree>>,
+    kv_spaces: Mutex<HashMap<String, Arc<KvSpace>>>,
     dns: DnsSettings,
     resolver: OnceCell<Result<TokioResolver, String>>,
+    pub(crate) limits: PluginLimits,
+    logs: Mutex<HashMap<Arc<str>, LogWindow>>,
 }
 
-impl Shared {
-    pub(crate) fn new(db: sled::Db, dns: &DnsSettings) -> Shared {
-        Shared {
-            db,
-            kv_trees: Mutex::default(),
-            dns: dns.clone(),
-            resolver: OnceCell::new(),
+/// One plugin's kv namespace and the bytes it holds (keys plus stored
+/// values), counted so the quota check needs no scan.
+struct KvSpace {
+    tree: sled::Tree,
+    used: AtomicU64,
+}
+
+impl KvSpace {
+    fn adjust(&self, old: u64, new: u64) {
+        if new >= old {
+            self.used.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    Some(u.saturating_sub(old - new))
+                });
         }
     }
 
-    fn kv_tree(&self, plugin: &str) -> Result<sled::Tree, String> {
-        let mut trees = self.kv_trees.lock().expect("kv lock");
-        if let Some(t) = trees.get(plugin) {
+    /// Removes every expired entry; returns how many went.
+    fn purge(&self, now: u64) -> u64 {
+        let mut removed = 0;
+        for (k, v) in self.tree.iter().flatten() {
+            if kv_decode(&v, now).is_none()
+                && matches!(
+                    self.tree.compare_and_swap(&k, Some(&v), None::<&[u8]>),
+                    Ok(Ok(()))
+                )
+            {
+                self.adjust((k.len() + v.len()) as u64, 0);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// Log lines one plugin wrote in the current second.
+#[derive(Default)]
+struct LogWindow {
+    second: u64,
+    lines: u32,
+    dropped: u64,
+}
+
+impl Shared {
+    pub(crate) fn new(db: sled::Db, dns: &DnsSettings, limits: &PluginLimits) -> Shared {
+        Shared {
+            db,
+            kv_spaces: Mutex::default(),
+            dns: dns.clone(),
+            resolver: OnceCell::new(),
+            limits: limits.clone(),
+            logs: Mutex::default(),
+        }
+    }
+
+    /// The namespace of `plugin`; the first open purges expired entries and
+    /// counts the bytes left.
+    fn kv_space(&self, plugin: &str) -> Result<Arc<KvSpace>, String> {
+        let mut spaces = self.kv_spaces.lock().expect("kv lock");
+        if let Some(t) = spaces.get(plugin) {
             return Ok(t.clone());
         }
-        let t = self
+        let tree = self
             .db
             .open_tree(format!("kv:{plugin}"))
             .map_err(|e| e.to_string())?;
-        trees.insert(plugin.to_string(), t.clone());
-        Ok(t)
+        let space = Arc::new(KvSpace {
+            tree,
+            used: AtomicU64::new(0),
+        });
+        space.purge(now_millis());
+        let used: u64 = space
+            .tree
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        space.used.store(used, Ordering::Relaxed);
+        spaces.insert(plugin.to_string(), space.clone());
+        Ok(space)
+    }
+
+    /// Removes expired kv entries of every plugin namespace in the store
+    /// (also of plugins no longer configured); run every
+    /// `plugin_limits.kv_sweep_interval`.
+    pub(crate) fn sweep_kv(&self) {
+        let names: Vec<String> = self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix("kv:")
+                    .map(String::from)
+            })
+            .collect();
+        for name in names {
+            let Ok(space) = self.kv_space(&name) else {
+                continue;
+            };
+            let removed = space.purge(now_millis());
+            if removed > 0 {
+                tracing::info!(plugin = %escape(&name), removed, "expired kv entries purged");
+            }
+        }
+    }
+
+    /// Whether `plugin` may write another log line this second. The first
+    /// line of a second also reports how many the last full second dropped.
+    fn admit_log(&self, plugin: &Arc<str>) -> (bool, u64) {
+        let now = now_millis() / 1000;
+        let mut logs = self.logs.lock().expect("log budget lock");
+        let w = logs.entry(plugin.clone()).or_default();
+        let mut reported = 0;
+        if w.second != now {
+            reported = std::mem::take(&mut w.dropped);
+            w.second = now;
+            w.lines = 0;
+        }
+        if w.lines >= self.limits.log_lines_per_second {
+            w.dropped += 1;
+            if w.dropped == 1 {
+                limit_hit(
+                    "plugin_limits.log_lines_per_second",
+                    &format!(
+                        "plugin {plugin} writes more log lines than that; the rest of this second is dropped"
+                    ),
+                );
+            }
+            return (false, 0);
+        }
+        w.lines += 1;
+        (true, reported)
     }
 
     async fn resolver(&self) -> Result<&TokioResolver, String> {
@@ -84,14 +205,40 @@ impl Shared {
 /// Notes: key/value strings shared by the plugins of one session. Notes set
 /// during a transaction end with it; notes set before the first MAIL (at
 /// connect or EHLO) last for the session.
-#[derive(Debug, Default)]
+/// Both kinds count against `plugin_limits.max_notes` and
+/// `plugin_limits.max_notes_size` together.
+#[derive(Debug)]
 pub struct Notes {
     session: BTreeMap<String, String>,
     tx: BTreeMap<String, String>,
     in_tx: bool,
+    bytes: u64,
+    max_notes: usize,
+    max_bytes: u64,
+}
+
+/// Why a note was refused: the limit's key and what it was.
+#[derive(Debug)]
+pub struct NotesFull {
+    /// The config key of the limit.
+    pub limit: &'static str,
+    /// The bound.
+    pub max: u64,
 }
 
 impl Notes {
+    /// Empty notes bounded by `limits`.
+    pub fn new(limits: &PluginLimits) -> Notes {
+        Notes {
+            session: BTreeMap::new(),
+            tx: BTreeMap::new(),
+            in_tx: false,
+            bytes: 0,
+            max_notes: limits.max_notes,
+            max_bytes: limits.max_notes_size,
+        }
+    }
+
     /// Marks the start of a transaction.
     pub fn begin_tx(&mut self) {
         self.in_tx = true;
@@ -100,6 +247,8 @@ impl Notes {
     /// Ends the transaction and forgets its notes.
     pub fn end_tx(&mut self) {
         self.in_tx = false;
+        let freed: usize = self.tx.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.bytes -= freed as u64;
         self.tx.clear();
     }
 
@@ -108,17 +257,43 @@ impl Notes {
         self.tx.get(key).or_else(|| self.session.get(key))
     }
 
-    fn set(&mut self, key: String, value: String) {
-        if self.in_tx {
-            self.tx.insert(key, value)
+    fn set(&mut self, key: String, value: String) -> Result<(), NotesFull> {
+        let count = self.session.len() + self.tx.len();
+        let map = if self.in_tx {
+            &mut self.tx
         } else {
-            self.session.insert(key, value)
+            &mut self.session
         };
+        let old = map.get(&key).map_or(0, |v| key.len() + v.len()) as u64;
+        let new = (key.len() + value.len()) as u64;
+        if !map.contains_key(&key) && count >= self.max_notes {
+            return Err(NotesFull {
+                limit: "plugin_limits.max_notes",
+                max: self.max_notes as u64,
+            });
+        }
+        if self.bytes - old + new > self.max_bytes {
+            return Err(NotesFull {
+                limit: "plugin_limits.max_notes_size",
+                max: self.max_bytes,
+            });
+        }
+        map.insert(key, value);
+        self.bytes = self.bytes - old + new;
+        Ok(())
     }
 
     fn remove(&mut self, key: &str) {
-        self.tx.remove(key);
-        self.session.remove(key);
+        for map in [&mut self.tx, &mut self.session] {
+            if let Some(v) = map.remove(key) {
+                self.bytes -= (key.len() + v.len()) as u64;
+            }
+        }
+    }
+
+    /// How many notes there are and their bytes (for tests and logs).
+    pub fn usage(&self) -> (usize, u64) {
+        (self.session.len() + self.tx.len(), self.bytes)
     }
 
     /// Every note whose key starts with `prefix`.
@@ -136,10 +311,13 @@ impl Notes {
 pub struct HostState {
     pub(crate) plugin: Arc<str>,
     grants: Vec<Grant>,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: InstanceLimits,
     pub(crate) table: ResourceTable,
     pub(crate) notes: Arc<Mutex<Notes>>,
     shared: Arc<Shared>,
+    /// Limits this instance already reported: a plugin looping on a full
+    /// quota logs `limit reached` once per instance, not once per call.
+    reported: HashSet<&'static str>,
 }
 
 impl HostState {
@@ -150,20 +328,24 @@ impl HostState {
         notes: Arc<Mutex<Notes>>,
         shared: Arc<Shared>,
     ) -> HostState {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory as usize)
-            .instances(64)
-            .tables(64)
-            .trap_on_grow_failure(true)
-            .build();
         HostState {
+            limits: InstanceLimits::new(plugin.clone(), memory),
             plugin,
             grants,
-            limits,
             table: ResourceTable::new(),
             notes,
             shared,
+            reported: HashSet::new(),
         }
+    }
+
+    /// Reports `limit` (once per instance) and returns the error text the
+    /// plugin gets.
+    fn hit(&mut self, limit: &'static str, detail: String) -> String {
+        if self.reported.insert(limit) {
+            limit_hit(limit, &format!("plugin {}: {detail}", self.plugin));
+        }
+        format!("{detail} (key {limit})")
     }
 
     fn check(&self, grant: Grant) -> wasmtime::Result<()> {
@@ -187,7 +369,15 @@ impl log::Host for HostState {
             }
             message.truncate(cut);
         }
+        let (admitted, dropped) = self.shared.admit_log(&self.plugin);
+        if !admitted {
+            return Ok(());
+        }
         let plugin = &*self.plugin;
+        if dropped > 0 {
+            tracing::warn!(target: "wasmtp::plugin::guest", plugin, dropped, "plugin log lines dropped");
+        }
+        let message = escape_long(&message);
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "wasmtp::plugin::guest", plugin, "{message}")
@@ -209,6 +399,16 @@ impl log::Host for HostState {
     }
 }
 
+/// [`escape`] for a text longer than its 200 characters: escaped in pieces,
+/// so a long line stays whole (the caller already capped its length).
+pub(crate) fn escape_long(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    chars
+        .chunks(200)
+        .map(|c| escape(&c.iter().collect::<String>()))
+        .collect()
+}
+
 const MAX_NOTE: usize = 64 * 1024;
 
 impl notes::Host for HostState {
@@ -217,9 +417,15 @@ impl notes::Host for HostState {
     }
     fn set(&mut self, key: String, value: String) -> wasmtime::Result<()> {
         if key.len() + value.len() > MAX_NOTE {
-            wasmtime::bail!("note {key:?} is over {MAX_NOTE} bytes");
+            wasmtime::bail!("note {} is over {MAX_NOTE} bytes", escape(&key));
         }
-        self.notes.lock().expect("notes lock").set(key, value);
+        let refused = self.notes.lock().expect("notes lock").set(key, value);
+        if let Err(full) = refused {
+            // The contract has no error for notes: a plugin that floods them
+            // is broken, so the call traps and on_error applies.
+            let e = self.hit(full.limit, format!("notes are over {}", full.max));
+            wasmtime::bail!("{e}");
+        }
         Ok(())
     }
     fn remove(&mut self, key: String) -> wasmtime::Result<()> {
@@ -251,17 +457,62 @@ fn kv_encode(value: &[u8], ttl: Option<u32>, now: u64) -> Vec<u8> {
     v
 }
 
+impl HostState {
+    /// Checks a kv key against `plugin_limits.max_kv_key`.
+    fn kv_key_ok(&mut self, key: &str) -> Result<(), String> {
+        let max = self.shared.limits.max_kv_key;
+        if key.len() as u64 > max {
+            return Err(self.hit(
+                "plugin_limits.max_kv_key",
+                format!("kv key of {} bytes is over {max}", key.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that growing the namespace by `grow` bytes stays inside
+    /// `plugin_limits.max_kv_size`; purges expired entries once before
+    /// refusing.
+    fn kv_room(&mut self, space: &KvSpace, grow: u64) -> Result<(), String> {
+        let max = self.shared.limits.max_kv_size;
+        let fits = |s: &KvSpace| s.used.load(Ordering::Relaxed).saturating_add(grow) <= max;
+        if grow == 0 || fits(space) {
+            return Ok(());
+        }
+        space.purge(now_millis());
+        if fits(space) {
+            return Ok(());
+        }
+        Err(self.hit(
+            "plugin_limits.max_kv_size",
+            format!("the kv namespace is full ({max} bytes)"),
+        ))
+    }
+}
+
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
         self.check(Grant::Kv)?;
-        let tree = match self.shared.kv_tree(&self.plugin) {
+        let space = match self.shared.kv_space(&self.plugin) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(match tree.get(key.as_bytes()) {
-            Ok(v) => Ok(v.and_then(|raw| kv_decode(&raw, now_millis()).map(<[u8]>::to_vec))),
-            Err(e) => Err(e.to_string()),
-        })
+        let raw = match space.tree.get(key.as_bytes()) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Some(v) = kv_decode(&raw, now_millis()) {
+            return Ok(Ok(Some(v.to_vec())));
+        }
+        // Expired: purge on access (unless someone rewrote it meanwhile).
+        if let Ok(Ok(())) = space
+            .tree
+            .compare_and_swap(key.as_bytes(), Some(&raw), None::<&[u8]>)
+        {
+            space.adjust((key.len() + raw.len()) as u64, 0);
+        }
+        Ok(Ok(None))
     }
     fn set(
         &mut self,
@@ -270,22 +521,51 @@ impl kv::Host for HostState {
         ttl: Option<u32>,
     ) -> wasmtime::Result<Result<(), String>> {
         self.check(Grant::Kv)?;
-        Ok(self
-            .shared
-            .kv_tree(&self.plugin)
-            .and_then(|t| {
-                t.insert(key.as_bytes(), kv_encode(&value, ttl, now_millis()))
-                    .map_err(|e| e.to_string())
-            })
-            .map(|_| ()))
+        if let Err(e) = self.kv_key_ok(&key) {
+            return Ok(Err(e));
+        }
+        let max = self.shared.limits.max_kv_value;
+        if value.len() as u64 > max {
+            let e = self.hit(
+                "plugin_limits.max_kv_value",
+                format!("kv value of {} bytes is over {max}", value.len()),
+            );
+            return Ok(Err(e));
+        }
+        let space = match self.shared.kv_space(&self.plugin) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        let raw = kv_encode(&value, ttl, now_millis());
+        let new = (key.len() + raw.len()) as u64;
+        let old = match space.tree.get(key.as_bytes()) {
+            Ok(v) => v.map_or(0, |v| (key.len() + v.len()) as u64),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(e) = self.kv_room(&space, new.saturating_sub(old)) {
+            return Ok(Err(e));
+        }
+        Ok(match space.tree.insert(key.as_bytes(), raw) {
+            Ok(prev) => {
+                space.adjust(prev.map_or(0, |v| (key.len() + v.len()) as u64), new);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        })
     }
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
         self.check(Grant::Kv)?;
-        Ok(self
-            .shared
-            .kv_tree(&self.plugin)
-            .and_then(|t| t.remove(key.as_bytes()).map_err(|e| e.to_string()))
-            .map(|_| ()))
+        let space = match self.shared.kv_space(&self.plugin) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match space.tree.remove(key.as_bytes()) {
+            Ok(prev) => {
+                space.adjust(prev.map_or(0, |v| (key.len() + v.len()) as u64), 0);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        })
     }
     fn incr(
         &mut self,
@@ -294,13 +574,25 @@ impl kv::Host for HostState {
         ttl: Option<u32>,
     ) -> wasmtime::Result<Result<i64, String>> {
         self.check(Grant::Kv)?;
-        let tree = match self.shared.kv_tree(&self.plugin) {
+        if let Err(e) = self.kv_key_ok(&key) {
+            return Ok(Err(e));
+        }
+        let space = match self.shared.kv_space(&self.plugin) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
+        // A counter is at most 8 + 20 bytes; room is checked for a new one.
+        let exists = matches!(space.tree.contains_key(key.as_bytes()), Ok(true));
+        if !exists {
+            if let Err(e) = self.kv_room(&space, (key.len() + 28) as u64) {
+                return Ok(Err(e));
+            }
+        }
         let now = now_millis();
         let mut result = 0;
-        let r = tree.update_and_fetch(key.as_bytes(), |old| {
+        let mut old_len = 0;
+        let r = space.tree.update_and_fetch(key.as_bytes(), |old| {
+            old_len = old.map_or(0, <[u8]>::len);
             let (current, exp) = match old {
                 Some(raw) if kv_decode(raw, now).is_some() => {
                     let v = kv_decode(raw, now).unwrap_or_default();
@@ -322,7 +614,15 @@ impl kv::Host for HostState {
             v.extend_from_slice(result.to_string().as_bytes());
             Some(v)
         });
-        Ok(r.map(|_| result).map_err(|e| e.to_string()))
+        Ok(match r {
+            Ok(new) => {
+                let k = key.len();
+                let old = if old_len == 0 { 0 } else { k + old_len };
+                space.adjust(old as u64, (k + new.map_or(0, |v| v.len())) as u64);
+                Ok(result)
+            }
+            Err(e) => Err(e.to_string()),
+        })
     }
 }
 

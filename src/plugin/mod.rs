@@ -10,7 +10,9 @@
 //! Host capabilities live one per file: `host` (log, notes, kv, dns,
 //! clock) and `message` (the message resource the data hook reads).
 
+pub mod cache;
 pub mod host;
+pub mod limits;
 pub mod message;
 pub mod run;
 
@@ -140,6 +142,8 @@ pub struct LoadedPlugin {
     pub spec: PluginSpec,
     /// Pre-linked template.
     pre: PluginPre<HostState>,
+    /// sha256 of the component file (names its cached artifact).
+    digest: String,
     /// Counters.
     pub stats: Arc<PluginStats>,
 }
@@ -203,10 +207,29 @@ impl PluginHost {
                 generation: 0,
             })),
             stats: Default::default(),
-            shared: Arc::new(host::Shared::new(db, &settings.dns)),
+            shared: Arc::new(host::Shared::new(
+                db,
+                &settings.dns,
+                &settings.plugin_limits,
+            )),
         };
         let set = host.load_set(&settings.plugins, 1)?;
+        host.prune_cache(&set);
         *host.current.write().expect("plugin set lock") = Arc::new(set);
+        let shared = Arc::downgrade(&host.shared);
+        let every = settings.plugin_limits.kv_sweep_interval;
+        std::thread::Builder::new()
+            .name("kv-sweep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(shared) = shared.upgrade() else {
+                        break;
+                    };
+                    shared.sweep_kv();
+                }
+            })
+            .expect("spawn kv sweeper");
         Ok(Arc::new(host))
     }
 
@@ -220,6 +243,7 @@ impl PluginHost {
     pub fn reload(&self, specs: &[PluginSpec]) -> Result<u64, PluginError> {
         let generation = self.current().generation + 1;
         let set = self.load_set(specs, generation)?;
+        self.prune_cache(&set);
         let names: Vec<&str> = set.plugins.iter().map(|p| p.spec.name.as_str()).collect();
         info!(generation, plugins = ?names, "plugin set swapped in");
         *self.current.write().expect("plugin set lock") = Arc::new(set);
@@ -230,7 +254,7 @@ impl PluginHost {
         let mut plugins = Vec::new();
         for spec in specs {
             let started = std::time::Instant::now();
-            let pre = self.load_one(spec)?;
+            let (pre, digest) = self.load_one(spec)?;
             let stats = self
                 .stats
                 .lock()
@@ -248,6 +272,7 @@ impl PluginHost {
             plugins.push(Arc::new(LoadedPlugin {
                 spec: spec.clone(),
                 pre,
+                digest,
                 stats,
             }));
         }
@@ -257,7 +282,7 @@ impl PluginHost {
         })
     }
 
-    fn load_one(&self, spec: &PluginSpec) -> Result<PluginPre<HostState>, PluginError> {
+    fn load_one(&self, spec: &PluginSpec) -> Result<(PluginPre<HostState>, String), PluginError> {
         let name = spec.name.clone();
         let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
             name: name.clone(),
@@ -309,29 +334,46 @@ impl PluginHost {
                 name: name.clone(),
                 detail: format!("{e:#}"),
             })?;
-        PluginPre::new(pre).map_err(|e| PluginError::Import {
+        let pre = PluginPre::new(pre).map_err(|e| PluginError::Import {
             name,
             import: "an interface of a different shape".into(),
             hint: format!("it does not match the wasmtp:plugin@0.1.0 world: {e:#}"),
-        })
+        })?;
+        Ok((pre, digest))
+    }
+
+    /// The cache file of a component with this digest, for this engine.
+    fn cache_file(&self, digest: &str) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", h.finish()))
     }
 
     /// Compiles `bytes`, or loads the artifact this server compiled before.
+    /// An artifact is native code run without further checks, so it is only
+    /// loaded from a directory and file that this user owns and nobody else
+    /// can write (see `cache`); otherwise the plugin is compiled afresh.
     fn compile_cached(
         &self,
         spec: &PluginSpec,
         bytes: &[u8],
         digest: &str,
     ) -> Result<Component, PluginError> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let file = self
-            .cache_dir
-            .join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if file.exists() {
-            // SAFETY: the cache directory holds only artifacts this server
-            // wrote with this engine configuration (keyed by its hash).
+        let file = self.cache_file(digest);
+        let trusted = match cache::check_trusted(&self.cache_dir, &file) {
+            Ok(trusted) => trusted,
+            Err(why) => {
+                warn!(plugin = %spec.name, file = %file.display(), reason = %why, "plugin cache not trusted; compiling instead");
+                false
+            }
+        };
+        if trusted {
+            // SAFETY: the file is in a directory only this user can write,
+            // owned by this user and not writable by others, and named by the
+            // component's digest and this engine's compatibility hash: it is
+            // an artifact this server wrote (`cache::write`).
             if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
                 return Ok(c);
             }
@@ -346,17 +388,25 @@ impl PluginHost {
             .engine
             .precompile_component(bytes)
             .map_err(compile_err)?;
-        if std::fs::create_dir_all(&self.cache_dir).is_ok() {
-            let tmp = file.with_extension("tmp");
-            if std::fs::write(&tmp, &artifact)
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .is_err()
-            {
-                warn!(plugin = %spec.name, "cannot write the plugin cache");
-            }
+        if let Err(e) = cache::write(&self.cache_dir, &file, &artifact) {
+            warn!(plugin = %spec.name, dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache");
         }
         // SAFETY: `artifact` was produced just now by this engine.
         unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(compile_err)
+    }
+
+    /// Removes cached artifacts that no plugin of `set` uses (older
+    /// versions, other engines, removed plugins) and stale temporary files.
+    fn prune_cache(&self, set: &PluginSet) {
+        let keep: Vec<PathBuf> = set
+            .plugins
+            .iter()
+            .map(|p| self.cache_file(&p.digest))
+            .collect();
+        let removed = cache::prune(&self.cache_dir, &keep);
+        if removed > 0 {
+            info!(removed, dir = %self.cache_dir.display(), "unused compiled plugins pruned from the cache");
+        }
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -17,10 +17,11 @@ use wasmtime::Store;
 
 use super::bindings::Plugin;
 use super::bindings::wasmtp::plugin::types as wit;
-use super::host::{HostState, Notes};
+use super::host::{HostState, Notes, escape_long};
 use super::message::{MessageData, MessageRes};
 use super::{LoadedPlugin, PluginHost, PluginSet};
 use crate::config::{HookName, OnError};
+use crate::observe::{escape, limit_hit};
 use crate::smtp::Reply;
 
 /// What the plugins decided at a hook.
@@ -94,6 +95,9 @@ pub struct PluginSession {
     live: Vec<Option<Live>>,
     notes: Arc<Mutex<Notes>>,
     session_id: String,
+    /// A quarantine verdict given at `rcpt`: the whole message goes to
+    /// quarantine, as if the data hook had said so.
+    quarantine: Option<String>,
 }
 
 impl PluginSession {
@@ -102,12 +106,14 @@ impl PluginSession {
     pub fn new(host: Arc<PluginHost>, session_id: String) -> PluginSession {
         let set = host.current();
         let live = set.plugins.iter().map(|_| None).collect();
+        let notes = Arc::new(Mutex::new(Notes::new(&host.shared().limits)));
         PluginSession {
             host,
             set,
             live,
-            notes: Arc::default(),
+            notes,
             session_id,
+            quarantine: None,
         }
     }
 
@@ -131,9 +137,11 @@ impl PluginSession {
         self.notes.lock().expect("notes lock").begin_tx();
     }
 
-    /// A transaction boundary: instances and transaction notes go.
+    /// A transaction boundary: instances, transaction notes and a pending
+    /// quarantine go.
     pub fn end_tx(&mut self) {
         self.notes.lock().expect("notes lock").end_tx();
+        self.quarantine = None;
         for l in &mut self.live {
             *l = None;
         }
@@ -149,25 +157,41 @@ impl PluginSession {
         self.run(HookName::Ehlo, &Call::Ehlo(conn, name)).await.0
     }
 
-    /// mail-from hook.
+    /// mail-from hook. The transaction starts before it runs, so notes it
+    /// sets end with the transaction (the caller ends it on a refusal).
     pub async fn mail_from(
         &mut self,
         conn: &wit::Connection,
         sender: &str,
         params: &Vec<(String, Option<String>)>,
     ) -> (Decision, Vec<Modification>) {
+        self.begin_tx();
         self.run(HookName::MailFrom, &Call::MailFrom(conn, sender, params))
             .await
     }
 
-    /// rcpt hook.
+    /// rcpt hook. A quarantine verdict is kept for the message (see
+    /// [`PluginSession::take_quarantine`]) and the recipient is accepted.
     pub async fn rcpt(
         &mut self,
         tx: TxView<'_>,
         rcpt: &wit::Recipient,
     ) -> (Decision, Vec<Modification>) {
-        self.run(HookName::Rcpt, &Call::Rcpt(tx.conn, tx.env, rcpt))
-            .await
+        let (decision, mods) = self
+            .run(HookName::Rcpt, &Call::Rcpt(tx.conn, tx.env, rcpt))
+            .await;
+        match decision {
+            Decision::Quarantine(reason) => {
+                self.quarantine.get_or_insert(reason);
+                (Decision::Continue, mods)
+            }
+            d => (d, mods),
+        }
+    }
+
+    /// The quarantine reason a plugin gave at `rcpt` in this transaction.
+    pub fn take_quarantine(&mut self) -> Option<String> {
+        self.quarantine.take()
     }
 
     /// data hook.
@@ -225,18 +249,32 @@ impl PluginSession {
             if !p.spec.hooks.contains(&hook) {
                 continue;
             }
+            let max_mods = self.host.shared().limits.max_modifications;
             let (verdict, m) = match self.call_one(i, &p, hook, call).await {
                 Ok(Ret::Verdict(v)) => (v, Vec::new()),
+                Ok(Ret::Outcome(o)) if o.modifications.len() > max_mods => {
+                    // Applying a prefix could apply half of a change: the
+                    // call counts as failed.
+                    limit_hit(
+                        "plugin_limits.max_modifications",
+                        &format!(
+                            "plugin {} returned {} modifications at {}",
+                            p.spec.name,
+                            o.modifications.len(),
+                            hook.as_str()
+                        ),
+                    );
+                    self.live[i] = None;
+                    match on_error(p.spec.on_error) {
+                        Some(d) => return (d, mods),
+                        None => continue,
+                    }
+                }
                 Ok(Ret::Outcome(o)) => (o.verdict, o.modifications),
                 Ok(Ret::Routes(_) | Ret::Notified) => continue,
-                Err(()) => match p.spec.on_error {
-                    OnError::Continue => continue,
-                    OnError::Tempfail => {
-                        return (Decision::Tempfail(Reply::plugin_failed_tempfail()), mods);
-                    }
-                    OnError::Reject => {
-                        return (Decision::Reject(Reply::plugin_failed_reject()), mods);
-                    }
+                Err(()) => match on_error(p.spec.on_error) {
+                    Some(d) => return (d, mods),
+                    None => continue,
                 },
             };
             mods.extend(m);
@@ -287,7 +325,7 @@ impl PluginSession {
             }
             Err(CallError::Trap(e)) => {
                 p.stats.traps.fetch_add(1, Ordering::Relaxed);
-                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %e, "plugin trapped; instance dropped");
+                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(e), "plugin trapped; instance dropped");
             }
         }
         if result.is_err() {
@@ -408,6 +446,15 @@ async fn instantiate(
     }
 }
 
+/// What a failed call turns into; None for `on_error = "continue"`.
+fn on_error(policy: OnError) -> Option<Decision> {
+    match policy {
+        OnError::Continue => None,
+        OnError::Tempfail => Some(Decision::Tempfail(Reply::plugin_failed_tempfail())),
+        OnError::Reject => Some(Decision::Reject(Reply::plugin_failed_reject())),
+    }
+}
+
 /// Verdict names, in the order of `PluginStats::verdicts`.
 const VERDICT_NAMES: [&str; 7] = [
     "continue",
@@ -478,16 +525,26 @@ pub fn decide(hook: HookName, verdict: wit::Verdict, plugin: &str) -> Decision {
             }
         })),
         V::Discard => Decision::Discard,
-        V::Quarantine(reason) => Decision::Quarantine(clean_text(&reason)),
+        V::Quarantine(reason) => Decision::Quarantine(clean_text(&reason, MAX_REASON)),
     }
 }
 
-fn clean_text(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect();
+/// Bytes of reply text kept (`Reply::from_plugin` splits it into lines
+/// that fit SMTP's 512-octet reply lines).
+const MAX_TEXT: usize = 2000;
+/// Bytes of a quarantine reason kept (it becomes a header line).
+const MAX_REASON: usize = 400;
+
+/// Plugin text with control characters turned into spaces, cut at `max`
+/// bytes on a character boundary.
+fn clean_text(s: &str, max: usize) -> String {
+    let mut t = String::new();
+    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if t.len() + c.len_utf8() > max {
+            break;
+        }
+        t.push(c);
+    }
     t.trim().to_string()
 }
 
@@ -513,12 +570,16 @@ fn checked(r: wit::Reply, range: std::ops::Range<u16>, plugin: &str) -> Option<R
     let status = match r.enhanced {
         Some(e) if valid_status(&e, class) => e,
         Some(e) => {
-            warn!(plugin, status = %e, "plugin enhanced status does not fit; using a default");
+            warn!(plugin, status = %escape(&e), "plugin enhanced status does not fit; using a default");
             format!("{class}.7.1")
         }
         None => format!("{class}.{}", if class == 2 { "0.0" } else { "7.1" }),
     };
-    Some(Reply::from_plugin(code, status, clean_text(&r.text)))
+    Some(Reply::from_plugin(
+        code,
+        status,
+        clean_text(&r.text, MAX_TEXT),
+    ))
 }
 
 fn valid_status(s: &str, class: u16) -> bool {

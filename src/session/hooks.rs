@@ -2,6 +2,7 @@
 //! decision becomes a reply, and how modifications and routes change the
 //! transaction before it is queued.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -11,6 +12,7 @@ use super::Session;
 use super::envelope::{Recipient, Transaction};
 use crate::delivery::local::{Resolution, resolve};
 use crate::delivery::maildir::is_safe_mailbox;
+use crate::observe::{escape, limit_hit};
 use crate::plugin::TxView;
 use crate::plugin::bindings::wasmtp::plugin::types as wit;
 use crate::plugin::message::{MessageData, header_len};
@@ -123,6 +125,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         data: Vec<u8>,
     ) -> Result<(Transaction, Vec<u8>), Reply> {
         let mut data = data;
+        // A quarantine verdict at rcpt holds the whole message, unless the
+        // mail-from hook already chose its fate; the data hook may override.
+        if let Some(reason) = self.plugins.take_quarantine() {
+            if tx.disposition == Disposition::Deliver {
+                tx.disposition = Disposition::Quarantine(reason);
+            }
+        }
         if self.plugins.wants(crate::config::HookName::Data) {
             let msg = MessageData::new(data);
             let conn = self.conn_record();
@@ -172,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     mailbox: QUARANTINE_MAILBOX.into(),
                     route: Route::Local,
                 }];
-                info!(%reason, "message quarantined by a plugin");
+                info!(reason = %escape(&reason), "message quarantined by a plugin");
                 return Ok((tx, data));
             }
             Disposition::Deliver => {}
@@ -223,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             ..r
                         });
                     } else {
-                        warn!(rcpt = %r.address, mailbox = %mb, "deliver hook chose an invalid mailbox; keeping the default");
+                        warn!(rcpt = %escape(&r.address), mailbox = %escape(&mb), "deliver hook chose an invalid mailbox; keeping the default");
                         keep.push(r);
                     }
                 }
@@ -232,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 HookRoute::Relay(t) => {
                     // Outbound delivery does not exist yet: the copy waits in the queue.
-                    info!(rcpt = %r.address, host = %t.host, "deliver hook routes recipient to a relay");
+                    info!(rcpt = %escape(&r.address), host = %escape(&t.host), "deliver hook routes recipient to a relay");
                     keep.push(Recipient {
                         route: crate::queue::Route::Remote,
                         mailbox: String::new(),
@@ -244,20 +253,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         tx.recipients = keep;
     }
 
-    /// Applies header, sender and recipient modifications.
+    /// Applies header, sender and recipient modifications. Header changes
+    /// are gathered first and the message is rewritten once, however many
+    /// there are.
     fn apply_mods(&self, tx: &mut Transaction, data: Vec<u8>, mods: Vec<Modification>) -> Vec<u8> {
         if mods.is_empty() {
             return data;
         }
-        let mut data = data;
-        let mut added: Vec<u8> = Vec::new();
+        let mut edit = HeaderEdit::default();
         for m in mods {
             match m {
-                Modification::AddHeader(h) => push_header(&mut added, &h.name, &h.value),
-                Modification::RemoveHeader(name) => data = remove_header(&data, &name),
+                Modification::AddHeader(h) => edit.add(h.name, h.value),
+                Modification::RemoveHeader(name) => edit.remove(&name),
                 Modification::ChangeHeader(h) => {
-                    data = remove_header(&data, &h.name);
-                    push_header(&mut added, &h.name, &h.value);
+                    edit.remove(&h.name);
+                    edit.add(h.name, h.value);
                 }
                 Modification::SetSender(s) => {
                     if s.is_empty() {
@@ -265,47 +275,99 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     } else if let Ok((Path::Mailbox(a), "")) = parse_path(&format!("<{s}>")) {
                         tx.sender = Some(a);
                     } else {
-                        warn!(sender = %s, "plugin set an invalid sender; ignored");
+                        warn!(sender = %escape(&s), "plugin set an invalid sender; ignored");
                     }
                 }
-                Modification::AddRecipient(a) => match parse_path(&format!("<{a}>")) {
-                    Ok((path, "")) => match resolve(&self.ctx.settings.local, &path) {
-                        Resolution::Local(mailbox) => {
-                            if !tx
-                                .recipients
-                                .iter()
-                                .any(|r| r.address.eq_ignore_ascii_case(&a))
-                            {
-                                tx.recipients.push(Recipient {
-                                    address: a,
-                                    mailbox,
-                                    route: Route::Local,
-                                });
-                            }
-                        }
-                        _ => {
-                            warn!(rcpt = %a, "plugin added a recipient that is not local; ignored (no relaying yet)")
-                        }
-                    },
-                    _ => warn!(rcpt = %a, "plugin added an invalid recipient; ignored"),
-                },
+                Modification::AddRecipient(a) => self.add_recipient(tx, a),
                 Modification::RemoveRecipient(a) => tx
                     .recipients
                     .retain(|r| !r.address.eq_ignore_ascii_case(&a)),
             }
         }
-        if added.is_empty() {
+        edit.apply(data)
+    }
+
+    /// A recipient a plugin added: local only, not twice, and counted
+    /// against `limits.max_recipients` like the client's own.
+    fn add_recipient(&self, tx: &mut Transaction, a: String) {
+        let mailbox = match parse_path(&format!("<{a}>")) {
+            Ok((path, "")) => match resolve(&self.ctx.settings.local, &path) {
+                Resolution::Local(mailbox) => mailbox,
+                _ => {
+                    warn!(rcpt = %escape(&a), "plugin added a recipient that is not local; ignored (no relaying yet)");
+                    return;
+                }
+            },
+            _ => {
+                warn!(rcpt = %escape(&a), "plugin added an invalid recipient; ignored");
+                return;
+            }
+        };
+        if tx
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&a))
+        {
+            return;
+        }
+        let max = self.ctx.settings.limits.max_recipients;
+        if tx.recipients.len() >= max {
+            limit_hit(
+                "limits.max_recipients",
+                &format!("a plugin added recipient {a} to a message with {max} already"),
+            );
+            return;
+        }
+        tx.recipients.push(Recipient {
+            address: a,
+            mailbox,
+            route: Route::Local,
+        });
+    }
+}
+
+/// Header modifications gathered over every plugin, in order: the names to
+/// remove from the message and the fields to add at its top. A later
+/// `remove-header` also removes fields an earlier plugin added.
+#[derive(Default)]
+struct HeaderEdit {
+    removed: HashSet<String>,
+    added: Vec<(String, String)>,
+}
+
+impl HeaderEdit {
+    fn add(&mut self, name: String, value: String) {
+        self.added.push((name, value));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.removed.insert(name.trim().to_ascii_lowercase());
+        self.added
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.trim()));
+    }
+
+    /// The message with the fields removed and added, in one copy.
+    fn apply(self, data: Vec<u8>) -> Vec<u8> {
+        if self.removed.is_empty() && self.added.is_empty() {
             return data;
         }
-        added.extend_from_slice(&data);
-        added
+        let mut out = Vec::with_capacity(data.len() + 80 * self.added.len());
+        for (name, value) in &self.added {
+            push_header(&mut out, name, value);
+        }
+        if self.removed.is_empty() {
+            out.extend_from_slice(&data);
+        } else {
+            remove_headers(&data, &self.removed, &mut out);
+        }
+        out
     }
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
     if !name_ok {
-        warn!(name, "plugin header name is invalid; ignored");
+        warn!(name = %escape(name), "plugin header name is invalid; ignored");
         return;
     }
     let value: String = value
@@ -315,20 +377,18 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(format!("{name}: {}\r\n", value.trim()).as_bytes());
 }
 
-/// Removes every field named `name` (with its continuation lines) from the
-/// header section.
-fn remove_header(data: &[u8], name: &str) -> Vec<u8> {
+/// Copies `data` to `out` without the fields whose lower-case names are in
+/// `removed` (with their continuation lines).
+fn remove_headers(data: &[u8], removed: &HashSet<String>, out: &mut Vec<u8>) {
     let hlen = header_len(data);
     let (head, body) = data.split_at(hlen);
-    let mut out = Vec::with_capacity(data.len());
     let mut skipping = false;
     for line in head.split_inclusive(|&b| b == b'\n') {
         let continuation = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
         if !continuation {
             skipping = line.iter().position(|&b| b == b':').is_some_and(|i| {
-                String::from_utf8_lossy(&line[..i])
-                    .trim()
-                    .eq_ignore_ascii_case(name)
+                let name = String::from_utf8_lossy(&line[..i]);
+                removed.contains(&name.trim().to_ascii_lowercase())
             });
         }
         if !skipping {
@@ -336,7 +396,6 @@ fn remove_header(data: &[u8], name: &str) -> Vec<u8> {
         }
     }
     out.extend_from_slice(body);
-    out
 }
 
 #[cfg(test)]
@@ -346,9 +405,29 @@ mod tests {
     #[test]
     fn removes_folded_headers() {
         let data = b"A: 1\r\nX-Spam: yes\r\n more\r\nB: 2\r\n\r\nX-Spam: body\r\n";
-        assert_eq!(
-            remove_header(data, "x-spam"),
-            b"A: 1\r\nB: 2\r\n\r\nX-Spam: body\r\n"
+        let mut out = Vec::new();
+        remove_headers(data, &HashSet::from(["x-spam".to_string()]), &mut out);
+        assert_eq!(out, b"A: 1\r\nB: 2\r\n\r\nX-Spam: body\r\n");
+    }
+
+    #[test]
+    fn header_edits_apply_in_order_in_one_pass() {
+        let mut e = HeaderEdit::default();
+        e.add("X-A".into(), "1".into());
+        e.remove("x-a");
+        e.add("X-B".into(), "2".into());
+        e.remove("Subject");
+        e.add("Subject".into(), "new".into());
+        for i in 0..10_000 {
+            e.add(format!("X-N{}", i % 3), "v".into());
+        }
+        let out = e.apply(b"Subject: old\r\nX-A: kept? no\r\n\r\nbody\r\n".to_vec());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("X-B: 2\r\nSubject: new\r\nX-N0: v\r\n"),
+            "{text}"
         );
+        assert!(!text.contains("old") && !text.contains("X-A"), "{text}");
+        assert!(text.ends_with("\r\n\r\nbody\r\n"));
     }
 }

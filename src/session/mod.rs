@@ -279,6 +279,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn hello(&mut self, name: String, esmtp: bool) -> Reply {
         self.end_tx();
+        // A plugin's accept may only change the greeting text: the reply is
+        // always 250 and still lists every extension (STARTTLS, AUTH, ...).
+        let mut greeting = None;
         if self.plugins.wants(HookName::Ehlo) {
             let mut conn = self.conn_record();
             conn.helo = Some(name.clone());
@@ -287,12 +290,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return r;
             }
             if let Decision::Accept(Some(r)) = decision {
-                self.helo = Some(Helo { name, esmtp });
-                return r;
+                greeting = r.lines.into_iter().next().filter(|t| !t.is_empty());
             }
         }
         let s = self.settings();
-        let reply = if esmtp {
+        let mut reply = if esmtp {
             let ext = vec![
                 "PIPELINING".to_string(),
                 format!("SIZE {}", s.limits.max_message_size),
@@ -306,6 +308,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             Reply::helo(&s.hostname, &name)
         };
+        if let Some(text) = greeting {
+            reply = reply.with_greeting(&s.hostname, &text);
+        }
         self.helo = Some(Helo { name, esmtp });
         reply
     }

@@ -5,6 +5,32 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+/// The longest reply line, CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+
+/// Splits `text` into lines of at most `room` bytes, at spaces where it can
+/// and inside a word (on a character boundary) where it must.
+fn wrap(text: &str, room: usize) -> Vec<String> {
+    let room = room.max(4);
+    let mut lines = Vec::new();
+    let mut rest = text.trim();
+    while rest.len() > room {
+        let mut cut = room;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let at = if rest.as_bytes()[cut] == b' ' {
+            cut
+        } else {
+            rest[..cut].rfind(' ').filter(|&i| i > 0).unwrap_or(cut)
+        };
+        lines.push(rest[..at].trim_end().to_string());
+        rest = rest[at..].trim_start();
+    }
+    lines.push(rest.to_string());
+    lines
+}
+
 /// One SMTP reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -163,6 +189,21 @@ impl Reply {
         lines.extend(extensions.iter().cloned());
         Self::plain(250, lines)
     }
+    /// An EHLO/HELO reply whose first line says `text` after our name (a
+    /// plugin's accept); the extension lines stay.
+    pub fn with_greeting(mut self, hostname: &str, text: &str) -> Self {
+        let mut line = format!("{hostname} {text}");
+        let mut cut = line.len().min(MAX_REPLY_LINE - 6);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        match self.lines.first_mut() {
+            Some(first) => *first = line,
+            None => self.lines.push(line),
+        }
+        self
+    }
     /// 214 reply to HELP.
     pub fn help() -> Self {
         Self::new(
@@ -265,12 +306,15 @@ impl Reply {
     // ----- plugins -----
 
     /// A reply a plugin asked for, after the plugin host checked that its
-    /// code and enhanced status fit the verdict.
+    /// code and enhanced status fit the verdict. Long text is split into
+    /// several lines so that none is over 512 octets (RFC 5321 §4.5.3.1.5).
     pub fn from_plugin(code: u16, status: String, text: String) -> Self {
+        // "550-" + status + " " + text + CRLF
+        let room = MAX_REPLY_LINE - 4 - status.len() - 1 - 2;
         Reply {
             code,
+            lines: wrap(&text, room),
             status: Some(Cow::Owned(status)),
-            lines: vec![text],
         }
     }
     /// 451 when a plugin failed and its on_error policy is tempfail.
@@ -424,6 +468,26 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_text_is_split_into_lines_that_fit() {
+        let words = "word ".repeat(300);
+        let wide = "\u{1F600}".repeat(300);
+        for text in [words.as_str(), wide.as_str(), &"x".repeat(1500)] {
+            let r = Reply::from_plugin(550, "5.7.1".into(), text.to_string());
+            let wire = r.to_wire();
+            assert!(r.lines.len() > 1, "{wire}");
+            for line in wire.split_inclusive("\r\n") {
+                assert!(line.len() <= MAX_REPLY_LINE, "{} octets", line.len());
+            }
+            let joined: String = r.lines.concat();
+            assert_eq!(joined.replace(' ', ""), text.replace(' ', ""));
+        }
+        assert_eq!(
+            Reply::from_plugin(250, "2.0.0".into(), "ok".into()).lines,
+            ["ok"]
+        );
+    }
 
     #[test]
     fn encodes_single_and_multi_line() {
