@@ -9,5 +9,6 @@ mod durability;
 mod plugins;
 mod protocol;
 mod relay;
+mod storage;
 mod support;
 mod tls;
