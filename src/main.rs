@@ -200,6 +200,11 @@ fn reload(config: Option<&PathBuf>) -> anyhow::Result<i32> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Mail, queue and keys are the server's user's alone. Delivery and the
+    // queue also set 0600/0700 explicitly; the mask covers what libraries
+    // create (sled's files) and is set before any thread exists.
+    // SAFETY: umask(2) only replaces the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -136,7 +136,7 @@ pub async fn serve(
         info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");
         listeners.push((l.clone(), sock));
     }
-    info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), "wasmtp ready");
+    info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
 
     let limiter = Arc::new(ConnLimiter {
         open: Mutex::new((0, HashMap::new())),

@@ -1,13 +1,19 @@
 //! Maildir delivery (https://cr.yp.to/proto/maildir.html): write into
 //! `tmp/`, fsync, rename into `new/`, fsync the directory.
 //!
+//! Mail is private to the server's user: directories are created 0700 and
+//! files 0600 whatever the umask, and the `tmp/` file is created
+//! exclusively without following a symlink, so nothing planted at its name
+//! is written through.
+//!
 //! File names are derived from the queue id and the recipient's index, not
 //! from a clock or counter, so a delivery repeated after a crash (the queue
 //! had not yet recorded it) lands on the same name instead of making a
 //! second copy.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::LineEndings;
@@ -53,11 +59,63 @@ pub fn file_name(received_secs: i64, queue_id: &str, rcpt_index: usize, hostname
     format!("{received_secs}.Q{queue_id}R{rcpt_index}.{host}")
 }
 
-fn ensure_dirs(dir: &Path) -> io::Result<()> {
+/// Mode of the directories delivery creates (the mail root, each Maildir
+/// and its `tmp`, `new`, `cur`).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of each message file.
+pub const FILE_MODE: u32 = 0o600;
+
+/// A failed delivery step and the path it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {}: {source}", path.display())]
+pub struct MaildirError {
+    /// What was being done (`creating`, `writing`, ...).
+    pub step: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// Attaches the step and path to an I/O result.
+fn at<T>(step: &'static str, path: &Path, r: io::Result<T>) -> Result<T, MaildirError> {
+    r.map_err(|source| MaildirError {
+        step,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn ensure_dirs(dir: &Path) -> Result<(), MaildirError> {
+    let mut builder = DirBuilder::new();
+    builder.recursive(true).mode(DIR_MODE);
     for sub in ["tmp", "new", "cur"] {
-        fs::create_dir_all(dir.join(sub))?;
+        let d = dir.join(sub);
+        at("creating", &d, builder.create(&d))?;
     }
     Ok(())
+}
+
+/// Creates `path` for writing: exclusively, mode 0600, never through a
+/// symlink. A file left at the name by an attempt that crashed mid-write
+/// (names are deterministic) is removed first; `unlink` removes a symlink
+/// itself, not its target.
+fn create_tmp(path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()
+        }
+        r => r,
+    }
 }
 
 fn already_delivered(copy: &MaildirCopy<'_>) -> io::Result<bool> {
@@ -101,32 +159,35 @@ fn write_converted(w: &mut impl Write, data: &[u8], endings: LineEndings) -> io:
     w.write_all(&data[start..])
 }
 
-/// Delivers one copy; returns the final path.
-pub fn deliver(copy: &MaildirCopy<'_>) -> io::Result<PathBuf> {
-    ensure_dirs(&copy.dir)?;
-    let dest = copy.dir.join("new").join(&copy.name);
-    if copy.check_existing && already_delivered(copy)? {
-        return Ok(dest);
-    }
-    let tmp = copy.dir.join("tmp").join(&copy.name);
-    let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+/// Writes and syncs the `tmp/` file.
+fn write_tmp(copy: &MaildirCopy<'_>, tmp: &Path) -> Result<(), MaildirError> {
+    let f = at("creating", tmp, create_tmp(tmp))?;
+    let written = (|| {
         let mut w = io::BufWriter::with_capacity(64 * 1024, f);
         write_converted(&mut w, copy.prefix, copy.line_endings)?;
         write_converted(&mut w, copy.body, copy.line_endings)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
-        File::open(copy.dir.join("new"))?.sync_all()
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
+    at("writing", tmp, written)
+}
+
+/// Delivers one copy; returns the final path.
+pub fn deliver(copy: &MaildirCopy<'_>) -> Result<PathBuf, MaildirError> {
+    ensure_dirs(&copy.dir)?;
+    let dest = copy.dir.join("new").join(&copy.name);
+    if copy.check_existing && at("reading", &copy.dir, already_delivered(copy))? {
+        return Ok(dest);
+    }
+    let tmp = copy.dir.join("tmp").join(&copy.name);
+    let result = write_tmp(copy, &tmp).and_then(|()| at("renaming", &tmp, fs::rename(&tmp, &dest)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| dest)
+    result?;
+    // The rename is only durable once the directory entry is.
+    let new = copy.dir.join("new");
+    at("syncing", &new, File::open(&new).and_then(|d| d.sync_all()))?;
+    Ok(dest)
 }
 
 #[cfg(test)]
@@ -176,5 +237,41 @@ mod tests {
         copy.check_existing = true;
         deliver(&copy).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("u/new")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn private_modes_and_no_symlink_following() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let copy = MaildirCopy {
+            dir: dir.path().join("mail/u"),
+            name: "1.QABCR0.h".into(),
+            prefix: b"",
+            body: b"Subject: x\r\n\r\nhi\r\n",
+            line_endings: LineEndings::Crlf,
+            check_existing: false,
+        };
+        // Something planted at the tmp name (or a crashed attempt's file)
+        // is replaced, never written through.
+        ensure_dirs(&copy.dir).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        symlink(&victim, copy.dir.join("tmp").join(&copy.name)).unwrap();
+        let p = deliver(&copy).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), FILE_MODE);
+        for d in ["mail", "mail/u", "mail/u/tmp", "mail/u/new", "mail/u/cur"] {
+            assert_eq!(mode(&dir.path().join(d)), DIR_MODE, "{d}");
+        }
+        // A plain file where the Maildir should be: the error names the path.
+        let blocked = MaildirCopy {
+            dir: dir.path().join("mail/file"),
+            ..copy
+        };
+        fs::write(&blocked.dir, b"").unwrap();
+        let e = deliver(&blocked).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::NotADirectory);
+        assert!(e.to_string().contains("mail/file/tmp"), "{e}");
     }
 }

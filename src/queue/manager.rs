@@ -3,7 +3,7 @@
 //! bounded set of workers. On start every unfinished message in the store
 //! is scheduled again, so nothing acknowledged is forgotten.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ const NO_OUTBOUND: &str = "deferred: no outbound delivery configured";
 use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, now_secs};
 use crate::config::{HookName, Settings};
 use crate::delivery::{Outcome, maildir};
+use crate::observe::escape;
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::wasmtp::plugin::types::DeliveryReport;
 
@@ -155,10 +156,7 @@ async fn deliver_message(
         let msg = msg.clone();
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || {
-            pending
-                .into_iter()
-                .map(|i| (i, deliver_local(&settings, &msg, i, &body, retry)))
-                .collect::<Vec<_>>()
+            deliver_pending(&settings, &msg, &pending, &body, retry)
         })
         .await?
     };
@@ -168,11 +166,15 @@ async fn deliver_message(
         msg.record(*i, outcome, now, expired);
         let r = &msg.recipients[*i];
         match outcome {
-            Outcome::Delivered => info!(rcpt = %r.address, mailbox = %r.mailbox, "delivered"),
-            Outcome::Temporary(e) => {
-                warn!(rcpt = %r.address, error = %e, attempts = r.attempts, "deferred")
+            Outcome::Delivered => {
+                info!(rcpt = %escape(&r.address), mailbox = %escape(&r.mailbox), "delivered")
             }
-            Outcome::Permanent(e) => error!(rcpt = %r.address, error = %e, "bounced"),
+            Outcome::Temporary(e) => {
+                warn!(rcpt = %escape(&r.address), error = %e, attempts = r.attempts, "deferred")
+            }
+            Outcome::Permanent(e) => {
+                error!(rcpt = %escape(&r.address), error = %e, "bounced")
+            }
         }
     }
     notify(plugins, &msg, &outcomes).await;
@@ -194,7 +196,38 @@ async fn deliver_message(
     Ok(Some(msg.next_attempt))
 }
 
-fn deliver_local(
+/// Delivers each pending recipient once. Recipients that resolve to the
+/// same local mailbox (`alice+a@`, `Alice@`, `alice@`) share one copy:
+/// the first delivery decides the outcome of all of them, so their
+/// per-recipient status stays consistent.
+fn deliver_pending(
+    settings: &Settings,
+    msg: &QueuedMessage,
+    pending: &[usize],
+    body: &[u8],
+    retry: bool,
+) -> Vec<(usize, Outcome)> {
+    let mut copies: HashMap<&str, Outcome> = HashMap::new();
+    pending
+        .iter()
+        .map(|&i| {
+            let r = &msg.recipients[i];
+            let outcome = if r.route == Route::Remote {
+                Outcome::Temporary(NO_OUTBOUND.into())
+            } else if let Some(o) = copies.get(r.mailbox.as_str()) {
+                o.clone()
+            } else {
+                let o = deliver_copy(settings, msg, i, body, retry);
+                copies.insert(&r.mailbox, o.clone());
+                o
+            };
+            (i, outcome)
+        })
+        .collect()
+}
+
+/// Writes the one copy of `msg` for recipient `i`'s mailbox.
+fn deliver_copy(
     settings: &Settings,
     msg: &QueuedMessage,
     i: usize,
@@ -202,12 +235,24 @@ fn deliver_local(
     retry: bool,
 ) -> Outcome {
     let r = &msg.recipients[i];
-    if r.route == Route::Remote {
-        return Outcome::Temporary(NO_OUTBOUND.into());
-    }
     if !maildir::is_safe_mailbox(&r.mailbox) {
         return Outcome::Permanent(format!("invalid mailbox name {:?}", r.mailbox));
     }
+    let mut same_mailbox = msg
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.route == Route::Local && o.mailbox == r.mailbox);
+    // An envelope from before copies were shared may have one already.
+    if same_mailbox
+        .clone()
+        .any(|(_, o)| matches!(o.status, RcptStatus::Delivered(_)))
+    {
+        return Outcome::Delivered;
+    }
+    // Named after the mailbox's first recipient, so a retry after a crash
+    // finds the copy whichever recipient is pending then.
+    let first = same_mailbox.next().map_or(i, |(j, _)| j);
     let prefix = format!(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
         msg.return_path(),
@@ -215,7 +260,7 @@ fn deliver_local(
     );
     let copy = maildir::MaildirCopy {
         dir: settings.local.mail_dir.join(&r.mailbox),
-        name: maildir::file_name(msg.received_at, &msg.id, i, &settings.hostname),
+        name: maildir::file_name(msg.received_at, &msg.id, first, &settings.hostname),
         prefix: prefix.as_bytes(),
         body,
         line_endings: settings.local.line_endings,
@@ -223,7 +268,18 @@ fn deliver_local(
     };
     match maildir::deliver(&copy) {
         Ok(_) => Outcome::Delivered,
-        Err(e) => Outcome::from_io("maildir delivery", &e),
+        Err(e) => {
+            if Outcome::is_environment(&e.source) {
+                // The path's client part, the mailbox, passed is_safe_mailbox.
+                error!(
+                    path = %e.path.display(),
+                    error = %e.source,
+                    "mail store not writable; delivery deferred until it is fixed"
+                );
+            }
+            let context = format!("maildir delivery: {} {}", e.step, e.path.display());
+            Outcome::from_io(&context, &e.source)
+        }
     }
 }
 

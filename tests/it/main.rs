@@ -11,5 +11,6 @@ mod plugin_limits;
 mod plugins;
 mod protocol;
 mod relay;
+mod storage;
 mod support;
 mod tls;
