@@ -11,11 +11,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// Why relayed recipients stay queued.
-const NO_OUTBOUND: &str = "deferred: no outbound delivery configured";
-
 use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, now_secs};
 use crate::config::{HookName, Settings};
+use crate::delivery::remote::Outbound;
 use crate::delivery::{Outcome, maildir};
 use crate::observe::escape;
 use crate::plugin::PluginHost;
@@ -47,6 +45,7 @@ impl QueueManager {
             .collect();
         let actor = Actor {
             store,
+            outbound: Arc::new(Outbound::new(&settings)),
             settings,
             plugins,
             rx,
@@ -64,6 +63,7 @@ impl QueueManager {
 
 struct Actor {
     store: Store,
+    outbound: Arc<Outbound>,
     settings: Arc<Settings>,
     plugins: Arc<PluginHost>,
     rx: mpsc::UnboundedReceiver<String>,
@@ -114,12 +114,19 @@ impl Actor {
         let store = self.store.clone();
         let settings = self.settings.clone();
         let plugins = self.plugins.clone();
+        let outbound = self.outbound.clone();
         let workers = workers.clone();
         let span = info_span!("delivery", queue_id = %id);
         running.spawn(
             async move {
                 let _permit = workers.acquire_owned().await.ok()?;
-                match deliver_message(&store, &settings, &plugins, &id, retry).await {
+                let ctx = Ctx {
+                    store: &store,
+                    settings: &settings,
+                    plugins: &plugins,
+                    outbound: &outbound,
+                };
+                match deliver_message(&ctx, &id, retry).await {
                     Ok(next) => next.map(|t| (t, id)),
                     Err(e) => {
                         error!(error = %e, "delivery failed; retrying in 60s");
@@ -132,15 +139,23 @@ impl Actor {
     }
 }
 
+/// What one delivery attempt works with.
+struct Ctx<'a> {
+    store: &'a Store,
+    settings: &'a Arc<Settings>,
+    plugins: &'a Arc<PluginHost>,
+    outbound: &'a Arc<Outbound>,
+}
+
 /// Tries every pending recipient once. Returns when to try again, or None
 /// when the message is finished and removed.
-async fn deliver_message(
-    store: &Store,
-    settings: &Arc<Settings>,
-    plugins: &Arc<PluginHost>,
-    id: &str,
-    retry: bool,
-) -> Result<Option<i64>, StoreError> {
+async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<i64>, StoreError> {
+    let Ctx {
+        store,
+        settings,
+        plugins,
+        outbound,
+    } = *ctx;
     let Some(mut msg) = store.get(id)? else {
         return Ok(None);
     };
@@ -149,25 +164,29 @@ async fn deliver_message(
         store.remove(id)?;
         return Ok(None);
     };
-    let pending: Vec<usize> = (0..msg.recipients.len())
+    let (remote, local): (Vec<usize>, Vec<usize>) = (0..msg.recipients.len())
         .filter(|&i| msg.recipients[i].status == RcptStatus::Pending)
-        .collect();
-    let outcomes = {
+        .partition(|&i| msg.recipients[i].route.is_remote());
+    let mut outcomes = if local.is_empty() {
+        Vec::new()
+    } else {
         let msg = msg.clone();
         let settings = settings.clone();
-        tokio::task::spawn_blocking(move || {
-            deliver_pending(&settings, &msg, &pending, &body, retry)
-        })
-        .await?
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || deliver_local(&settings, &msg, &local, &body, retry))
+            .await?
     };
+    if !remote.is_empty() {
+        outcomes.extend(outbound.deliver(&msg, &remote, &body).await);
+    }
     let now = now_secs();
     let expired = now - msg.received_at > settings.queue.max_age.as_secs() as i64;
     for (i, outcome) in &outcomes {
         msg.record(*i, outcome, now, expired);
         let r = &msg.recipients[*i];
         match outcome {
-            Outcome::Delivered => {
-                info!(rcpt = %escape(&r.address), mailbox = %escape(&r.mailbox), "delivered")
+            Outcome::Delivered(detail) => {
+                info!(rcpt = %escape(&r.address), detail = %escape(detail), "delivered")
             }
             Outcome::Temporary(e) => {
                 warn!(rcpt = %escape(&r.address), error = %e, attempts = r.attempts, "deferred")
@@ -196,11 +215,11 @@ async fn deliver_message(
     Ok(Some(msg.next_attempt))
 }
 
-/// Delivers each pending recipient once. Recipients that resolve to the
-/// same local mailbox (`alice+a@`, `Alice@`, `alice@`) share one copy:
+/// Delivers each pending local recipient once. Recipients that resolve to
+/// the same local mailbox (`alice+a@`, `Alice@`, `alice@`) share one copy:
 /// the first delivery decides the outcome of all of them, so their
 /// per-recipient status stays consistent.
-fn deliver_pending(
+fn deliver_local(
     settings: &Settings,
     msg: &QueuedMessage,
     pending: &[usize],
@@ -212,9 +231,7 @@ fn deliver_pending(
         .iter()
         .map(|&i| {
             let r = &msg.recipients[i];
-            let outcome = if r.route == Route::Remote {
-                Outcome::Temporary(NO_OUTBOUND.into())
-            } else if let Some(o) = copies.get(r.mailbox.as_str()) {
+            let outcome = if let Some(o) = copies.get(r.mailbox.as_str()) {
                 o.clone()
             } else {
                 let o = deliver_copy(settings, msg, i, body, retry);
@@ -236,7 +253,7 @@ fn deliver_copy(
 ) -> Outcome {
     let r = &msg.recipients[i];
     if !maildir::is_safe_mailbox(&r.mailbox) {
-        return Outcome::Permanent(format!("invalid mailbox name {:?}", r.mailbox));
+        return Outcome::permanent("5.1.3", format!("invalid mailbox name {:?}", r.mailbox));
     }
     let mut same_mailbox = msg
         .recipients
@@ -248,7 +265,7 @@ fn deliver_copy(
         .clone()
         .any(|(_, o)| matches!(o.status, RcptStatus::Delivered(_)))
     {
-        return Outcome::Delivered;
+        return Outcome::Delivered(format!("mailbox {}", r.mailbox));
     }
     // Named after the mailbox's first recipient, so a retry after a crash
     // finds the copy whichever recipient is pending then.
@@ -267,7 +284,7 @@ fn deliver_copy(
         check_existing: retry,
     };
     match maildir::deliver(&copy) {
-        Ok(_) => Outcome::Delivered,
+        Ok(_) => Outcome::Delivered(format!("mailbox {}", r.mailbox)),
         Err(e) => {
             if Outcome::is_environment(&e.source) {
                 // The path's client part, the mailbox, passed is_safe_mailbox.
@@ -295,13 +312,12 @@ async fn notify(plugins: &Arc<PluginHost>, msg: &QueuedMessage, outcomes: &[(usi
     for (i, outcome) in outcomes {
         let r = &msg.recipients[*i];
         let (hook, detail) = match (outcome, &r.status) {
-            (Outcome::Delivered, _) => (
-                HookName::Delivered,
-                format!("delivered to mailbox {}", r.mailbox),
-            ),
+            (Outcome::Delivered(detail), _) => {
+                (HookName::Delivered, format!("delivered to {detail}"))
+            }
             (_, RcptStatus::Failed(e)) => (HookName::Bounced, e.clone()),
             (Outcome::Temporary(e), _) | (Outcome::Permanent(e), _) => {
-                (HookName::Deferred, e.clone())
+                (HookName::Deferred, e.text.clone())
             }
         };
         let report = DeliveryReport {

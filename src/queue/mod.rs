@@ -28,14 +28,28 @@ pub enum RcptStatus {
 }
 
 /// How a recipient is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Route {
     /// Into a local Maildir.
     #[default]
     Local,
-    /// To another server (relay). Outbound delivery does not exist yet, so
-    /// these wait in the queue.
+    /// To another server, chosen at delivery time by the outbound routing
+    /// (static routes, smarthost, MX).
     Remote,
+    /// To the server a plugin's `deliver` hook named.
+    Relay {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl Route {
+    /// True for the routes the outbound SMTP client delivers.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Route::Local)
+    }
 }
 
 /// One recipient of a queued message.
@@ -54,6 +68,9 @@ pub struct QueuedRcpt {
     pub attempts: u32,
     /// Last temporary or permanent failure, for logs and the queue CLI.
     pub last_error: Option<String>,
+    /// The same failure as data (status, remote server and reply), for DSNs.
+    #[serde(default)]
+    pub failure: Option<crate::delivery::Failure>,
 }
 
 /// Envelope and state of one queued message. The body is stored apart.
@@ -94,13 +111,15 @@ impl QueuedMessage {
         let r = &mut self.recipients[i];
         r.attempts += 1;
         match outcome {
-            Outcome::Delivered => r.status = RcptStatus::Delivered(now),
+            Outcome::Delivered(_) => r.status = RcptStatus::Delivered(now),
             Outcome::Permanent(e) => {
-                r.status = RcptStatus::Failed(e.clone());
-                r.last_error = Some(e.clone());
+                r.status = RcptStatus::Failed(e.text.clone());
+                r.last_error = Some(e.text.clone());
+                r.failure = Some(e.clone());
             }
             Outcome::Temporary(e) => {
-                r.last_error = Some(e.clone());
+                r.last_error = Some(e.text.clone());
+                r.failure = Some(e.clone());
                 if expired {
                     r.status = RcptStatus::Failed(format!("expired in queue; last error: {e}"));
                 }

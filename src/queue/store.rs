@@ -282,6 +282,7 @@ mod tests {
                 status: RcptStatus::Pending,
                 attempts: 0,
                 last_error: None,
+                failure: None,
             }],
             size: 2,
             next_attempt: 0,

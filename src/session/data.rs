@@ -152,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     status: RcptStatus::Pending,
                     attempts: 0,
                     last_error: None,
+                    failure: None,
                 })
                 .collect(),
             size: data.len() as u64,

@@ -240,10 +240,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     info!(rcpt = %r.address, "recipient discarded by the deliver hook")
                 }
                 HookRoute::Relay(t) => {
-                    // Outbound delivery does not exist yet: the copy waits in the queue.
-                    info!(rcpt = %escape(&r.address), host = %escape(&t.host), "deliver hook routes recipient to a relay");
+                    info!(rcpt = %escape(&r.address), host = %escape(&t.host), port = t.port.unwrap_or(25), "deliver hook routes recipient to a relay");
                     keep.push(Recipient {
-                        route: crate::queue::Route::Remote,
+                        route: crate::queue::Route::Relay {
+                            host: t.host.clone(),
+                            port: t.port.unwrap_or(25),
+                        },
                         mailbox: String::new(),
                         ..r
                     });
