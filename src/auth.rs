@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 
-use crate::config::{AtLeast, Dur};
+use crate::config::value::{AtLeast, Dur};
 
 /// `[auth]`
 #[derive(Debug, Deserialize, Default)]

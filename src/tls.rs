@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Domain;
+use crate::config::value::Domain;
 
 /// `[tls]`
 #[derive(Debug, Deserialize, Default)]

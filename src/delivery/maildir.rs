@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::LineEndings;
+use crate::config::value::LineEndings;
 
 /// True if `name` may be used as a directory name under the mail root:
 /// no path separators, no leading dot, no control characters, and none of
