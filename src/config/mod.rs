@@ -86,6 +86,9 @@ pub struct RawConfig {
     /// `[relay]`
     #[serde(default)]
     pub relay: crate::auth::RawRelay,
+    /// `[outbound]`
+    #[serde(default)]
+    pub outbound: crate::delivery::remote::config::RawOutbound,
     /// `[[plugin]]`, in the order they run.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<RawPlugin>,
@@ -584,6 +587,8 @@ pub struct Settings {
     pub auth: crate::auth::AuthSettings,
     /// Who may relay.
     pub relay: crate::auth::RelaySettings,
+    /// Outbound delivery.
+    pub outbound: crate::delivery::remote::config::OutboundSettings,
 }
 
 impl Settings {
@@ -811,6 +816,8 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let tls = crate::tls::resolve(raw.tls, &data_dir).map_err(|(key, m)| err(&key, m))?;
     let auth = crate::auth::resolve_auth(raw.auth, &data_dir);
     let relay = crate::auth::resolve_relay(raw.relay);
+    let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
+        .map_err(|(key, m)| err(&key, m))?;
 
     let mut plugins: Vec<PluginSpec> = Vec::new();
     for p in raw.plugins {
@@ -897,6 +904,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         tls,
         auth,
         relay,
+        outbound,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -71,6 +71,12 @@ pub struct QueuedRcpt {
     /// The same failure as data (status, remote server and reply), for DSNs.
     #[serde(default)]
     pub failure: Option<crate::delivery::Failure>,
+    /// NOTIFY= given at RCPT (RFC 3461).
+    #[serde(default)]
+    pub notify: Option<crate::smtp::command::Notify>,
+    /// ORCPT= given at RCPT (RFC 3461), `rfc822;user@example.org`.
+    #[serde(default)]
+    pub orcpt: Option<String>,
 }
 
 /// Envelope and state of one queued message. The body is stored apart.
@@ -88,6 +94,15 @@ pub struct QueuedMessage {
     pub size: u64,
     /// Unix seconds of the next attempt.
     pub next_attempt: i64,
+    /// RET= given at MAIL (RFC 3461).
+    #[serde(default)]
+    pub ret: Option<crate::smtp::command::Ret>,
+    /// ENVID= given at MAIL (RFC 3461).
+    #[serde(default)]
+    pub envid: Option<String>,
+    /// True once a delay DSN was sent for this message.
+    #[serde(default)]
+    pub delay_dsn_sent: bool,
 }
 
 impl QueuedMessage {

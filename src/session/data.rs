@@ -153,10 +153,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     attempts: 0,
                     last_error: None,
                     failure: None,
+                    notify: r.params.notify,
+                    orcpt: r.params.orcpt,
                 })
                 .collect(),
             size: data.len() as u64,
             next_attempt: now,
+            ret: tx.params.ret,
+            envid: tx.params.envid,
+            delay_dsn_sent: false,
         };
         let span = info_span!("message", queue_id = %id);
         async {

@@ -22,6 +22,8 @@ pub struct Recipient {
     pub mailbox: String,
     /// Local delivery or relay.
     pub route: Route,
+    /// RCPT parameters kept with the recipient (RFC 3461 NOTIFY, ORCPT).
+    pub params: crate::smtp::RcptParams,
 }
 
 /// The open mail transaction.
@@ -137,6 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             address,
             mailbox,
             route,
+            params: crate::smtp::RcptParams::default(),
         })
         .await
     }

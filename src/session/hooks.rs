@@ -180,6 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     address: format!("{QUARANTINE_MAILBOX}@{}", self.ctx.settings.hostname),
                     mailbox: QUARANTINE_MAILBOX.into(),
                     route: Route::Local,
+                    params: Default::default(),
                 }];
                 info!(reason = %escape(&reason), "message quarantined by a plugin");
                 return Ok((tx, data));
@@ -324,6 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             address: a,
             mailbox,
             route: Route::Local,
+            params: Default::default(),
         });
     }
 }

@@ -29,11 +29,42 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// AUTH= given (RFC 4954 §5); kept for the record, not trusted.
     pub auth: Option<String>,
+    /// RET= (RFC 3461 §4.3): what a failure DSN returns.
+    pub ret: Option<Ret>,
+    /// ENVID= (RFC 3461 §4.4), decoded from xtext.
+    pub envid: Option<String>,
 }
 
-/// Parameters of RCPT TO (none are supported yet; kept for plugins later).
+/// RET= of MAIL (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ret {
+    /// RET=FULL: the whole message.
+    Full,
+    /// RET=HDRS: its headers only.
+    Hdrs,
+}
+
+/// NOTIFY= of RCPT (RFC 3461 §4.1): when to send a DSN. `NOTIFY=NEVER`
+/// is all false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Notify {
+    /// SUCCESS
+    pub success: bool,
+    /// FAILURE
+    pub failure: bool,
+    /// DELAY
+    pub delay: bool,
+}
+
+/// Parameters of RCPT TO.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RcptParams {}
+pub struct RcptParams {
+    /// NOTIFY= (RFC 3461 §4.1); None means the default (failure, and delay
+    /// at the server's discretion).
+    pub notify: Option<Notify>,
+    /// ORCPT= (RFC 3461 §4.2) as `addr-type;address`, decoded from xtext.
+    pub orcpt: Option<String>,
+}
 
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,9 @@
 //! The queue manager hands over every remote recipient of a message in one
 //! call and gets one classified `Outcome` per recipient back.
 
+pub mod config;
+pub mod route;
+
 use crate::delivery::Outcome;
 use crate::queue::QueuedMessage;
 
