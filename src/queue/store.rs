@@ -283,9 +283,14 @@ mod tests {
                 attempts: 0,
                 last_error: None,
                 failure: None,
+                notify: None,
+                orcpt: None,
             }],
             size: 2,
             next_attempt: 0,
+            ret: None,
+            envid: None,
+            delay_dsn_sent: false,
         }
     }
 

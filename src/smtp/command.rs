@@ -330,7 +330,7 @@ mod tests {
                         size: Some(100),
                         body: Some(Body::EightBitMime),
                         smtputf8: true,
-                        auth: None,
+                        ..MailParams::default()
                     },
                 ),
             ),
