@@ -11,7 +11,7 @@ use crate::plugin::bindings::wasmtp::plugin::types as wit;
 use crate::plugin::run::{Decision, Modification};
 use crate::queue::Route;
 use crate::smtp::command::Body;
-use crate::smtp::{MailParams, Path, Reply};
+use crate::smtp::{MailParams, Path, RcptParams, Reply};
 
 /// An accepted recipient.
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ pub struct Recipient {
     /// Local delivery or relay.
     pub route: Route,
     /// RCPT parameters kept with the recipient (RFC 3461 NOTIFY, ORCPT).
-    pub params: crate::smtp::RcptParams,
+    pub params: RcptParams,
 }
 
 /// The open mail transaction.
@@ -110,14 +110,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         reply
     }
 
-    pub(super) async fn rcpt(&mut self, path: Path) -> Reply {
+    pub(super) async fn rcpt(&mut self, path: Path, params: RcptParams) -> Reply {
         let settings = self.ctx.settings.clone();
         let may_relay = self.may_relay();
+        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
         let Some(tx) = &mut self.tx else {
             return Reply::bad_sequence("Need MAIL before RCPT");
         };
         if tx.body.is_some() {
             return Reply::bad_sequence("RCPT not allowed during BDAT transfer");
+        }
+        if !esmtp && params != RcptParams::default() {
+            return Reply::unknown_parameter("(ESMTP parameters need EHLO)");
         }
         if tx.recipients.len() >= settings.limits.max_recipients {
             return Reply::too_many_recipients();
@@ -139,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             address,
             mailbox,
             route,
-            params: crate::smtp::RcptParams::default(),
+            params,
         })
         .await
     }

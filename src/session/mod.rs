@@ -254,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Ehlo(name) => self.hello(name, true).await,
             Command::Helo(name) => self.hello(name, false).await,
             Command::Mail(path, params) => self.mail(path, params).await,
-            Command::Rcpt(path, _) => self.rcpt(path).await,
+            Command::Rcpt(path, params) => self.rcpt(path, params).await,
             Command::Data => return self.data().await,
             Command::Bdat(size, last) => return self.bdat(size, last).await,
             Command::StartTls => self.starttls(),
@@ -302,6 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "ENHANCEDSTATUSCODES".into(),
                 "SMTPUTF8".into(),
                 "CHUNKING".into(),
+                "DSN".into(),
             ];
             let ext = self.security_extensions(ext);
             Reply::ehlo(&s.hostname, &name, &ext)

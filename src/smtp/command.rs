@@ -1,5 +1,6 @@
 //! SMTP command parsing (RFC 5321 §4.1, with the ESMTP parameters of
-//! RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3030 BDAT and RFC 6531 SMTPUTF8).
+//! RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3030 BDAT, RFC 6531 SMTPUTF8 and
+//! RFC 3461 DSN: RET, ENVID, NOTIFY, ORCPT).
 //!
 //! Input is one command line without its CRLF; output is a typed command or
 //! an error the session turns into a reply.
@@ -175,10 +176,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
                     "null recipient",
                 )));
             }
-            if let Some((name, _)) = params_iter(params).next() {
-                return Err(CommandError::UnknownParam(name.to_string()));
-            }
-            Ok(Command::Rcpt(path, RcptParams::default()))
+            Ok(Command::Rcpt(path, parse_rcpt_params(params)?))
         }
         "DATA" => no_arg(arg, Command::Data),
         "BDAT" => parse_bdat(arg),
@@ -262,10 +260,137 @@ fn parse_mail_params(s: &str) -> Result<MailParams, CommandError> {
             }
             ("SMTPUTF8", None) if !p.smtputf8 => p.smtputf8 = true,
             ("AUTH", Some(v)) if p.auth.is_none() => p.auth = Some(v.to_string()),
+            ("RET", _) if p.ret.is_some() => return Err(CommandError::Syntax("Duplicate RET")),
+            ("RET", Some(v)) => {
+                p.ret = Some(match v.to_ascii_uppercase().as_str() {
+                    "FULL" => Ret::Full,
+                    "HDRS" => Ret::Hdrs,
+                    _ => return Err(CommandError::Syntax("Bad RET value")),
+                });
+            }
+            ("ENVID", _) if p.envid.is_some() => {
+                return Err(CommandError::Syntax("Duplicate ENVID"));
+            }
+            ("ENVID", Some(v)) => {
+                p.envid = Some(
+                    xtext_decode(v, MAX_ENVID).ok_or(CommandError::Syntax("Bad ENVID value"))?,
+                );
+            }
+            ("RET" | "ENVID", None) => return Err(CommandError::Syntax("Missing DSN value")),
             _ => return Err(bad()),
         }
     }
     Ok(p)
+}
+
+/// Longest ENVID, decoded (RFC 3461 §4.4).
+const MAX_ENVID: usize = 100;
+/// Longest ORCPT, decoded (RFC 3461 §4.2).
+const MAX_ORCPT: usize = 500;
+
+fn parse_rcpt_params(s: &str) -> Result<RcptParams, CommandError> {
+    let mut p = RcptParams::default();
+    for (name, value) in params_iter(s) {
+        match (name.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", _) if p.notify.is_some() => {
+                return Err(CommandError::Syntax("Duplicate NOTIFY"));
+            }
+            ("NOTIFY", Some(v)) => {
+                p.notify = Some(parse_notify(v).ok_or(CommandError::Syntax("Bad NOTIFY value"))?);
+            }
+            ("ORCPT", _) if p.orcpt.is_some() => {
+                return Err(CommandError::Syntax("Duplicate ORCPT"));
+            }
+            ("ORCPT", Some(v)) => {
+                p.orcpt = Some(parse_orcpt(v).ok_or(CommandError::Syntax("Bad ORCPT value"))?);
+            }
+            ("NOTIFY" | "ORCPT", None) => {
+                return Err(CommandError::Syntax("Missing DSN value"));
+            }
+            _ => return Err(CommandError::UnknownParam(name.to_string())),
+        }
+    }
+    Ok(p)
+}
+
+/// `NEVER`, or a list of `SUCCESS`, `FAILURE`, `DELAY` (RFC 3461 §4.1),
+/// each at most once.
+fn parse_notify(v: &str) -> Option<Notify> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(Notify::default());
+    }
+    let mut n = Notify::default();
+    for word in v.split(',') {
+        let flag = match word.to_ascii_uppercase().as_str() {
+            "SUCCESS" => &mut n.success,
+            "FAILURE" => &mut n.failure,
+            "DELAY" => &mut n.delay,
+            _ => return None,
+        };
+        if std::mem::replace(flag, true) {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+/// `addr-type ";" xtext` (RFC 3461 §4.2), kept as `addr-type;decoded`.
+fn parse_orcpt(v: &str) -> Option<String> {
+    let (kind, addr) = v.split_once(';')?;
+    let atom = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !atom(kind) {
+        return None;
+    }
+    let addr = xtext_decode(addr, MAX_ORCPT)?;
+    if addr.is_empty() {
+        return None;
+    }
+    Some(format!("{kind};{addr}"))
+}
+
+/// Decodes RFC 3461 xtext (`+XX` is the octet XX). The decoded text must be
+/// printable US-ASCII (§4.2, §4.4): it is copied into DSN header fields, so
+/// no control character may come through. None if malformed or longer
+/// than `max`.
+pub fn xtext_decode(s: &str, max: usize) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = match b[i] {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                    return None;
+                }
+                i += 3;
+                u8::from_str_radix(hex, 16).ok()?
+            }
+            b'=' => return None,
+            c => {
+                i += 1;
+                c
+            }
+        };
+        if !(b' '..=b'~').contains(&c) {
+            return None;
+        }
+        out.push(c as char);
+    }
+    (out.len() <= max).then_some(out)
+}
+
+/// Encodes text as RFC 3461 xtext, for passing ENVID and ORCPT on.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
@@ -372,6 +497,87 @@ mod tests {
     }
 
     #[test]
+    fn parses_dsn_parameters() {
+        let notify = |success, failure, delay| Notify {
+            success,
+            failure,
+            delay,
+        };
+        let table: &[(&[u8], Command)] = &[
+            (
+                b"MAIL FROM:<a@b.test> RET=hdrs ENVID=QQ+2B314+3D+20x",
+                Command::Mail(
+                    addr("a", "b.test"),
+                    MailParams {
+                        ret: Some(Ret::Hdrs),
+                        envid: Some("QQ+314= x".into()),
+                        ..MailParams::default()
+                    },
+                ),
+            ),
+            (
+                b"MAIL FROM:<> RET=FULL",
+                Command::Mail(
+                    Path::Null,
+                    MailParams {
+                        ret: Some(Ret::Full),
+                        ..MailParams::default()
+                    },
+                ),
+            ),
+            (
+                b"RCPT TO:<x@y.test> NOTIFY=NEVER",
+                Command::Rcpt(
+                    addr("x", "y.test"),
+                    RcptParams {
+                        notify: Some(Notify::default()),
+                        orcpt: None,
+                    },
+                ),
+            ),
+            (
+                b"RCPT TO:<x@y.test> notify=delay,Success ORCPT=rfc822;x+2Bold@y.test",
+                Command::Rcpt(
+                    addr("x", "y.test"),
+                    RcptParams {
+                        notify: Some(notify(true, false, true)),
+                        orcpt: Some("rfc822;x+old@y.test".into()),
+                    },
+                ),
+            ),
+            (
+                b"RCPT TO:<x@y.test> NOTIFY=FAILURE,DELAY,SUCCESS",
+                Command::Rcpt(
+                    addr("x", "y.test"),
+                    RcptParams {
+                        notify: Some(notify(true, true, true)),
+                        orcpt: None,
+                    },
+                ),
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(
+                &parse_command(line).unwrap(),
+                want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn xtext_round_trips() {
+        for s in ["plain", "a+b=c d", "~!", ""] {
+            assert_eq!(xtext_decode(&xtext_encode(s), 100).as_deref(), Some(s));
+        }
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext_decode(&"x".repeat(101), 100), None);
+        let e = parse_command(b"MAIL FROM:<a@b> ENVID=+0A").unwrap_err();
+        assert_eq!(e.reply().to_wire(), "501 5.5.4 Bad ENVID value\r\n");
+    }
+
+    #[test]
     fn command_errors() {
         let table: &[(&[u8], u16)] = &[
             (b"FOO", 500),
@@ -391,7 +597,30 @@ mod tests {
             (b"MAIL FROM:<a@b> SIZE=x", 501),
             (b"MAIL FROM:<a@b> SIZE=1 SIZE=2", 555),
             (b"RCPT TO:<>", 501),
-            (b"RCPT TO:<a@b> NOTIFY=NEVER", 555),
+            (b"RCPT TO:<a@b> FOO=1", 555),
+            // RFC 3461 DSN parameters: bad syntax and duplicates are 501.
+            (b"MAIL FROM:<a@b> RET=ALL", 501),
+            (b"MAIL FROM:<a@b> RET", 501),
+            (b"MAIL FROM:<a@b> RET=FULL RET=HDRS", 501),
+            (b"MAIL FROM:<a@b> ENVID=a ENVID=b", 501),
+            (b"MAIL FROM:<a@b> ENVID=a+2", 501),
+            (b"MAIL FROM:<a@b> ENVID=a+ZZb", 501),
+            (b"MAIL FROM:<a@b> ENVID=a=b", 501),
+            // No control characters into DSN header fields.
+            (b"MAIL FROM:<a@b> ENVID=a+0D+0ABcc:+20x", 501),
+            (b"MAIL FROM:<a@b> ENVID=caf\xc3\xa9", 501),
+            (b"RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS", 501),
+            (b"RCPT TO:<a@b> NOTIFY=SUCCESS,SUCCESS", 501),
+            (b"RCPT TO:<a@b> NOTIFY=SUCCESS,", 501),
+            (b"RCPT TO:<a@b> NOTIFY=", 501),
+            (b"RCPT TO:<a@b> NOTIFY", 501),
+            (b"RCPT TO:<a@b> NOTIFY=SOMETIMES", 501),
+            (b"RCPT TO:<a@b> NOTIFY=DELAY NOTIFY=DELAY", 501),
+            (b"RCPT TO:<a@b> ORCPT=a@b", 501),
+            (b"RCPT TO:<a@b> ORCPT=;a@b", 501),
+            (b"RCPT TO:<a@b> ORCPT=rfc822;", 501),
+            (b"RCPT TO:<a@b> ORCPT=rfc822;a+0A@b", 501),
+            (b"RCPT TO:<a@b> ORCPT=rfc822;a@b ORCPT=rfc822;a@b", 501),
             (b"DATA x", 501),
             (b"BDAT", 501),
             (b"BDAT -1", 501),
