@@ -421,6 +421,8 @@ pub struct RawQueue {
     pub retry_intervals: Option<Vec<Dur>>,
     /// How long a message may stay queued before it bounces.
     pub max_age: Option<Dur>,
+    /// How long a message waits before its sender gets a delay DSN; `0s` never.
+    pub delay_warning: Option<Dur>,
 }
 
 /// `[local]`
@@ -531,6 +533,8 @@ pub struct QueueSettings {
     pub retry_intervals: Vec<Duration>,
     /// Maximum time in the queue.
     pub max_age: Duration,
+    /// When a delay DSN is sent (RFC 3464 `Action: delayed`); None: never.
+    pub delay_warning: Option<Duration>,
 }
 
 /// Local delivery settings.
@@ -760,6 +764,11 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         max_age: q
             .max_age
             .map_or(Duration::from_secs(5 * 24 * 3600), |d| d.0),
+        delay_warning: Some(
+            q.delay_warning
+                .map_or(Duration::from_secs(4 * 3600), |d| d.0),
+        )
+        .filter(|d| !d.is_zero()),
     };
 
     let lc = raw.local;

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, now_secs};
+use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, dsn, now_secs};
 use crate::config::{HookName, Settings};
 use crate::delivery::remote::Outbound;
 use crate::delivery::{Outcome, maildir};
@@ -43,7 +43,9 @@ impl QueueManager {
             .into_iter()
             .map(|m| (m.next_attempt, m.id))
             .collect();
+        let handle = QueueManager { tx };
         let actor = Actor {
+            queue: handle.clone(),
             store,
             outbound: Arc::new(Outbound::new(&settings)),
             settings,
@@ -52,7 +54,7 @@ impl QueueManager {
             deferred,
             shutdown,
         };
-        Ok((QueueManager { tx }, tokio::spawn(actor.run())))
+        Ok((handle, tokio::spawn(actor.run())))
     }
 
     /// Schedules a message that was just committed.
@@ -62,6 +64,8 @@ impl QueueManager {
 }
 
 struct Actor {
+    /// Its own handle: DSNs are queued from delivery workers.
+    queue: QueueManager,
     store: Store,
     outbound: Arc<Outbound>,
     settings: Arc<Settings>,
@@ -115,6 +119,7 @@ impl Actor {
         let settings = self.settings.clone();
         let plugins = self.plugins.clone();
         let outbound = self.outbound.clone();
+        let queue = self.queue.clone();
         let workers = workers.clone();
         let span = info_span!("delivery", queue_id = %id);
         running.spawn(
@@ -125,6 +130,7 @@ impl Actor {
                     settings: &settings,
                     plugins: &plugins,
                     outbound: &outbound,
+                    queue: &queue,
                 };
                 match deliver_message(&ctx, &id, retry).await {
                     Ok(next) => next.map(|t| (t, id)),
@@ -145,6 +151,7 @@ struct Ctx<'a> {
     settings: &'a Arc<Settings>,
     plugins: &'a Arc<PluginHost>,
     outbound: &'a Arc<Outbound>,
+    queue: &'a QueueManager,
 }
 
 /// Tries every pending recipient once. Returns when to try again, or None
@@ -155,6 +162,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         settings,
         plugins,
         outbound,
+        ..
     } = *ctx;
     let Some(mut msg) = store.get(id)? else {
         return Ok(None);
@@ -197,6 +205,9 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         }
     }
     notify(plugins, &msg, &outcomes).await;
+    // The DSN is on disk before the state that asked for it: a crash in
+    // between repeats a DSN rather than losing it.
+    send_dsns(ctx, &mut msg, &outcomes, &body, now).await?;
     if msg.is_final() {
         store.remove(id)?;
         return Ok(None);
@@ -213,6 +224,58 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     msg.next_attempt = now + delay.as_secs() as i64;
     store.put(&msg)?;
     Ok(Some(msg.next_attempt))
+}
+
+/// Queues the DSN this attempt calls for, if any (see `dsn::entries`): the
+/// recipients that failed for good, local deliveries that asked for
+/// SUCCESS, and once per message, after `queue.delay_warning`, the
+/// recipients still pending.
+async fn send_dsns(
+    ctx: &Ctx<'_>,
+    msg: &mut QueuedMessage,
+    outcomes: &[(usize, Outcome)],
+    body: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    let settings = ctx.settings;
+    let delay_due = !msg.delay_dsn_sent
+        && !msg.is_final()
+        && settings
+            .queue
+            .delay_warning
+            .is_some_and(|d| now - msg.received_at >= d.as_secs() as i64);
+    let entries = dsn::entries(msg, outcomes, delay_due);
+    if delay_due {
+        msg.delay_dsn_sent = true;
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let Some(mut envelope) = dsn::envelope(settings, msg) else {
+        warn!(sender = %escape(&msg.return_path()), "dsn not sent: the sender is one of our domains but has no mailbox");
+        return Ok(());
+    };
+    let report = dsn::Report {
+        hostname: &settings.hostname,
+        msg,
+        body,
+        entries: &entries,
+        now,
+        retry_until: msg.received_at + settings.queue.max_age.as_secs() as i64,
+        max_return: settings.limits.max_message_size,
+    };
+    let text = report.render(&envelope.id);
+    envelope.size = text.len() as u64;
+    ctx.store.commit(&envelope, &text).await?;
+    ctx.queue.enqueued(envelope.id.clone());
+    info!(
+        kind = report.kind().as_str(),
+        orig_queue_id = %msg.id,
+        dsn_queue_id = %envelope.id,
+        rcpts = entries.len(),
+        "dsn sent"
+    );
+    Ok(())
 }
 
 /// Delivers each pending local recipient once. Recipients that resolve to

@@ -2,6 +2,7 @@
 //! session says 250; the manager delivers them and retries until every
 //! recipient is final.
 
+pub mod dsn;
 pub mod manager;
 pub mod store;
 
