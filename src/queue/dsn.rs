@@ -195,6 +195,7 @@ impl Report<'_> {
         while memchr::memmem::find(self.body, boundary.as_bytes()).is_some() {
             boundary.push_str("=_");
         }
+        let human = self.human();
         let head = [
             format!("Date: {}", date(self.now)),
             format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"),
@@ -211,12 +212,12 @@ impl Report<'_> {
             format!("--{boundary}"),
             "Content-Description: Notification".into(),
             "Content-Type: text/plain; charset=utf-8".into(),
-            "Content-Transfer-Encoding: 8bit".into(),
+            format!("Content-Transfer-Encoding: {}", encoding(human.as_bytes())),
             String::new(),
         ];
         let mut out = head.join("\r\n");
         out.push_str("\r\n");
-        out.push_str(&self.human());
+        out.push_str(&human);
         out.push_str(&format!(
             "\r\n--{boundary}\r\nContent-Description: Delivery report\r\n\
              Content-Type: message/delivery-status\r\n\r\n"
@@ -292,7 +293,7 @@ impl Report<'_> {
                 memchr::memmem::find(self.body, b"\r\n\r\n").map_or(self.body.len(), |i| i + 2);
             ("Message Headers", "text/rfc822-headers", &self.body[..end])
         };
-        let cte = if content.is_ascii() { "7bit" } else { "8bit" };
+        let cte = encoding(content);
         out.extend_from_slice(
             format!(
                 "Content-Description: {description}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
@@ -304,6 +305,12 @@ impl Report<'_> {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// The Content-Transfer-Encoding of a part: its lines are already bounded
+/// (`limits.text_line_length`), so only 8-bit octets matter.
+fn encoding(content: &[u8]) -> &'static str {
+    if content.is_ascii() { "7bit" } else { "8bit" }
 }
 
 /// The per-recipient fields of one recipient.

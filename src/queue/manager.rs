@@ -192,15 +192,16 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     for (i, outcome) in &outcomes {
         msg.record(*i, outcome, now, expired);
         let r = &msg.recipients[*i];
-        match outcome {
-            Outcome::Delivered(detail) => {
+        // A temporary failure past queue.max_age bounces like a permanent one.
+        match (outcome, &r.status) {
+            (Outcome::Delivered(detail), _) => {
                 info!(rcpt = %escape(&r.address), detail = %escape(detail), "delivered")
             }
-            Outcome::Temporary(e) => {
-                warn!(rcpt = %escape(&r.address), error = %e, attempts = r.attempts, "deferred")
+            (_, RcptStatus::Failed(reason)) => {
+                error!(rcpt = %escape(&r.address), error = %escape(reason), attempts = r.attempts, "bounced")
             }
-            Outcome::Permanent(e) => {
-                error!(rcpt = %escape(&r.address), error = %e, "bounced")
+            (Outcome::Temporary(e) | Outcome::Permanent(e), _) => {
+                warn!(rcpt = %escape(&r.address), error = %e, attempts = r.attempts, "deferred")
             }
         }
     }
@@ -210,6 +211,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     send_dsns(ctx, &mut msg, &outcomes, &body, now).await?;
     if msg.is_final() {
         store.remove(id)?;
+        info!("message finished");
         return Ok(None);
     }
     let attempts = msg

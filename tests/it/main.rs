@@ -5,6 +5,7 @@ mod auth;
 mod clients;
 mod config;
 mod data;
+mod dsn;
 mod durability;
 mod hostile;
 mod plugin_limits;

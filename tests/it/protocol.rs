@@ -17,6 +17,7 @@ fn greeting_ehlo_and_simple_commands() {
         "ENHANCEDSTATUSCODES",
         "SMTPUTF8",
         "CHUNKING",
+        "DSN",
     ] {
         assert!(
             ehlo.lines.iter().any(|l| l == ext),
@@ -56,7 +57,8 @@ fn sequencing_and_syntax_errors_have_correct_codes() {
         ("MAIL FROM:<b@example.test>", 503, "5.5.1"), // nested
         ("DATA", 554, "5.5.1"),                       // no recipients yet
         ("RCPT TO:<>", 501, "5.1.3"),
-        ("RCPT TO:<x@example.test> NOTIFY=NEVER", 555, "5.5.4"),
+        ("RCPT TO:<x@example.test> FROBNICATE=1", 555, "5.5.4"),
+        ("RCPT TO:<x@example.test> NOTIFY=SOMETIMES", 501, "5.5.4"),
         ("RCPT TO:<x@elsewhere.test>", 550, "5.7.1"),
         ("RCPT TO:<x@example.test>", 250, "2.1.5"),
         ("DATA extra", 501, "5.5.4"),

@@ -33,7 +33,7 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 /// A regular file where `mailbox`'s Maildir should be (ENOTDIR for every
 /// delivery; chmod would not stop the tests, which run as root).
-fn block_mailbox(s: &Server, mailbox: &str) {
+pub(crate) fn block_mailbox(s: &Server, mailbox: &str) {
     std::fs::create_dir_all(s.data().join("mail")).unwrap();
     std::fs::write(s.maildir(mailbox), b"not a directory").unwrap();
 }
