@@ -54,6 +54,7 @@ fn example_config_documents_every_key() {
         "delivery_workers",
         "retry_intervals",
         "max_age",
+        "delay_warning",
         "domains",
         "users",
         "catch_all",
