@@ -393,17 +393,7 @@ pub fn envelope(settings: &Settings, original: &QueuedMessage) -> Option<QueuedM
         id: new_queue_id(),
         received_at: now,
         sender: None,
-        recipients: vec![QueuedRcpt {
-            address: sender.to_string(),
-            mailbox,
-            route,
-            status: RcptStatus::Pending,
-            attempts: 0,
-            last_error: None,
-            failure: None,
-            notify: None,
-            orcpt: None,
-        }],
+        recipients: vec![QueuedRcpt::pending(sender.to_string(), mailbox, route)],
         size: 0,
         next_attempt: now,
         ret: None,
@@ -422,16 +412,11 @@ mod tests {
         b"Received: from x\r\nSubject: hello\r\nFrom: <a@example.test>\r\n\r\nthe body text\r\n";
 
     fn rcpt(address: &str, status: RcptStatus, route: Route) -> QueuedRcpt {
+        let mailbox = address.split('@').next().unwrap().into();
         QueuedRcpt {
-            address: address.into(),
-            mailbox: address.split('@').next().unwrap().into(),
-            route,
             status,
             attempts: 1,
-            last_error: None,
-            failure: None,
-            notify: None,
-            orcpt: None,
+            ..QueuedRcpt::pending(address.into(), mailbox, route)
         }
     }
 

@@ -80,6 +80,23 @@ pub struct QueuedRcpt {
     pub orcpt: Option<String>,
 }
 
+impl QueuedRcpt {
+    /// A recipient not tried yet, without DSN parameters.
+    pub fn pending(address: String, mailbox: String, route: Route) -> QueuedRcpt {
+        QueuedRcpt {
+            address,
+            mailbox,
+            route,
+            status: RcptStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            failure: None,
+            notify: None,
+            orcpt: None,
+        }
+    }
+}
+
 /// Envelope and state of one queued message. The body is stored apart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueuedMessage {

@@ -268,24 +268,18 @@ fn flush_loop(durable: Durable, rx: mpsc::Receiver<FlushReply>, batch: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueuedRcpt, RcptStatus, Route};
+    use crate::queue::{QueuedRcpt, Route};
 
     fn message(id: &str) -> QueuedMessage {
         QueuedMessage {
             id: id.into(),
             received_at: 1,
             sender: None,
-            recipients: vec![QueuedRcpt {
-                address: "a@example.test".into(),
-                mailbox: "a".into(),
-                route: Route::Local,
-                status: RcptStatus::Pending,
-                attempts: 0,
-                last_error: None,
-                failure: None,
-                notify: None,
-                orcpt: None,
-            }],
+            recipients: vec![QueuedRcpt::pending(
+                "a@example.test".into(),
+                "a".into(),
+                Route::Local,
+            )],
             size: 2,
             next_attempt: 0,
             ret: None,

@@ -428,6 +428,17 @@ mod tests {
         })
     }
 
+    fn assert_parses(table: &[(&[u8], Command)]) {
+        for (line, want) in table {
+            assert_eq!(
+                &parse_command(line).unwrap(),
+                want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
     #[test]
     fn parses_commands() {
         let table: &[(&[u8], Command)] = &[
@@ -486,14 +497,7 @@ mod tests {
                 Command::Auth("LOGIN".into(), Some("=".into())),
             ),
         ];
-        for (line, want) in table {
-            assert_eq!(
-                &parse_command(line).unwrap(),
-                want,
-                "{}",
-                String::from_utf8_lossy(line)
-            );
-        }
+        assert_parses(table);
     }
 
     #[test]
@@ -556,14 +560,7 @@ mod tests {
                 ),
             ),
         ];
-        for (line, want) in table {
-            assert_eq!(
-                &parse_command(line).unwrap(),
-                want,
-                "{}",
-                String::from_utf8_lossy(line)
-            );
-        }
+        assert_parses(table);
     }
 
     #[test]

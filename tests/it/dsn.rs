@@ -94,6 +94,13 @@ fn parse(raw: &[u8]) -> Dsn {
     }
 }
 
+/// Checks that the delivery-status part has every field.
+fn assert_fields(status: &str, fields: &[&str]) {
+    for field in fields {
+        assert!(status.contains(field), "{field:?} in {status}");
+    }
+}
+
 /// Polls `cond` for up to 20 s.
 fn wait_until(s: &Server, what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -140,18 +147,19 @@ fn expired_message_returns_a_failure_dsn_per_ret() {
     };
     for d in [a, b] {
         assert_eq!(d.subject, "Undelivered Mail Returned to Sender");
-        for field in [
-            "Reporting-MTA: dns; mx.test\n",
-            "Final-Recipient: rfc822; blocked@example.test\n",
-            "Action: failed\n",
-            // The last error was temporary (mail store not writable).
-            "Status: 4.3.0\n",
-            "Diagnostic-Code: X-wasmtp; maildir delivery:",
-            "Arrival-Date: ",
-            "Last-Attempt-Date: ",
-        ] {
-            assert!(d.status.contains(field), "{field:?} in {}", d.status);
-        }
+        assert_fields(
+            &d.status,
+            &[
+                "Reporting-MTA: dns; mx.test\n",
+                "Final-Recipient: rfc822; blocked@example.test\n",
+                "Action: failed\n",
+                // The last error was temporary (mail store not writable).
+                "Status: 4.3.0\n",
+                "Diagnostic-Code: X-wasmtp; maildir delivery:",
+                "Arrival-Date: ",
+                "Last-Attempt-Date: ",
+            ],
+        );
         assert!(!d.status.contains("Remote-MTA"), "{}", d.status);
         assert!(d.human.contains("expired in queue"), "{}", d.human);
     }
@@ -227,14 +235,15 @@ fn permanent_failure_bounces_at_the_first_attempt() {
     s.start_again();
     let mail = s.wait_for_mail("sender", 1);
     let d = parse(&mail[0]);
-    for field in [
-        "Final-Recipient: rfc822; bad@example.test\n",
-        "Action: failed\n",
-        "Status: 5.1.3\n",
-        "Diagnostic-Code: X-wasmtp; invalid mailbox name",
-    ] {
-        assert!(d.status.contains(field), "{field:?} in {}", d.status);
-    }
+    assert_fields(
+        &d.status,
+        &[
+            "Final-Recipient: rfc822; bad@example.test\n",
+            "Action: failed\n",
+            "Status: 5.1.3\n",
+            "Diagnostic-Code: X-wasmtp; invalid mailbox name",
+        ],
+    );
     assert_eq!(d.returned.0, "message/rfc822");
     assert!(d.returned.1.contains("never stored"));
     let bounced = lines_with(&s, &["\"bounced\"", ID]);
@@ -313,15 +322,16 @@ fn notify_success_reports_local_delivery() {
     let mail = s.wait_for_mail("sender", 1);
     let d = parse(&mail[0]);
     assert_eq!(d.subject, "Successful Mail Delivery Report");
-    for field in [
-        "Original-Envelope-Id: ok1\n",
-        "Original-Recipient: rfc822;alice@example.test\n",
-        "Final-Recipient: rfc822; alice@example.test\n",
-        "Action: delivered\n",
-        "Status: 2.0.0\n",
-    ] {
-        assert!(d.status.contains(field), "{field:?} in {}", d.status);
-    }
+    assert_fields(
+        &d.status,
+        &[
+            "Original-Envelope-Id: ok1\n",
+            "Original-Recipient: rfc822;alice@example.test\n",
+            "Final-Recipient: rfc822; alice@example.test\n",
+            "Action: delivered\n",
+            "Status: 2.0.0\n",
+        ],
+    );
     // bob kept the default NOTIFY: no success report for him.
     assert!(!d.status.contains("bob@"), "{}", d.status);
     assert!(!d.status.contains("Diagnostic-Code"), "{}", d.status);
@@ -351,14 +361,15 @@ fn delay_dsn_is_sent_once() {
     let mail = s.wait_for_mail("sender", 1);
     let d = parse(&mail[0]);
     assert_eq!(d.subject, "Delayed Mail (still being retried)");
-    for field in [
-        "Final-Recipient: rfc822; blocked@example.test\n",
-        "Action: delayed\n",
-        "Status: 4.3.0\n",
-        "Will-Retry-Until: ",
-    ] {
-        assert!(d.status.contains(field), "{field:?} in {}", d.status);
-    }
+    assert_fields(
+        &d.status,
+        &[
+            "Final-Recipient: rfc822; blocked@example.test\n",
+            "Action: delayed\n",
+            "Status: 4.3.0\n",
+            "Will-Retry-Until: ",
+        ],
+    );
     // NOTIFY=FAILURE without DELAY: not in the delay report.
     assert!(!d.status.contains("quiet@"), "{}", d.status);
     assert_eq!(d.returned.0, "text/rfc822-headers");
