@@ -255,6 +255,49 @@ impl Server {
         }
     }
 
+    /// Log events whose message is exactly `message`, parsed.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| field(v, "message") == message)
+            .collect()
+    }
+
+    /// Sends a message to `marker@example.test` in a session of its own and
+    /// waits until its `message accepted` line is in the log and it is in
+    /// the `marker` mailbox. Whatever an earlier session could have caused
+    /// at accept time is logged before that line, so after this call an
+    /// absence can be asserted instead of waiting a fixed time.
+    pub fn marker(&self) -> String {
+        let before = self.mail("marker").len();
+        let mut c = Client::greeted(self.addr);
+        c.cmd("EHLO marker.test", 250);
+        let id = queue_id(&c.send_message(
+            "marker@example.test",
+            &["marker@example.test"],
+            b"From: marker@example.test\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <marker@example.test>\r\nSubject: marker\r\n\r\nmarker\r\n",
+        ));
+        c.cmd("QUIT", 221);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .events("message accepted")
+            .iter()
+            .any(|v| field(v, "queue_id") == id)
+            || self.mail("marker").len() <= before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "marker {id} not seen\n{}",
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        id
+    }
+
     pub fn dump_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -451,10 +494,18 @@ impl Client {
         self.expect(code)
     }
 
-    /// True once the server closed the connection (reads to EOF).
+    /// True once the server closed the connection with nothing more to
+    /// say: reads to EOF and fails the test if any byte arrives first (a
+    /// reply the test did not expect is not a clean close).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        let ok = self.reader.read_to_end(&mut rest).is_ok();
+        assert!(
+            rest.is_empty(),
+            "bytes before the close: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        ok
     }
 
     /// EHLO, MAIL, RCPT (each 250), DATA with `body` (already dot-stuffed,
@@ -477,6 +528,28 @@ impl Client {
     /// this one reads replies.
     pub fn stream_clone(&self) -> TcpStream {
         self.stream.try_clone().expect("clone socket")
+    }
+}
+
+/// A field of a JSON log event: its own fields first, then its span's
+/// (`queue_id`, `session`), as text.
+pub fn field(v: &serde_json::Value, key: &str) -> String {
+    let found = [&v[key], &v["fields"][key], &v["span"][key]]
+        .into_iter()
+        .find(|f| !f.is_null())
+        .cloned()
+        .or_else(|| {
+            v["spans"]
+                .as_array()?
+                .iter()
+                .rev()
+                .map(|s| s[key].clone())
+                .find(|f| !f.is_null())
+        });
+    match found {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
     }
 }
 
@@ -537,6 +610,20 @@ pub fn plugin_toml(name: &str, file: &str, rest: &str) -> String {
     format!(
         "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{rest}\n",
         plugin_wasm(file)
+    )
+}
+
+/// A `[[plugin]]` table for the probe fixture (`plugins/fixtures/probe`),
+/// granted what it imports; `rest` may add keys and `[plugin.config]`.
+pub fn probe_toml(name: &str, hooks: &[&str], rest: &str) -> String {
+    let hooks: Vec<String> = hooks.iter().map(|h| format!("\"{h}\"")).collect();
+    plugin_toml(
+        name,
+        "fixture_probe.wasm",
+        &format!(
+            "hooks = [{}]\ngrants = [\"kv\", \"clock\"]\n{rest}",
+            hooks.join(", ")
+        ),
     )
 }
 
