@@ -573,7 +573,9 @@ fn delivery_notifications_reach_plugins() {
     s.wait_for_log("\"delivered\"", 1);
     let st = s.signal_and_wait("TERM");
     assert!(st.success());
-    let totals = s.wait_for_log("plugin totals", 1);
+    // `stopped` is the last line: everything before it has been read.
+    s.wait_for_log("\"stopped\"", 1);
+    let totals = s.log_lines("plugin totals");
     assert_eq!(totals.len(), 1, "{}", s.dump_logs());
     // One data call and one delivered call.
     assert!(totals[0].contains("\"calls\":2"), "{}", totals[0]);

@@ -302,13 +302,36 @@ impl Server {
         self.logs.lock().unwrap().join("\n")
     }
 
-    /// Waits until `mailbox` holds `n` messages; returns their contents
-    /// sorted by file name.
+    /// True once every message accepted so far has had a delivery attempt
+    /// for each of its recipients (`delivered`, `deferred` or `bounced` in
+    /// the log): no copy of it can still turn up in a mailbox.
+    pub fn settled(&self) -> bool {
+        let mut outcomes: HashMap<String, usize> = HashMap::new();
+        for m in ["delivered", "deferred", "bounced"] {
+            for v in self.events(m) {
+                *outcomes.entry(field(&v, "queue_id")).or_default() += 1;
+            }
+        }
+        self.events("message accepted").iter().all(|v| {
+            let n: usize = field(v, "nrcpt").parse().unwrap_or(1);
+            outcomes.get(&field(v, "queue_id")).copied().unwrap_or(0) >= n
+        })
+    }
+
+    /// Waits until `mailbox` holds `n` messages and every accepted message
+    /// had its delivery attempt, then checks there are exactly `n`; returns
+    /// their contents sorted by file name.
     pub fn wait_for_mail(&self, mailbox: &str, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.mail(mailbox);
-            if got.len() >= n {
+            assert!(
+                got.len() <= n,
+                "{} messages in {mailbox}, expected {n}",
+                got.len()
+            );
+            if got.len() == n && self.settled() {
+                let got = self.mail(mailbox);
                 assert_eq!(got.len(), n, "more messages than expected in {mailbox}");
                 return got;
             }
