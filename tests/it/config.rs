@@ -62,7 +62,11 @@ fn config_paths(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
         .or_else(|| fields_of(dir, prefix, true))
         .unwrap_or_else(|| panic!("no fields listed for [{prefix}]"));
     for f in fields {
-        let path = if prefix.is_empty() { f } else { format!("{prefix}.{f}") };
+        let path = if prefix.is_empty() {
+            f
+        } else {
+            format!("{prefix}.{f}")
+        };
         if fields_of(dir, &path, false).is_some() || fields_of(dir, &path, true).is_some() {
             config_paths(dir, &path, out);
         } else {
@@ -82,7 +86,11 @@ fn documented_paths(example: &str) -> std::collections::HashSet<String> {
             table = h.trim_matches(['[', ']']).to_string();
             paths.insert(table.clone());
         } else if let Some((key, _)) = l.split_once(" =") {
-            if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 paths.insert(format!("{table}.{key}").trim_start_matches('.').to_string());
             }
         }
@@ -103,8 +111,16 @@ fn example_config_documents_every_key() {
     let mut paths = Vec::new();
     config_paths(dir.path(), "", &mut paths);
     assert!(paths.len() > 40, "{paths:?}");
-    for must in ["listener.role", "tls.certificate.names", "plugin.memory", "queue.max_age"] {
-        assert!(paths.iter().any(|p| p == must), "{must} not derived: {paths:?}");
+    for must in [
+        "listener.role",
+        "tls.certificate.names",
+        "plugin.memory",
+        "queue.max_age",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == must),
+            "{must} not derived: {paths:?}"
+        );
     }
     let documented = documented_paths(&example);
     let missing: Vec<&String> = paths.iter().filter(|p| !documented.contains(*p)).collect();

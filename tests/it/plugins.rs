@@ -100,7 +100,12 @@ fn reject_quarantine_and_first_decisive_verdict() {
         .filter(|v| field(v, "verdict") == "reject")
         .map(|v| field(v, "plugin"))
         .collect();
-    assert_eq!(rejects, ["spam-score", "attachment-guard"], "{}", s.dump_logs());
+    assert_eq!(
+        rejects,
+        ["spam-score", "attachment-guard"],
+        "{}",
+        s.dump_logs()
+    );
 }
 
 #[test]
@@ -230,7 +235,11 @@ fn busy_loop_is_cut_off_at_its_deadline() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
     let w = s.wait_for_log("plugin call timed out", 1).remove(0);
     let v: serde_json::Value = serde_json::from_str(&w).unwrap();
-    assert_eq!((field(&v, "plugin"), field(&v, "hook")), ("busy".into(), "data".into()), "{w}");
+    assert_eq!(
+        (field(&v, "plugin"), field(&v, "hook")),
+        ("busy".into(), "data".into()),
+        "{w}"
+    );
     a.cmd("NOOP", 250);
 }
 
@@ -293,7 +302,11 @@ fn trap_and_memory_hog_apply_on_error() {
         .iter()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (field(&v, "plugin"), field(&v, "hook"), field(&v, "on_error"))
+            (
+                field(&v, "plugin"),
+                field(&v, "hook"),
+                field(&v, "on_error"),
+            )
         })
         .collect();
     let want = |p: &str, h: &str, e: &str| (p.to_string(), h.to_string(), e.to_string());
@@ -332,7 +345,10 @@ fn a_trapped_instance_is_not_reused() {
     c.cmd("MAIL FROM:<a@example.test>", 250);
     assert_eq!(count(&mut c), "4.7.1 calls=1", "no state survives RSET");
     let w = s.wait_for_log("plugin trapped", 1).remove(0);
-    assert!(w.contains("\"plugin\":\"probe\"") && w.contains("\"hook\":\"rcpt\""), "{w}");
+    assert!(
+        w.contains("\"plugin\":\"probe\"") && w.contains("\"hook\":\"rcpt\""),
+        "{w}"
+    );
 }
 
 #[test]
@@ -341,7 +357,9 @@ fn memory_cap_is_the_configured_one() {
         probe_toml(
             "alloc",
             &["rcpt"],
-            &format!("memory = \"{memory}\"\non_error = \"reject\"\n[plugin.config]\nrcpt = [\"alloc:32\", \"tempfail\"]"),
+            &format!(
+                "memory = \"{memory}\"\non_error = \"reject\"\n[plugin.config]\nrcpt = [\"alloc:32\", \"tempfail\"]"
+            ),
         )
     };
     // 32 MiB of blocks fit under 64 MiB...

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
 use crate::support::{
-    BIN, Client, field, SUBMISSION_LISTENERS, Server, body_of, pem_cert_der, read_all, require_tool,
+    BIN, Client, SUBMISSION_LISTENERS, Server, body_of, field, pem_cert_der, read_all, require_tool,
 };
 
 /// Writes a fresh self-signed pair for `names` to `dir/name.{crt,key}`.
@@ -83,7 +83,9 @@ fn plaintext_pipelined_after_starttls_is_discarded() {
 /// The record-layer `client_version` of the ClientHello that `openssl
 /// s_client -msg` printed (`>>> ... ClientHello` and its hex dump), as "3.1".
 fn client_hello_version(msg: &str) -> Option<String> {
-    let mut lines = msg.lines().skip_while(|l| !(l.starts_with(">>>") && l.contains("ClientHello")));
+    let mut lines = msg
+        .lines()
+        .skip_while(|l| !(l.starts_with(">>>") && l.contains("ClientHello")));
     lines.next()?;
     let bytes: Vec<&str> = lines.next()?.split_whitespace().collect();
     // handshake type (1), length (3), then client_version.
@@ -125,7 +127,14 @@ fn old_tls_versions_are_refused() {
     let addr = s.addr_of("submissions").to_string();
     let attempt = |flag: &str| {
         let out = Command::new(&openssl)
-            .args(["s_client", "-connect", &addr, "-servername", "mx.test", "-msg"])
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "mx.test",
+                "-msg",
+            ])
             .args([flag, "-cipher", "DEFAULT@SECLEVEL=0"])
             .stdin(Stdio::null())
             .output()
@@ -176,7 +185,10 @@ fn old_tls_versions_are_refused() {
     // The same client with TLS 1.2 and 1.3 gets through.
     for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let (_, text) = attempt(flag);
-        assert!(text.contains(&format!("New, {protocol}, Cipher is ")), "{flag}: {text}");
+        assert!(
+            text.contains(&format!("New, {protocol}, Cipher is ")),
+            "{flag}: {text}"
+        );
     }
 }
 
