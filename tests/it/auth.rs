@@ -328,3 +328,35 @@ fn lettre_submits_over_starttls_with_credentials() {
     mailer.send(&email).expect("lettre send");
     s.wait_for_mail("letterbox", 1);
 }
+
+#[test]
+fn auth_mail_parameter_is_kept_only_for_the_authenticated_user() {
+    // The probe reports the MAIL parameters plugins see.
+    let s = server(&crate::support::probe_toml(
+        "p",
+        &["mail-from"],
+        "[plugin.config]\nmail-from = [\"params\", \"tempfail\"]",
+    ));
+    s.add_user("erin", "pw");
+    let mut c = Client::connect_tls(s.addr_of("submissions"), "mx.test");
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("AUTH PLAIN {}", plain("erin", "pw")), 235);
+    let r = c.cmd("MAIL FROM:<erin@example.test> AUTH=erin", 451);
+    assert_eq!(r.text(), "4.7.1 params=AUTH=erin");
+    let r = c.cmd("MAIL FROM:<erin@example.test> AUTH=mallory", 451);
+    assert_eq!(r.text(), "4.7.1 params=AUTH=<>");
+}
+
+#[test]
+fn the_users_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server("");
+    let file = s.data().join("users");
+    let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    s.add_user("frank", "one");
+    assert_eq!(mode(), 0o600);
+    // Rewritten (atomically) by passwd: still private.
+    let out = s.user_cmd(&["passwd", "frank"], "two\n");
+    assert!(out.status.success());
+    assert_eq!(mode(), 0o600);
+}

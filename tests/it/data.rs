@@ -209,3 +209,21 @@ fn client_vanishing_mid_data_queues_nothing() {
     assert_eq!(accepted.len(), 1, "{}", s.dump_logs());
     assert_eq!(field(&accepted[0], "queue_id"), id);
 }
+
+#[test]
+fn a_stalled_data_phase_times_out() {
+    let s = Server::start("[timeouts]\ndata = \"1s\"\n");
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    c.cmd("RCPT TO:<slow@example.test>", 250);
+    c.cmd("DATA", 354);
+    c.raw(b"Subject: slow\r\n\r\nhalf");
+    let started = std::time::Instant::now();
+    let r = c.expect(421);
+    assert!(r.text().starts_with("4.4.2 "), "{r:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert!(c.closed());
+    s.marker();
+    assert!(s.mail("slow").is_empty());
+}

@@ -401,3 +401,41 @@ fn default_config_has_three_roles_and_a_generated_certificate() {
     let out = Command::new(BIN).args(["check-config"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 listener(s)"));
 }
+
+#[test]
+fn starttls_needs_ehlo_first() {
+    let s = Server::start("");
+    let mut c = Client::greeted(s.addr);
+    let r = c.cmd("STARTTLS", 503);
+    assert!(r.text().starts_with("5.5.1 "), "{r:?}");
+    // Still plaintext and in step: EHLO, then STARTTLS works.
+    c.cmd("EHLO client.test", 250);
+    c.cmd("STARTTLS", 220);
+    c.start_tls("mx.test");
+    c.cmd("EHLO client.test", 250);
+}
+
+#[test]
+fn a_broken_certificate_on_sighup_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = make_cert(dir.path(), "live", &["mx.test"]);
+    let old = pem_cert_der(&crt);
+    let s = Server::start(&format!(
+        "[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        crt.display(),
+        key.display()
+    ));
+    std::fs::write(&crt, "not a certificate\n").unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let w = s
+        .wait_for_log("certificates not reloaded; keeping the previous ones", 1)
+        .remove(0);
+    assert!(w.contains("live.crt"), "{w}");
+    assert!(s.log_lines("certificates reloaded").is_empty());
+    // New handshakes still get the old certificate.
+    assert_eq!(Client::peer_cert(s.addr, "mx.test", true), old);
+}
