@@ -177,3 +177,58 @@ fn check_config_names_file_line_and_key() {
         .unwrap();
     assert!(!out.status.success(), "serve refuses a bad config too");
 }
+
+#[test]
+fn default_config_prints_the_embedded_default() {
+    let out = Command::new(BIN).arg("default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // It is the shipped file, and it passes check-config as a file too.
+    assert_eq!(
+        text,
+        std::fs::read_to_string("config/default.toml").unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let settings = wasmtp::config::Settings::parse(&text, "default.toml").unwrap();
+    assert_eq!(settings.listeners.len(), 3);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_span_fields() {
+    // The test server runs with `--log-format json`.
+    let s = crate::support::Server::start("");
+    let mut c = crate::support::Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let id = crate::support::queue_id(&c.send_message(
+        "a@example.test",
+        &["u@example.test"],
+        b"Subject: j\r\n\r\nx\r\n",
+    ));
+    s.wait_for_mail("u", 1);
+    let lines = s.logs.lock().unwrap().clone();
+    assert!(lines.len() > 3);
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        for k in ["timestamp", "level", "message", "target"] {
+            assert!(v[k].is_string(), "no {k}: {l}");
+        }
+    }
+    // The message span carries the queue id; the session span the peer.
+    let accepted = s.events("message accepted").remove(0);
+    assert_eq!(crate::support::field(&accepted, "queue_id"), id);
+    assert!(crate::support::field(&accepted, "peer").starts_with("127.0.0.1:"));
+    assert_eq!(crate::support::field(&accepted, "nrcpt"), "1");
+}

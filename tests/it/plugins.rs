@@ -598,3 +598,107 @@ fn delivery_notifications_reach_plugins() {
     // One data call and one delivered call.
     assert!(totals[0].contains("\"calls\":2"), "{}", totals[0]);
 }
+
+#[test]
+fn plugins_reload_through_the_cli() {
+    let s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\"]",
+    ));
+    let cfg = s.config_file();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[plugin.config]\nreject_threshold = 0.0\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["plugins", "reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    s.wait_for_log("plugin reload done", 1);
+    let r = send(
+        &s,
+        "a@example.test",
+        "after@example.test",
+        "Subject: after\r\n\r\nok\r\n",
+    );
+    assert_eq!(r.code, 550, "{r:?}");
+    // Without a running server it says so.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("c.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["plugins", "reload", "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wasmtp.pid"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_compile_cache_is_used_and_refilled() {
+    let mut s = Server::start(&plugin_toml(
+        "spam-score",
+        "spam_score.wasm",
+        "hooks = [\"data\"]",
+    ));
+    let cache = s.data().join("plugin-cache");
+    let artifacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    // A miss compiled the plugin and stored the artifact, named by digest.
+    let first = artifacts();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let wasm = crate::support::plugin_wasm("spam_score.wasm");
+    let digest = Command::new(BIN)
+        .args(["plugins", "digest", &wasm])
+        .output()
+        .unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout)[..64].to_string();
+    let name = first[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&digest), "{name}");
+    assert!(s.signal_and_wait("TERM").success());
+    // A hit: the artifact is loaded. Spoiled (as this user, so trusted),
+    // loading it fails and the plugin is compiled and stored again.
+    std::fs::write(&first[0], b"spoiled").unwrap();
+    s.start_again();
+    s.wait_for_log("unusable compiled plugin in cache; recompiling", 1);
+    assert_eq!(artifacts(), first);
+    assert_ne!(std::fs::read(&first[0]).unwrap(), b"spoiled");
+    queue_id(&send(
+        &s,
+        "a@example.test",
+        "u@example.test",
+        "Subject: x\r\n\r\nx\r\n",
+    ));
+    assert!(s.signal_and_wait("TERM").success());
+    // A clean hit: no warning, no rewrite.
+    let before = std::fs::metadata(&first[0]).unwrap().modified().unwrap();
+    s.start_again();
+    queue_id(&send(
+        &s,
+        "a@example.test",
+        "v@example.test",
+        "Subject: x\r\n\r\nx\r\n",
+    ));
+    assert_eq!(
+        std::fs::metadata(&first[0]).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(s.log_lines("unusable compiled plugin").len(), 1);
+}
