@@ -37,11 +37,7 @@ fn fields_of(dir: &std::path::Path, path: &str, array: bool) -> Option<Vec<Strin
     };
     let file = dir.join("probe.toml");
     std::fs::write(&file, format!("{header}zzz_unknown = 1\n")).unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::check_config_file(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     let (_, expected) = err.split_once("unknown field `zzz_unknown`, expected ")?;
     let expected = expected.lines().next().unwrap();
@@ -139,11 +135,7 @@ fn check_config_names_file_line_and_key() {
         "[[listener]]\naddress = \"127.0.0.1:2525\"\n\n[limits]\nmax_mesage_size = \"10MB\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::check_config_file(&file);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:5:1", file.display())), "{err}");
@@ -158,11 +150,7 @@ fn check_config_names_file_line_and_key() {
         "[[listener]]\naddress = \"127.0.0.1:2525\"\n[timeouts]\ncommand = \"forever\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::check_config_file(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -191,11 +179,7 @@ fn default_config_prints_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("default.toml");
     std::fs::write(&file, &text).unwrap();
-    let check = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let check = crate::support::check_config_file(&file);
     assert!(
         check.status.success(),
         "{}",

@@ -3,18 +3,11 @@
 //! (`plugins/fixtures/probe`), which answers what its config scripts and
 //! reports what it saw in its reply text or an `X-Probe` header.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, Client, Server, field, plugin_toml, probe_toml, queue_id};
-
-/// A session that said EHLO and MAIL FROM:<a@example.test>.
-fn in_transaction(s: &Server) -> Client {
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd("MAIL FROM:<a@example.test>", 250);
-    c
-}
+use crate::support::{
+    Client, Server, check_plugin_config, field, in_transaction, plugin_toml, probe_toml, queue_id,
+};
 
 /// The message bodies in `mailbox` as text.
 fn texts(s: &Server, mailbox: &str, n: usize) -> Vec<String> {
@@ -378,29 +371,6 @@ fn message_size_body_cap_and_received_first() {
     assert!(probe.ends_with(" body=1048576 first=Received"), "{probe}");
 }
 
-/// `wasmtp check-config` on a one-listener config with `plugin`.
-fn check_config(plugin: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{plugin}",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn init_that_refuses_or_traps_applies_on_error() {
     // Refusing its config: every instance fails, so every call does.
@@ -439,7 +409,7 @@ fn init_that_refuses_or_traps_applies_on_error() {
 #[test]
 #[ignore = "wit/plugin.wit promises it, the host does not do it yet: init runs only when a session first needs the plugin"]
 fn init_that_refuses_or_traps_refuses_the_plugin_at_load() {
-    let (ok, err) = check_config(&probe_toml(
+    let (ok, err) = check_plugin_config(&probe_toml(
         "picky",
         &["rcpt"],
         "[plugin.config]\ninit = \"refuse\"",
@@ -449,7 +419,7 @@ fn init_that_refuses_or_traps_refuses_the_plugin_at_load() {
         err.contains("picky") && err.contains("fixture-probe refuses this config"),
         "{err}"
     );
-    let (ok, err) = check_config(&plugin_toml(
+    let (ok, err) = check_plugin_config(&plugin_toml(
         "trap-init",
         "fixture_trap.wasm",
         "[plugin.config]\nin_init = true\nmode = \"unreachable\"",
@@ -457,6 +427,6 @@ fn init_that_refuses_or_traps_refuses_the_plugin_at_load() {
     assert!(!ok, "{err}");
     assert!(err.contains("trap-init"), "{err}");
     // The same plugins with a config they accept load.
-    let (ok, err) = check_config(&probe_toml("picky", &["rcpt"], ""));
+    let (ok, err) = check_plugin_config(&probe_toml("picky", &["rcpt"], ""));
     assert!(ok, "{err}");
 }

@@ -4,7 +4,18 @@
 use std::net::UdpSocket;
 use std::process::Command;
 
-use crate::support::{BIN, Client, Server, field, plugin_toml, probe_toml, queue_id};
+use crate::support::{
+    BIN, Client, Server, check_plugin_config, field, in_transaction, plugin_toml, probe_toml,
+    queue_id,
+};
+
+/// A session in DATA for u@example.test, told 354.
+fn at_data(s: &Server) -> Client {
+    let mut c = in_transaction(s);
+    c.cmd("RCPT TO:<u@example.test>", 250);
+    c.cmd("DATA", 354);
+    c
+}
 
 fn send(s: &Server, from: &str, to: &str, body: &str) -> crate::support::Reply {
     let mut c = Client::greeted(s.addr);
@@ -222,11 +233,7 @@ fn busy_loop_is_cut_off_at_its_deadline() {
         "fixture_busy_loop.wasm",
         "hooks = [\"data\"]\ntimeout = \"1s\"\non_error = \"tempfail\"",
     ));
-    let mut a = Client::greeted(s.addr);
-    a.cmd("EHLO spinner.test", 250);
-    a.cmd("MAIL FROM:<a@example.test>", 250);
-    a.cmd("RCPT TO:<u@example.test>", 250);
-    a.cmd("DATA", 354);
+    let mut a = at_data(&s);
     let started = std::time::Instant::now();
     a.raw(b"Subject: spin\r\n\r\nx\r\n.\r\n");
     let r = a.expect(451);
@@ -254,11 +261,7 @@ fn a_spinning_plugin_does_not_hold_up_other_sessions() {
         &["rcpt", "data"],
         "timeout = \"60s\"\n[plugin.config]\nrcpt = [\"kv-incr:rcpts\"]\ndata = [\"spin-until:rcpts=2\"]",
     ));
-    let mut a = Client::greeted(s.addr);
-    a.cmd("EHLO spinner.test", 250);
-    a.cmd("MAIL FROM:<a@example.test>", 250);
-    a.cmd("RCPT TO:<u@example.test>", 250);
-    a.cmd("DATA", 354);
+    let mut a = at_data(&s);
     a.raw(b"Subject: spin\r\n\r\nx\r\n.\r\n");
     let mut b = Client::greeted(s.addr);
     b.cmd("EHLO other.test", 250);
@@ -330,9 +333,7 @@ fn a_trapped_instance_is_not_reused() {
         &["rcpt"],
         "on_error = \"reject\"\n[plugin.config]\nrcpt = [\"@\"]",
     ));
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd("MAIL FROM:<a@example.test>", 250);
+    let mut c = in_transaction(&s);
     let count = |c: &mut Client| c.cmd("RCPT TO:<count.tempfail@example.test>", 451).text();
     assert_eq!(count(&mut c), "4.7.1 calls=1");
     // Within a transaction the instance is kept.
@@ -364,16 +365,12 @@ fn memory_cap_is_the_configured_one() {
     };
     // 32 MiB of blocks fit under 64 MiB...
     let s = Server::start(&cfg("64MiB"));
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd("MAIL FROM:<a@example.test>", 250);
+    let mut c = in_transaction(&s);
     let r = c.cmd("RCPT TO:<u@example.test>", 451);
     assert_eq!(r.text(), "4.7.1 allocated=32");
     // ...and not under 16 MiB.
     let s = Server::start(&cfg("16MiB"));
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd("MAIL FROM:<a@example.test>", 250);
+    let mut c = in_transaction(&s);
     let r = c.cmd("RCPT TO:<u@example.test>", 550);
     assert!(r.text().starts_with("5.7.0"), "{r:?}");
     let l = s.wait_for_log("limit reached", 1).remove(0);
@@ -388,11 +385,7 @@ fn per_hook_timeouts_override_the_plugin_timeout() {
         "fixture_busy_loop.wasm",
         "hooks = [\"rcpt\", \"data\"]\ntimeout = \"100ms\"\ntimeouts = { data = \"1500ms\" }\non_error = \"continue\"",
     ));
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd("MAIL FROM:<a@example.test>", 250);
-    c.cmd("RCPT TO:<u@example.test>", 250);
-    c.cmd("DATA", 354);
+    let mut c = at_data(&s);
     let started = std::time::Instant::now();
     c.raw(b"Subject: spin\r\n\r\nx\r\n.\r\n");
     queue_id(&c.expect(250));
@@ -411,37 +404,16 @@ fn per_hook_timeouts_override_the_plugin_timeout() {
     assert!(micros[1].1 >= 1_500_000, "{micros:?}");
 }
 
-/// Runs `wasmtp check-config` on a config with one listener and `plugin`;
-/// returns whether it passed and what it printed on stderr.
-fn check_config(plugin: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{plugin}"),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn ungranted_import_and_bad_digest_are_refused_at_load() {
-    let (ok, err) = check_config(&plugin_toml("sneaky", "fixture_ungranted.wasm", ""));
+    let (ok, err) = check_plugin_config(&plugin_toml("sneaky", "fixture_ungranted.wasm", ""));
     assert!(!ok);
     assert!(
         err.contains("sneaky") && err.contains("wasmtp:plugin/kv") && err.contains("grants"),
         "{err}"
     );
     // Granted, it loads.
-    let (ok, err) = check_config(&plugin_toml(
+    let (ok, err) = check_plugin_config(&plugin_toml(
         "sneaky",
         "fixture_ungranted.wasm",
         "grants = [\"kv\", \"dns\"]",
@@ -468,7 +440,7 @@ fn ungranted_import_and_bad_digest_are_refused_at_load() {
     );
     // A wrong pin is refused, naming the plugin and both digests.
     let pin = "0".repeat(64);
-    let (ok, err) = check_config(&plugin_toml(
+    let (ok, err) = check_plugin_config(&plugin_toml(
         "pinned",
         "spam_score.wasm",
         &format!("sha256 = \"{pin}\""),
@@ -479,7 +451,7 @@ fn ungranted_import_and_bad_digest_are_refused_at_load() {
         "{err}"
     );
     // The right one is accepted.
-    let (ok, err) = check_config(&plugin_toml(
+    let (ok, err) = check_plugin_config(&plugin_toml(
         "pinned",
         "spam_score.wasm",
         &format!("sha256 = \"{digest}\""),

@@ -636,6 +636,43 @@ pub fn plugin_toml(name: &str, file: &str, rest: &str) -> String {
     )
 }
 
+/// `wasmtp check-config FILE`.
+pub fn check_config_file(file: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// `wasmtp check-config` on a config with one listener, data in a temp dir,
+/// and `plugin`; returns whether it passed and what it printed on stderr.
+pub fn check_plugin_config(plugin: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{plugin}",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = check_config_file(&cfg);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A session that said `EHLO client.test` and `MAIL FROM:<a@example.test>`.
+pub fn in_transaction(s: &Server) -> Client {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    c
+}
+
 /// A `[[plugin]]` table for the probe fixture (`plugins/fixtures/probe`),
 /// granted what it imports; `rest` may add keys and `[plugin.config]`.
 pub fn probe_toml(name: &str, hooks: &[&str], rest: &str) -> String {

@@ -267,11 +267,7 @@ fn bad_certificate_files_are_config_errors() {
             ),
         )
         .unwrap();
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = crate::support::check_config_file(&file);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
         assert!(err.contains(want_key) && err.contains(want_text), "{err}");
