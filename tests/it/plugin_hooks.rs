@@ -430,3 +430,57 @@ fn init_that_refuses_or_traps_refuses_the_plugin_at_load() {
     let (ok, err) = check_plugin_config(&probe_toml("picky", &["rcpt"], ""));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn no_guest_state_survives_into_the_next_message() {
+    // The probe counts its calls in its own memory: within a transaction the
+    // instance is kept, after the end of DATA (or EHLO) a fresh one starts.
+    let s = Server::start(&probe_toml(
+        "p",
+        &["rcpt", "data"],
+        "[plugin.config]\nrcpt = [\"count\"]\ndata = [\"count\"]",
+    ));
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    for (i, mailbox) in ["one", "two"].iter().enumerate() {
+        if i == 1 {
+            c.cmd("EHLO client.test", 250);
+        }
+        let r = c.send_message(
+            "a@example.test",
+            &[&format!("{mailbox}@example.test")],
+            b"Subject: count\r\n\r\nx\r\n",
+        );
+        queue_id(&r);
+        queue_id(&c.send_message(
+            "a@example.test",
+            &[&format!("{mailbox}.again@example.test")],
+            b"Subject: count\r\n\r\nx\r\n",
+        ));
+    }
+    for mailbox in ["one", "one.again", "two", "two.again"] {
+        let m = texts(&s, mailbox, 1).remove(0);
+        let probes: Vec<&str> = m.lines().filter(|l| l.starts_with("X-Probe:")).collect();
+        assert_eq!(
+            probes,
+            ["X-Probe: calls=1", "X-Probe: calls=2"],
+            "{mailbox}: {m}"
+        );
+    }
+}
+
+#[test]
+fn set_sender_to_the_null_sender() {
+    let s = Server::start(&probe_toml(
+        "p",
+        &["data"],
+        "[plugin.config]\ndata = [\"set-sender:\"]",
+    ));
+    let mut c = in_transaction(&s);
+    c.cmd("RCPT TO:<u@example.test>", 250);
+    c.cmd("DATA", 354);
+    c.raw(b"Subject: null\r\n\r\nx\r\n.\r\n");
+    queue_id(&c.expect(250));
+    let m = texts(&s, "u", 1).remove(0);
+    assert!(m.starts_with("Return-Path: <>"), "{m}");
+}
