@@ -10,7 +10,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use wasmtp::config::Settings;
 use wasmtp::plugin::bindings::wasmtp::plugin::types as wit;
 use wasmtp::plugin::message::MessageData;
+use wasmtp::plugin::run::Decision;
 use wasmtp::plugin::{PluginHost, PluginSession, TxView};
+use wasmtp::smtp::reply::Reply;
 
 const WASM: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -62,6 +64,29 @@ fn six() -> String {
     .concat()
 }
 
+/// A decision, after checking it is not what a failed call turns into (the
+/// plugins here keep the default `on_error = "tempfail"`): a bench of calls
+/// that trap or time out would measure the wrong thing.
+fn ok(d: Decision) -> Decision {
+    assert_ne!(
+        d,
+        Decision::Tempfail(Reply::plugin_failed_tempfail()),
+        "a plugin call failed"
+    );
+    d
+}
+
+/// Fails the bench if any plugin of `host` trapped or timed out, or was
+/// never called.
+fn no_failures(host: &PluginHost) {
+    for (plugin, calls, traps, timeouts) in host.stats_summary() {
+        assert!(
+            calls > 0 && traps == 0 && timeouts == 0,
+            "{plugin}: {calls} calls, {traps} traps, {timeouts} timeouts"
+        );
+    }
+}
+
 fn conn() -> wit::Connection {
     wit::Connection {
         session_id: "bench".into(),
@@ -103,51 +128,60 @@ fn bench(c: &mut Criterion) {
         "[[plugin]]\nname = \"router\"\npath = \"{WASM}/router.wasm\"\nhooks = [\"ehlo\"]\n"
     ));
     let mut live = PluginSession::new(one.clone(), "bench".into());
-    rt.block_on(live.ehlo(&conn, "client.test"));
+    assert_eq!(
+        ok(rt.block_on(live.ehlo(&conn, "client.test"))),
+        Decision::Continue
+    );
     c.bench_function("hook call, live instance (router, ehlo)", |b| {
-        b.iter(|| rt.block_on(live.ehlo(&conn, "client.test")))
+        b.iter(|| ok(rt.block_on(live.ehlo(&conn, "client.test"))))
     });
     c.bench_function("hook call, fresh instance (router, ehlo)", |b| {
         b.iter(|| {
             live.end_tx();
-            rt.block_on(live.ehlo(&conn, "client.test"))
+            ok(rt.block_on(live.ehlo(&conn, "client.test")))
         })
     });
+    no_failures(&one);
 
     let all = host(&six());
     c.bench_function("transaction, six plugins, 10 KiB message", |b| {
         b.iter(|| {
             let mut s = PluginSession::new(all.clone(), "bench".into());
             rt.block_on(async {
-                s.connect(&conn).await;
-                s.ehlo(&conn, "client.test").await;
-                s.mail_from(&conn, "a@example.test", &vec![]).await;
+                ok(s.connect(&conn).await);
+                ok(s.ehlo(&conn, "client.test").await);
+                ok(s.mail_from(&conn, "a@example.test", &vec![]).await.0);
                 s.begin_tx();
-                s.rcpt(
+                ok(s.rcpt(
                     TxView {
                         conn: &conn,
                         env: &env,
                     },
                     &env.recipients[0],
                 )
-                .await;
-                s.data(
+                .await
+                .0);
+                ok(s.data(
                     TxView {
                         conn: &conn,
                         env: &env,
                     },
                     &msg,
                 )
-                .await;
-                s.deliver(TxView {
-                    conn: &conn,
-                    env: &env,
-                })
-                .await;
+                .await
+                .0);
+                let routes = s
+                    .deliver(TxView {
+                        conn: &conn,
+                        env: &env,
+                    })
+                    .await;
+                assert_eq!(routes.len(), env.recipients.len());
                 s.end_tx();
             })
         })
     });
+    no_failures(&all);
 }
 
 criterion_group! {

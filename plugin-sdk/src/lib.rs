@@ -11,7 +11,7 @@
 //! With the `testing` feature on a native target, the capability functions talk to an in-memory
 //! fake host instead (see [`testing`]), so plugin logic is unit-tested with plain `cargo test`.
 //!
-//! ```ignore
+//! ```
 //! use wasmtp_plugin_sdk::{Config, Connection, Plugin, Verdict};
 //!
 //! struct NoLocalhost;
@@ -79,7 +79,12 @@ pub mod __private {
 /// Exports a type implementing [`Plugin`] as the plugin's hooks. Call it once, at the crate root
 /// of a `cdylib` crate built for `wasm32-wasip2`:
 ///
-/// ```ignore
+/// ```
+/// # use wasmtp_plugin_sdk::{Config, Plugin};
+/// # struct MyPlugin;
+/// # impl Plugin for MyPlugin {
+/// #     fn init(_: Config) -> Result<Self, String> { Ok(MyPlugin) }
+/// # }
 /// wasmtp_plugin_sdk::export!(MyPlugin);
 /// ```
 #[macro_export]

@@ -5,7 +5,7 @@
 //! here. Each test starts with [`FakeHost::new`], which resets that state, then sets up DNS
 //! answers, the clock or stored keys, calls the plugin's hooks directly and inspects the result.
 //!
-//! ```ignore
+//! ```
 //! use wasmtp_plugin_sdk::{testing, Plugin, Verdict};
 //!
 //! #[test]

@@ -614,10 +614,14 @@ mod tests {
             d,
             Decision::Reject(Reply::from_plugin(554, "5.7.1".into(), "no  way".into()))
         );
-        // A reject with a 2xx or 4xx code falls back to the default 550.
+        // A reject with a 2xx or 4xx code falls back to the documented
+        // default, 550 5.7.1.
         for bad in [Some(250), Some(451)] {
             let d = decide(HookName::Rcpt, wit::Verdict::Reject(reply(bad, None)), "p");
-            assert_eq!(d, Decision::Reject(Reply::policy_reject()));
+            let Decision::Reject(r) = d else {
+                panic!("{d:?}")
+            };
+            assert!(r.to_wire().starts_with("550 5.7.1 "), "{}", r.to_wire());
         }
         let d = decide(
             HookName::Data,
@@ -628,9 +632,19 @@ mod tests {
             d,
             Decision::Tempfail(Reply::from_plugin(451, "4.7.1".into(), "no  way".into()))
         );
+        // Without a reply, each verdict has its documented default.
+        let wire = |hook, v| match decide(hook, v, "p") {
+            Decision::Reject(r) | Decision::Tempfail(r) => r.to_wire(),
+            d => panic!("{d:?}"),
+        };
+        assert!(wire(HookName::Connect, wit::Verdict::Reject(None)).starts_with("554 5.7.1 "));
+        assert!(wire(HookName::Rcpt, wit::Verdict::Reject(None)).starts_with("550 5.7.1 "));
+        assert!(wire(HookName::Rcpt, wit::Verdict::Tempfail(None)).starts_with("451 4.7.1 "));
+        // The disconnect default (421 4.7.0) names the host: the session
+        // builds it (tests/it/plugin_hooks.rs checks it through SMTP).
         assert_eq!(
-            decide(HookName::Connect, wit::Verdict::Reject(None), "p"),
-            Decision::Reject(Reply::policy_reject_connect())
+            decide(HookName::Rcpt, wit::Verdict::Disconnect(None), "p"),
+            Decision::Disconnect(None)
         );
         assert_eq!(
             decide(HookName::Data, wit::Verdict::Continue, "p"),

@@ -191,5 +191,21 @@ mod tests {
         let b = new_queue_id();
         assert_eq!(a.len(), 16);
         assert_ne!(a, b);
+        // Ids taken at different microseconds sort by the time they were
+        // taken: the time part alone orders them, whatever the counter
+        // (random start, wrapping) does.
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            ids.push(new_queue_id());
+            std::thread::sleep(std::time::Duration::from_micros(2));
+        }
+        for w in ids.windows(2) {
+            assert!(w[0][..11] < w[1][..11], "{} then {}", w[0], w[1]);
+            assert!(w[0] < w[1], "{} then {}", w[0], w[1]);
+        }
+        // A burst within the same microseconds does not repeat one.
+        let burst: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_queue_id()).collect();
+        assert_eq!(burst.len(), 10_000);
     }
 }

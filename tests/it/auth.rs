@@ -2,6 +2,7 @@
 //! the brute-force brake.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::support::{Client, SUBMISSION_LISTENERS, Server, b64, require_tool};
 
@@ -85,31 +86,50 @@ fn plain_and_login_right_and_wrong() {
 #[test]
 fn failed_attempts_are_slowed_and_the_session_closed() {
     let s = Server::start(&format!(
-        "{SUBMISSION_LISTENERS}[auth]\nfailure_delay = \"5ms\"\nmax_failures = 3\n"
+        "{SUBMISSION_LISTENERS}[auth]\nfailure_delay = \"100ms\"\nmax_failures = 3\n"
     ));
     s.add_user("bob", "right");
     let addr = s.addr_of("submissions");
+    // Each failure is answered no sooner than its delay (a lower bound only:
+    // a loaded machine may take longer).
+    let fail = |c: &mut Client, user: &str, pw: &str, code: u16, at_least_ms: u64| {
+        let started = Instant::now();
+        c.cmd(&format!("AUTH PLAIN {}", plain(user, pw)), code);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(at_least_ms),
+            "{user}/{pw}: answered after {took:?}, before the {at_least_ms} ms brake"
+        );
+    };
     let mut c = Client::connect_tls(addr, "mx.test");
     c.cmd("EHLO client.test", 250);
-    c.cmd(&format!("AUTH PLAIN {}", plain("bob", "w1")), 535);
-    c.cmd(&format!("AUTH PLAIN {}", plain("bob", "w2")), 535);
-    c.cmd(&format!("AUTH PLAIN {}", plain("bob", "w3")), 421);
+    fail(&mut c, "bob", "w1", 535, 100);
+    fail(&mut c, "bob", "w2", 535, 200);
+    fail(&mut c, "bob", "w3", 421, 300);
     assert!(c.closed());
     // The brake is per client IP, across sessions: the next failure waits longer.
     let mut c = Client::connect_tls(addr, "mx.test");
     c.cmd("EHLO client.test", 250);
-    c.cmd(&format!("AUTH PLAIN {}", plain("nobody", "w4")), 535);
+    fail(&mut c, "nobody", "w4", 535, 400);
+    // A success clears the brake: the next failure waits the first delay again.
+    c.cmd(&format!("AUTH PLAIN {}", plain("bob", "right")), 235);
+    let mut c = Client::connect_tls(addr, "mx.test");
+    c.cmd("EHLO client.test", 250);
+    fail(&mut c, "bob", "w5", 535, 100);
     let delays: Vec<String> = s
-        .wait_for_log("authentication failed", 4)
+        .wait_for_log("authentication failed", 5)
         .iter()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             v["delay_ms"].to_string()
         })
         .collect();
-    assert_eq!(delays, ["5", "10", "15", "20"], "{}", s.dump_logs());
-    // A success clears the brake.
-    c.cmd(&format!("AUTH PLAIN {}", plain("bob", "right")), 235);
+    assert_eq!(
+        delays,
+        ["100", "200", "300", "400", "100"],
+        "{}",
+        s.dump_logs()
+    );
 }
 
 #[test]
@@ -307,4 +327,36 @@ fn lettre_submits_over_starttls_with_credentials() {
         .unwrap();
     mailer.send(&email).expect("lettre send");
     s.wait_for_mail("letterbox", 1);
+}
+
+#[test]
+fn auth_mail_parameter_is_kept_only_for_the_authenticated_user() {
+    // The probe reports the MAIL parameters plugins see.
+    let s = server(&crate::support::probe_toml(
+        "p",
+        &["mail-from"],
+        "[plugin.config]\nmail-from = [\"params\", \"tempfail\"]",
+    ));
+    s.add_user("erin", "pw");
+    let mut c = Client::connect_tls(s.addr_of("submissions"), "mx.test");
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("AUTH PLAIN {}", plain("erin", "pw")), 235);
+    let r = c.cmd("MAIL FROM:<erin@example.test> AUTH=erin", 451);
+    assert_eq!(r.text(), "4.7.1 params=AUTH=erin");
+    let r = c.cmd("MAIL FROM:<erin@example.test> AUTH=mallory", 451);
+    assert_eq!(r.text(), "4.7.1 params=AUTH=<>");
+}
+
+#[test]
+fn the_users_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server("");
+    let file = s.data().join("users");
+    let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    s.add_user("frank", "one");
+    assert_eq!(mode(), 0o600);
+    // Rewritten (atomically) by passwd: still private.
+    let out = s.user_cmd(&["passwd", "frank"], "two\n");
+    assert!(out.status.success());
+    assert_eq!(mode(), 0o600);
 }

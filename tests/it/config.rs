@@ -26,6 +26,74 @@ fn shipped_configs_pass_check_config() {
     );
 }
 
+/// The fields the config types accept at `path` (a table, `[[path]]` when
+/// `array`), as the binary lists them when it meets an unknown one; None
+/// when `path` is not a table of named fields.
+fn fields_of(dir: &std::path::Path, path: &str, array: bool) -> Option<Vec<String>> {
+    let header = match (path, array) {
+        ("", _) => String::new(),
+        (p, true) => format!("[[{p}]]\n"),
+        (p, false) => format!("[{p}]\n"),
+    };
+    let file = dir.join("probe.toml");
+    std::fs::write(&file, format!("{header}zzz_unknown = 1\n")).unwrap();
+    let out = crate::support::check_config_file(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, expected) = err.split_once("unknown field `zzz_unknown`, expected ")?;
+    let expected = expected.lines().next().unwrap();
+    Some(
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// Every leaf key of the config types as a dotted path without indices
+/// (`listener.address`, `tls.certificate.cert`), found by asking the binary.
+fn config_paths(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
+    let fields = fields_of(dir, prefix, false)
+        .or_else(|| fields_of(dir, prefix, true))
+        .unwrap_or_else(|| panic!("no fields listed for [{prefix}]"));
+    for f in fields {
+        let path = if prefix.is_empty() {
+            f
+        } else {
+            format!("{prefix}.{f}")
+        };
+        if fields_of(dir, &path, false).is_some() || fields_of(dir, &path, true).is_some() {
+            config_paths(dir, &path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The dotted paths `config/example.toml` shows, commented out or not:
+/// each `key =` line under the latest `[table]` or `[[table]]` header.
+fn documented_paths(example: &str) -> std::collections::HashSet<String> {
+    let mut table = String::new();
+    let mut paths = std::collections::HashSet::new();
+    for line in example.lines() {
+        let l = line.trim_start_matches(['#', ' ']);
+        if let Some(h) = l.strip_prefix('[') {
+            table = h.trim_matches(['[', ']']).to_string();
+            paths.insert(table.clone());
+        } else if let Some((key, _)) = l.split_once(" =") {
+            if !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                paths.insert(format!("{table}.{key}").trim_start_matches('.').to_string());
+            }
+        }
+    }
+    paths
+}
+
 #[test]
 fn example_config_documents_every_key() {
     let example = std::fs::read_to_string("config/example.toml").unwrap();
@@ -33,63 +101,29 @@ fn example_config_documents_every_key() {
     assert_eq!(settings.listeners.len(), 3);
     assert_eq!(settings.plugins.len(), 1);
     assert_eq!(settings.plugins[0].config_json, r#"{"spam_threshold":5.0}"#);
-    // Every key the raw config knows appears in the example (commented or not).
-    for key in [
-        "hostname",
-        "data_dir",
-        "name",
-        "address",
-        "max_message_size",
-        "max_recipients",
-        "max_connections",
-        "max_connections_per_ip",
-        "max_errors",
-        "command_line_length",
-        "text_line_length",
-        "command",
-        "data",
-        "shutdown",
-        "dir",
-        "group_commit",
-        "delivery_workers",
-        "retry_intervals",
-        "max_age",
-        "delay_warning",
-        "domains",
-        "users",
-        "catch_all",
-        "mail_dir",
-        "recipient_delimiter",
-        "postmaster",
-        "line_endings",
-        "format",
-        "level",
-        "role",
-        "cert",
-        "key",
-        "names",
-        "users_file",
-        "allow_plaintext_on_loopback",
-        "max_failures",
-        "failure_delay",
-        "trusted_networks",
-        "nameservers",
-        "timeout",
-        "path",
-        "sha256",
-        "hooks",
-        "grants",
-        "on_error",
-        "timeouts",
-        "memory",
+    // Every key the config types accept appears in the example (commented
+    // or not) under its own table.
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    config_paths(dir.path(), "", &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    for must in [
+        "listener.role",
+        "tls.certificate.names",
+        "plugin.memory",
+        "queue.max_age",
     ] {
         assert!(
-            example.lines().any(|l| l
-                .trim_start_matches(['#', ' '])
-                .starts_with(&format!("{key} ="))),
-            "config/example.toml does not document `{key}`"
+            paths.iter().any(|p| p == must),
+            "{must} not derived: {paths:?}"
         );
     }
+    let documented = documented_paths(&example);
+    let missing: Vec<&String> = paths.iter().filter(|p| !documented.contains(*p)).collect();
+    assert!(
+        missing.is_empty(),
+        "config/example.toml does not document {missing:?}"
+    );
 }
 
 #[test]
@@ -101,11 +135,7 @@ fn check_config_names_file_line_and_key() {
         "[[listener]]\naddress = \"127.0.0.1:2525\"\n\n[limits]\nmax_mesage_size = \"10MB\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::check_config_file(&file);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:5:1", file.display())), "{err}");
@@ -120,11 +150,7 @@ fn check_config_names_file_line_and_key() {
         "[[listener]]\naddress = \"127.0.0.1:2525\"\n[timeouts]\ncommand = \"forever\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = crate::support::check_config_file(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -138,4 +164,55 @@ fn check_config_names_file_line_and_key() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "serve refuses a bad config too");
+}
+
+#[test]
+fn default_config_prints_the_embedded_default() {
+    let out = Command::new(BIN).arg("default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // It is the shipped file, and it passes check-config as a file too.
+    assert_eq!(
+        text,
+        std::fs::read_to_string("config/default.toml").unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = crate::support::check_config_file(&file);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let settings = wasmtp::config::Settings::parse(&text, "default.toml").unwrap();
+    assert_eq!(settings.listeners.len(), 3);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_span_fields() {
+    // The test server runs with `--log-format json`.
+    let s = crate::support::Server::start("");
+    let mut c = crate::support::Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let id = crate::support::queue_id(&c.send_message(
+        "a@example.test",
+        &["u@example.test"],
+        b"Subject: j\r\n\r\nx\r\n",
+    ));
+    s.wait_for_mail("u", 1);
+    let lines = s.logs.lock().unwrap().clone();
+    assert!(lines.len() > 3);
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        for k in ["timestamp", "level", "message", "target"] {
+            assert!(v[k].is_string(), "no {k}: {l}");
+        }
+    }
+    // The message span carries the queue id; the session span the peer.
+    let accepted = s.events("message accepted").remove(0);
+    assert_eq!(crate::support::field(&accepted, "queue_id"), id);
+    assert!(crate::support::field(&accepted, "peer").starts_with("127.0.0.1:"));
+    assert_eq!(crate::support::field(&accepted, "nrcpt"), "1");
 }

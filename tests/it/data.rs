@@ -1,6 +1,6 @@
 //! DATA and BDAT: byte-exact delivery, size limits, line limits, smuggling.
 
-use crate::support::{Client, Server, body_of, queue_id};
+use crate::support::{Client, Server, body_of, field, queue_id};
 
 /// Dot-stuffs `body` (CRLF line endings) for DATA.
 fn stuff(body: &[u8]) -> Vec<u8> {
@@ -138,14 +138,13 @@ fn smuggling_variants_never_start_a_second_transaction() {
         c.cmd("NOOP", 250);
         c.cmd("QUIT", 221);
     }
-    // Nothing of it was queued.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(
-        s.all_mail().is_empty(),
-        "{} messages delivered",
-        s.all_mail().len()
-    );
-    assert!(s.log_lines("message accepted").is_empty());
+    // Nothing of it was queued: a message sent after all of them is the
+    // only one accepted and delivered.
+    let marker = s.marker();
+    let accepted = s.events("message accepted");
+    assert_eq!(accepted.len(), 1, "{}", s.dump_logs());
+    assert_eq!(field(&accepted[0], "queue_id"), marker);
+    assert_eq!(s.all_mail().len(), 1, "{}", s.dump_logs());
 }
 
 #[test]
@@ -198,12 +197,33 @@ fn client_vanishing_mid_data_queues_nothing() {
     } // dropped: the socket closes mid-DATA
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);
-    queue_id(&c.send_message(
+    let id = queue_id(&c.send_message(
         "a@example.test",
         &["other@example.test"],
         b"Subject: whole\r\n\r\nok\r\n",
     ));
+    // The later message was accepted and delivered; the half one never was.
     s.wait_for_mail("other", 1);
     assert!(s.mail("gone").is_empty());
-    assert_eq!(s.wait_for_log("message accepted", 1).len(), 1);
+    let accepted = s.events("message accepted");
+    assert_eq!(accepted.len(), 1, "{}", s.dump_logs());
+    assert_eq!(field(&accepted[0], "queue_id"), id);
+}
+
+#[test]
+fn a_stalled_data_phase_times_out() {
+    let s = Server::start("[timeouts]\ndata = \"1s\"\n");
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    c.cmd("RCPT TO:<slow@example.test>", 250);
+    c.cmd("DATA", 354);
+    c.raw(b"Subject: slow\r\n\r\nhalf");
+    let started = std::time::Instant::now();
+    let r = c.expect(421);
+    assert!(r.text().starts_with("4.4.2 "), "{r:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert!(c.closed());
+    s.marker();
+    assert!(s.mail("slow").is_empty());
 }

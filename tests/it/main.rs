@@ -8,6 +8,7 @@ mod data;
 mod dsn;
 mod durability;
 mod hostile;
+mod plugin_hooks;
 mod plugin_limits;
 mod plugins;
 mod protocol;

@@ -315,3 +315,20 @@ fn graceful_shutdown_answers_421_and_exits_zero() {
     let msg = String::from_utf8(s.wait_for_mail("late", 1).remove(0)).unwrap();
     assert!(msg.contains(&id) && msg.ends_with("still here\n"), "{msg}");
 }
+
+#[test]
+fn an_empty_recipient_delimiter_turns_subaddressing_off() {
+    let s = Server::start(
+        "[local]\ndomains = [\"example.test\"]\ncatch_all = true\nrecipient_delimiter = \"\"\n",
+    );
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let r = c.send_message(
+        "a@example.test",
+        &["u+tag@example.test"],
+        b"Subject: tag\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    s.wait_for_mail("u+tag", 1);
+    assert!(s.mail("u").is_empty());
+}

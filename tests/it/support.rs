@@ -255,17 +255,83 @@ impl Server {
         }
     }
 
+    /// Log events whose message is exactly `message`, parsed.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| field(v, "message") == message)
+            .collect()
+    }
+
+    /// Sends a message to `marker@example.test` in a session of its own and
+    /// waits until its `message accepted` line is in the log and it is in
+    /// the `marker` mailbox. Whatever an earlier session could have caused
+    /// at accept time is logged before that line, so after this call an
+    /// absence can be asserted instead of waiting a fixed time.
+    pub fn marker(&self) -> String {
+        let before = self.mail("marker").len();
+        let mut c = Client::greeted(self.addr);
+        c.cmd("EHLO marker.test", 250);
+        let id = queue_id(&c.send_message(
+            "marker@example.test",
+            &["marker@example.test"],
+            b"From: marker@example.test\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <marker@example.test>\r\nSubject: marker\r\n\r\nmarker\r\n",
+        ));
+        c.cmd("QUIT", 221);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .events("message accepted")
+            .iter()
+            .any(|v| field(v, "queue_id") == id)
+            || self.mail("marker").len() <= before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "marker {id} not seen\n{}",
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        id
+    }
+
     pub fn dump_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
-    /// Waits until `mailbox` holds `n` messages; returns their contents
-    /// sorted by file name.
+    /// True once every message accepted so far has had a delivery attempt
+    /// for each of its recipients (`delivered`, `deferred` or `bounced` in
+    /// the log): no copy of it can still turn up in a mailbox.
+    pub fn settled(&self) -> bool {
+        let mut outcomes: HashMap<String, usize> = HashMap::new();
+        for m in ["delivered", "deferred", "bounced"] {
+            for v in self.events(m) {
+                *outcomes.entry(field(&v, "queue_id")).or_default() += 1;
+            }
+        }
+        self.events("message accepted").iter().all(|v| {
+            let n: usize = field(v, "nrcpt").parse().unwrap_or(1);
+            outcomes.get(&field(v, "queue_id")).copied().unwrap_or(0) >= n
+        })
+    }
+
+    /// Waits until `mailbox` holds `n` messages and every accepted message
+    /// had its delivery attempt, then checks there are exactly `n`; returns
+    /// their contents sorted by file name.
     pub fn wait_for_mail(&self, mailbox: &str, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.mail(mailbox);
-            if got.len() >= n {
+            assert!(
+                got.len() <= n,
+                "{} messages in {mailbox}, expected {n}",
+                got.len()
+            );
+            if got.len() == n && self.settled() {
+                let got = self.mail(mailbox);
                 assert_eq!(got.len(), n, "more messages than expected in {mailbox}");
                 return got;
             }
@@ -451,10 +517,18 @@ impl Client {
         self.expect(code)
     }
 
-    /// True once the server closed the connection (reads to EOF).
+    /// True once the server closed the connection with nothing more to
+    /// say: reads to EOF and fails the test if any byte arrives first (a
+    /// reply the test did not expect is not a clean close).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        let ok = self.reader.read_to_end(&mut rest).is_ok();
+        assert!(
+            rest.is_empty(),
+            "bytes before the close: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        ok
     }
 
     /// EHLO, MAIL, RCPT (each 250), DATA with `body` (already dot-stuffed,
@@ -477,6 +551,28 @@ impl Client {
     /// this one reads replies.
     pub fn stream_clone(&self) -> TcpStream {
         self.stream.try_clone().expect("clone socket")
+    }
+}
+
+/// A field of a JSON log event: its own fields first, then its span's
+/// (`queue_id`, `session`), as text.
+pub fn field(v: &serde_json::Value, key: &str) -> String {
+    let found = [&v[key], &v["fields"][key], &v["span"][key]]
+        .into_iter()
+        .find(|f| !f.is_null())
+        .cloned()
+        .or_else(|| {
+            v["spans"]
+                .as_array()?
+                .iter()
+                .rev()
+                .map(|s| s[key].clone())
+                .find(|f| !f.is_null())
+        });
+    match found {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
     }
 }
 
@@ -537,6 +633,57 @@ pub fn plugin_toml(name: &str, file: &str, rest: &str) -> String {
     format!(
         "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{rest}\n",
         plugin_wasm(file)
+    )
+}
+
+/// `wasmtp check-config FILE`.
+pub fn check_config_file(file: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// `wasmtp check-config` on a config with one listener, data in a temp dir,
+/// and `plugin`; returns whether it passed and what it printed on stderr.
+pub fn check_plugin_config(plugin: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{plugin}",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = check_config_file(&cfg);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A session that said `EHLO client.test` and `MAIL FROM:<a@example.test>`.
+pub fn in_transaction(s: &Server) -> Client {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    c
+}
+
+/// A `[[plugin]]` table for the probe fixture (`plugins/fixtures/probe`),
+/// granted what it imports; `rest` may add keys and `[plugin.config]`.
+pub fn probe_toml(name: &str, hooks: &[&str], rest: &str) -> String {
+    let hooks: Vec<String> = hooks.iter().map(|h| format!("\"{h}\"")).collect();
+    plugin_toml(
+        name,
+        "fixture_probe.wasm",
+        &format!(
+            "hooks = [{}]\ngrants = [\"kv\", \"clock\"]\n{rest}",
+            hooks.join(", ")
+        ),
     )
 }
 
