@@ -195,7 +195,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         // A temporary failure past queue.max_age bounces like a permanent one.
         match (outcome, &r.status) {
             (Outcome::Delivered(detail), _) => {
-                info!(rcpt = %escape(&r.address), detail = %escape(detail), "delivered")
+                info!(rcpt = %escape(&r.address), mailbox = %escape(&r.mailbox), detail = %escape(detail), "delivered")
             }
             (_, RcptStatus::Failed(reason)) => {
                 error!(rcpt = %escape(&r.address), error = %escape(reason), attempts = r.attempts, "bounced")
