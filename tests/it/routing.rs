@@ -31,11 +31,15 @@ fn router(extra: &str) -> Router {
 }
 
 fn route(router: &Router, route: Route, domain: &str) -> Result<Destination, Failure> {
+    // The delivery code spawns routing onto the runtime: it must be Send.
+    fn send<F: std::future::Future + Send>(f: F) -> F {
+        f
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(router.route(&route, domain))
+        .block_on(send(router.route(&route, domain)))
 }
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
