@@ -16,7 +16,8 @@
 //! | `session` | one connection: state machine and byte shell |
 //! | `smtp` | command parser, replies, addresses, DATA decoder |
 //! | `queue` | sled store with group commit, queue manager |
-//! | `delivery` | local recipients, Maildir writer, outcome classes |
+//! | `delivery` | local recipients, Maildir writer, outcome classes; `remote`: routes, MX, SMTP client |
+//! | `dns` | the resolver built from `[dns]`, shared by plugins and outbound routing |
 //! | `observe` | tracing setup |
 //! | `tls` | certificates, SNI, reload, the rustls acceptor |
 //! | `auth` | AUTH settings, SASL mechanisms, failure throttle, relay networks |
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod observe;
 pub mod plugin;
 pub mod queue;

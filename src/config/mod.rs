@@ -310,7 +310,7 @@ impl Default for PluginLimits {
     }
 }
 
-/// DNS settings for the dns capability.
+/// `[dns]` resolved: used by the plugins' dns capability and outbound routing.
 #[derive(Debug, Clone)]
 pub struct DnsSettings {
     /// Explicit resolvers, or None for the system's.
@@ -581,7 +581,7 @@ pub struct Settings {
     pub log_level: String,
     /// Plugins in the order they run.
     pub plugins: Vec<PluginSpec>,
-    /// DNS for plugins.
+    /// DNS for plugins and outbound routing.
     pub dns: DnsSettings,
     /// Bounds on host-side plugin buffers.
     pub plugin_limits: PluginLimits,

@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tokio::sync::OnceCell;
 use wasmtime::component::ResourceTable;
@@ -173,30 +171,7 @@ impl Shared {
     async fn resolver(&self) -> Result<&TokioResolver, String> {
         let r = self
             .resolver
-            .get_or_init(|| async {
-                let mut builder = match &self.dns.nameservers {
-                    Some(list) => {
-                        let servers = list
-                            .iter()
-                            .map(|sa| {
-                                let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-                                for c in &mut ns.connections {
-                                    c.port = sa.port();
-                                }
-                                ns
-                            })
-                            .collect();
-                        TokioResolver::builder_with_config(
-                            ResolverConfig::from_parts(None, vec![], servers),
-                            TokioRuntimeProvider::default(),
-                        )
-                    }
-                    None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
-                };
-                builder.options_mut().timeout = self.dns.timeout;
-                builder.options_mut().attempts = 1;
-                builder.build().map_err(|e| e.to_string())
-            })
+            .get_or_init(|| async { crate::dns::resolver(&self.dns).map_err(|e| e.to_string()) })
             .await;
         r.as_ref().map_err(|e| e.clone())
     }

@@ -47,6 +47,9 @@ pub struct RawOutbound {
     pub helo_name: Option<Domain>,
     /// TLS policy for MX delivery (routes and the smarthost have their own).
     pub tls: Option<TlsPolicy>,
+    /// TCP port of MX hosts and address literals (25). Only for tests and
+    /// special setups: the whole Internet listens on 25.
+    pub mx_port: Option<u16>,
     /// Outbound connections open at once, all destinations.
     pub max_connections: Option<AtLeast<1>>,
     /// Outbound connections open at once to one destination.
@@ -122,6 +125,8 @@ pub struct OutboundSettings {
     pub helo_name: String,
     /// TLS policy for MX delivery.
     pub tls: TlsPolicy,
+    /// Port of MX hosts and address literals.
+    pub mx_port: u16,
     /// Connections in total.
     pub max_connections: usize,
     /// Connections per destination.
@@ -234,6 +239,12 @@ pub fn resolve(raw: RawOutbound, hostname: &str) -> Result<OutboundSettings, (St
         data_block: d(t.data_block, 180),
         data_done: d(t.data_done, 600),
     };
+    if raw.mx_port == Some(0) {
+        return Err((
+            "outbound.mx_port".into(),
+            "must be a port, 1 to 65535".into(),
+        ));
+    }
     let smarthost = raw
         .smarthost
         .map(|s| {
@@ -273,6 +284,7 @@ pub fn resolve(raw: RawOutbound, hostname: &str) -> Result<OutboundSettings, (St
     Ok(OutboundSettings {
         helo_name: raw.helo_name.map_or_else(|| hostname.to_string(), |d| d.0),
         tls: raw.tls.unwrap_or_default(),
+        mx_port: raw.mx_port.unwrap_or(25),
         max_connections: raw.max_connections.map_or(100, |n| n.0),
         max_connections_per_destination: raw.max_connections_per_destination.map_or(10, |n| n.0),
         max_messages_per_connection: raw.max_messages_per_connection.map_or(100, |n| n.0),
