@@ -95,6 +95,14 @@ pub enum PluginError {
         /// How to grant it, or why it cannot be.
         hint: String,
     },
+    /// `init` refused the plugin's config, or trapped, at load.
+    #[error("plugin {name}: init {detail} (the [plugin.config] table of this plugin)")]
+    Init {
+        /// Plugin name.
+        name: String,
+        /// The plugin's own message, or the trap.
+        detail: String,
+    },
     /// Linking or the engine failed.
     #[error("plugin {name}: {detail}")]
     Link {
@@ -255,6 +263,7 @@ impl PluginHost {
         for spec in specs {
             let started = std::time::Instant::now();
             let (pre, digest) = self.load_one(spec)?;
+            self.check_init(spec, &pre)?;
             let stats = self
                 .stats
                 .lock()
@@ -280,6 +289,70 @@ impl PluginHost {
             plugins,
             generation,
         })
+    }
+
+    /// Runs `init` once in a throwaway instance, so a config the plugin
+    /// refuses (or an `init` that traps) refuses the set at load, naming
+    /// the plugin and its message, instead of failing every session later.
+    /// Runs on its own thread with its own small runtime, so it works the
+    /// same from `check-config`, at start (inside the server's runtime)
+    /// and at reload.
+    fn check_init(&self, spec: &PluginSpec, pre: &PluginPre<HostState>) -> Result<(), PluginError> {
+        let init_failed = |detail: String| PluginError::Init {
+            name: spec.name.clone(),
+            detail,
+        };
+        let deadline = spec
+            .timeout(HookName::Connect)
+            .max(std::time::Duration::from_secs(1));
+        let run = || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| format!("could not run: {e}"))?;
+            rt.block_on(async {
+                let notes = Arc::new(std::sync::Mutex::new(host::Notes::new(&self.shared.limits)));
+                let state = HostState::new(
+                    spec.name.as_str().into(),
+                    spec.grants.clone(),
+                    spec.memory,
+                    notes,
+                    self.shared.clone(),
+                );
+                let mut store = wasmtime::Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limits);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_async_yield_and_update(1);
+                let call = async {
+                    let plugin = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
+                    match plugin
+                        .wasmtp_plugin_hooks()
+                        .call_init(&mut store, &spec.config_json)
+                        .await
+                    {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(msg)) => Err(format!(
+                            "refused its config: {}",
+                            crate::observe::escape(&msg)
+                        )),
+                        Err(e) => Err(format!("trapped: {e:#}")),
+                    }
+                };
+                match tokio::time::timeout(deadline, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("did not finish within {deadline:?}")),
+                }
+            })
+        };
+        std::thread::scope(|s| {
+            s.spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err("panicked in the host".into()))
+        })
+        .map_err(init_failed)
     }
 
     fn load_one(&self, spec: &PluginSpec) -> Result<(PluginPre<HostState>, String), PluginError> {
