@@ -1,5 +1,6 @@
 //! SMTP AUTH (RFC 4954) on the submission roles, the users command, and
-//! the brute-force brake.
+//! the per-client brakes: failed logins and connections per client (an
+//! IPv4 address or an IPv6 /64).
 
 use std::process::Command;
 
@@ -110,6 +111,23 @@ fn failed_attempts_are_slowed_and_the_session_closed() {
     assert_eq!(delays, ["5", "10", "15", "20"], "{}", s.dump_logs());
     // A success clears the brake.
     c.cmd(&format!("AUTH PLAIN {}", plain("bob", "right")), 235);
+}
+
+#[test]
+fn ipv6_client_is_limited_per_network() {
+    let s = Server::start(
+        "[[listener]]\nname = \"v6\"\naddress = \"[::1]:0\"\n\n[limits]\nmax_connections_per_ip = 2\n",
+    );
+    let addr = s.addr_of("v6");
+    assert!(addr.is_ipv6());
+    let _a = Client::greeted(addr);
+    let _b = Client::greeted(addr);
+    let r = Client::connect(addr).expect(421);
+    assert!(r.text().starts_with("4.7.0"), "{r:?}");
+    let hit = s.wait_for_log("\"limit\":\"limits.max_connections_per_ip\"", 1);
+    assert!(hit[0].contains("counted as ::/64"), "{}", hit[0]);
+    // IPv4 clients are other clients.
+    Client::greeted(s.addr);
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn example_config_documents_every_key() {
         "max_recipients",
         "max_connections",
         "max_connections_per_ip",
+        "ipv6_prefix",
         "max_errors",
         "command_line_length",
         "text_line_length",
