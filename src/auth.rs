@@ -26,6 +26,8 @@ pub struct RawAuth {
     pub max_failures: Option<AtLeast<1>>,
     /// Delay added per recent failure from the same client IP.
     pub failure_delay: Option<Dur>,
+    /// Password verifications running at once, across sessions.
+    pub max_verifications: Option<AtLeast<1>>,
 }
 
 /// `[relay]`
@@ -47,6 +49,8 @@ pub struct AuthSettings {
     pub max_failures: usize,
     /// Delay per recent failure from one IP (grows linearly, capped).
     pub failure_delay: Duration,
+    /// Password verifications (argon2) running at once; more get 454.
+    pub max_verifications: usize,
 }
 
 /// Resolved `[relay]`.
@@ -70,6 +74,12 @@ pub fn resolve_auth(raw: RawAuth, data_dir: &Path) -> AuthSettings {
         allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback.unwrap_or(false),
         max_failures: raw.max_failures.map_or(3, |n| n.0),
         failure_delay: raw.failure_delay.map_or(Duration::from_secs(1), |d| d.0),
+        // One argon2 verification keeps a core busy, so more at once than
+        // there are cores only queues them and starves the sessions.
+        max_verifications: raw.max_verifications.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.0,
+        ),
     }
 }
 

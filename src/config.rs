@@ -952,6 +952,11 @@ mod tests {
                 "limits.ipv6_prefix",
             ),
             (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[auth]\nmax_verifications = 0\n",
+                4,
+                "auth.max_verifications",
+            ),
+            (
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[timeouts]\ncommand = \"soon\"\n",
                 4,
                 "timeouts.command",

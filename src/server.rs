@@ -136,7 +136,10 @@ pub async fn serve(
         queue,
         plugins,
         tls,
-        users: Arc::new(crate::users::UserDb::new(settings.auth.users_file.clone())),
+        users: Arc::new(crate::users::UserDb::new(
+            settings.auth.users_file.clone(),
+            settings.auth.max_verifications,
+        )),
         auth_throttle: Arc::new(crate::auth::Throttle::new(
             settings.auth.failure_delay,
             settings.limits.ipv6_prefix,

@@ -355,6 +355,15 @@ impl Reply {
     pub fn auth_failed() -> Self {
         Self::new(535, "5.7.8", "Authentication credentials invalid")
     }
+    /// 454 too many password checks running at once (`auth.max_verifications`);
+    /// the client may try again later (RFC 4954 §6).
+    pub fn auth_busy() -> Self {
+        Self::new(
+            454,
+            "4.7.0",
+            "Temporary authentication failure, try again later",
+        )
+    }
     /// 501 the client cancelled the exchange with `*`.
     pub fn auth_cancelled() -> Self {
         Self::new(501, "5.0.0", "Authentication cancelled")

@@ -72,6 +72,7 @@ fn example_config_documents_every_key() {
         "allow_plaintext_on_loopback",
         "max_failures",
         "failure_delay",
+        "max_verifications",
         "trusted_networks",
         "nameservers",
         "timeout",
