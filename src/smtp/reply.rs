@@ -5,6 +5,20 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+/// Longest reply line in octets, CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
+
+/// The largest `i <= max` at which `s` can be cut.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
 /// One SMTP reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -45,13 +59,16 @@ impl Reply {
         self.code == 421 || self.code == 221
     }
 
-    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`.
+    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`. A line
+    /// that would exceed [`MAX_LINE`] (text echoed from the client, such as
+    /// a 500-octet EHLO name) is cut to fit, at a character boundary.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut s = String::new();
         let n = self.lines.len().max(1);
         for i in 0..n {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
             let sep = if i + 1 == n { ' ' } else { '-' };
+            let start = s.len();
             let _ = write!(s, "{}{}", self.code, sep);
             if let Some(st) = &self.status {
                 s.push_str(st);
@@ -59,7 +76,8 @@ impl Reply {
                     s.push(' ');
                 }
             }
-            s.push_str(text);
+            let room = (MAX_LINE - 2).saturating_sub(s.len() - start);
+            s.push_str(&text[..floor_char_boundary(text, room)]);
             s.push_str("\r\n");
         }
         out.extend_from_slice(s.as_bytes());
@@ -419,5 +437,21 @@ mod tests {
             "250-mx Hello c\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
         );
         assert_eq!(Reply::greeting("mx").to_wire(), "220 mx ESMTP wasmtp\r\n");
+    }
+
+    #[test]
+    fn long_echoed_text_is_cut_to_512_octets() {
+        let name = "é".repeat(300);
+        let wire = Reply::helo("mx", &name).to_wire();
+        assert_eq!(wire.len(), 511, "cut before a split character");
+        assert!(wire.starts_with("250 mx Hello éé") && wire.ends_with("é\r\n"));
+        let wire = Reply::unknown_parameter(&"X".repeat(600)).to_wire();
+        assert_eq!(wire.len(), 512);
+        let ehlo = Reply::ehlo("mx", &"a".repeat(505), &["SIZE 1".into()]).to_wire();
+        assert!(
+            ehlo.split_inclusive("\r\n").all(|l| l.len() <= 512),
+            "{ehlo}"
+        );
+        assert!(ehlo.ends_with("250 SIZE 1\r\n"));
     }
 }
