@@ -26,6 +26,8 @@ pub struct RawAuth {
     pub max_failures: Option<AtLeast<1>>,
     /// Delay added per recent failure from the same client IP.
     pub failure_delay: Option<Dur>,
+    /// Password verifications running at once, across sessions.
+    pub max_verifications: Option<AtLeast<1>>,
 }
 
 /// `[relay]`
@@ -47,6 +49,8 @@ pub struct AuthSettings {
     pub max_failures: usize,
     /// Delay per recent failure from one IP (grows linearly, capped).
     pub failure_delay: Duration,
+    /// Password verifications (argon2) running at once; more get 454.
+    pub max_verifications: usize,
 }
 
 /// Resolved `[relay]`.
@@ -70,6 +74,12 @@ pub fn resolve_auth(raw: RawAuth, data_dir: &Path) -> AuthSettings {
         allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback.unwrap_or(false),
         max_failures: raw.max_failures.map_or(3, |n| n.0),
         failure_delay: raw.failure_delay.map_or(Duration::from_secs(1), |d| d.0),
+        // One argon2 verification keeps a core busy, so more at once than
+        // there are cores only queues them and starves the sessions.
+        max_verifications: raw.max_verifications.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.0,
+        ),
     }
 }
 
@@ -81,7 +91,7 @@ pub fn resolve_relay(raw: RawRelay) -> RelaySettings {
 }
 
 /// A network such as `192.0.2.0/24` or `2001:db8::/32` (a bare address is /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -103,12 +113,31 @@ impl Cidr {
         Some(Cidr { addr, prefix })
     }
 
+    /// The client `ip` as per-client limits count it (connections per IP,
+    /// the AUTH failure brake): an IPv4 address as itself (also when it
+    /// arrives IPv4-mapped, `::ffff:192.0.2.1`), an IPv6 address as its
+    /// network of `ipv6_prefix` bits. One IPv6 client usually holds a whole
+    /// /64 and could otherwise take a fresh address for every connection.
+    pub fn client(ip: IpAddr, ipv6_prefix: u8) -> Cidr {
+        match unmap(ip) {
+            IpAddr::V4(v4) => Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: 32,
+            },
+            IpAddr::V6(v6) => {
+                let prefix = ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                Cidr {
+                    addr: IpAddr::V6((u128::from(v6) & mask).into()),
+                    prefix,
+                }
+            }
+        }
+    }
+
     /// True if `ip` lies inside (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = unmap(ip);
         let (a, b, bits) = match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
             (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
@@ -116,6 +145,21 @@ impl Cidr {
         };
         let shift = bits - u32::from(self.prefix);
         shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 client `a.b.c.d` (a dual-stack listener
+/// sees IPv4 clients this way).
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -190,21 +234,25 @@ pub fn parse_plain(data: &[u8]) -> Option<Credentials> {
 
 // -------------------------------------------------------------- throttle
 
-/// Slows down failed AUTH attempts per client IP: every failure in the last
-/// `window` adds `delay` before the next 535 (capped), across sessions.
+/// Slows down failed AUTH attempts per client (an IPv4 address or an IPv6
+/// network, see [`Cidr::client`]): every failure in the last `window` adds
+/// `delay` before the next 535 (capped), across sessions.
 pub struct Throttle {
     delay: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    ipv6_prefix: u8,
+    failures: Mutex<HashMap<Cidr, (u32, Instant)>>,
 }
 
 const WINDOW: Duration = Duration::from_secs(15 * 60);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
 impl Throttle {
-    /// A throttle adding `delay` per recent failure.
-    pub fn new(delay: Duration) -> Throttle {
+    /// A throttle adding `delay` per recent failure, counting IPv6 clients
+    /// per network of `ipv6_prefix` bits (`limits.ipv6_prefix`).
+    pub fn new(delay: Duration, ipv6_prefix: u8) -> Throttle {
         Throttle {
             delay,
+            ipv6_prefix,
             failures: Mutex::default(),
         }
     }
@@ -214,7 +262,9 @@ impl Throttle {
         let now = Instant::now();
         let mut map = self.failures.lock().expect("throttle lock");
         map.retain(|_, (_, at)| now.duration_since(*at) < WINDOW);
-        let e = map.entry(ip).or_insert((0, now));
+        let e = map
+            .entry(Cidr::client(ip, self.ipv6_prefix))
+            .or_insert((0, now));
         e.0 = e.0.saturating_add(1);
         e.1 = now;
         self.delay.saturating_mul(e.0).min(MAX_DELAY)
@@ -222,7 +272,10 @@ impl Throttle {
 
     /// Forgets the failures of `ip` after a successful login.
     pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().expect("throttle lock").remove(&ip);
+        self.failures
+            .lock()
+            .expect("throttle lock")
+            .remove(&Cidr::client(ip, self.ipv6_prefix));
     }
 }
 
@@ -273,8 +326,53 @@ mod tests {
     }
 
     #[test]
+    fn clients_are_keyed_per_ipv4_address_and_ipv6_network() {
+        let key = |ip: &str, prefix| Cidr::client(ip.parse().unwrap(), prefix).to_string();
+        let table = [
+            ("192.0.2.7", 64, "192.0.2.7/32"),
+            ("::ffff:192.0.2.7", 64, "192.0.2.7/32"),
+            ("::ffff:192.0.2.7", 128, "192.0.2.7/32"),
+            ("2001:db8:1:2:3:4:5:6", 64, "2001:db8:1:2::/64"),
+            ("2001:db8:1:2:ffff::1", 64, "2001:db8:1:2::/64"),
+            ("2001:db8:1:2:3:4:5:6", 48, "2001:db8:1::/48"),
+            ("2001:db8:1:2:3:4:5:6", 56, "2001:db8:1::/56"),
+            ("2001:db8:1:2ff:3:4:5:6", 56, "2001:db8:1:200::/56"),
+            ("2001:db8:1:2:3:4:5:6", 128, "2001:db8:1:2:3:4:5:6/128"),
+            ("2001:db8:1:2:3:4:5:6", 32, "2001:db8::/32"),
+            ("::1", 64, "::/64"),
+        ];
+        for (ip, prefix, want) in table {
+            assert_eq!(key(ip, prefix), want, "{ip} /{prefix}");
+        }
+        let a = Cidr::client("2001:db8:0:1::a".parse().unwrap(), 64);
+        assert_eq!(a, Cidr::client("2001:db8:0:1:8000::b".parse().unwrap(), 64));
+        assert_ne!(a, Cidr::client("2001:db8:0:2::a".parse().unwrap(), 64));
+        assert!(a.contains("2001:db8:0:1:1:2:3:4".parse().unwrap()));
+    }
+
+    #[test]
+    fn throttle_counts_an_ipv6_network_as_one_client() {
+        let t = Throttle::new(Duration::from_millis(10), 64);
+        let ms = Duration::from_millis;
+        assert_eq!(t.failed("2001:db8:0:1::1".parse().unwrap()), ms(10));
+        assert_eq!(t.failed("2001:db8:0:1::2".parse().unwrap()), ms(20));
+        assert_eq!(t.failed("2001:db8:0:1:ffff::3".parse().unwrap()), ms(30));
+        assert_eq!(t.failed("2001:db8:0:2::1".parse().unwrap()), ms(10));
+        // Mapped and plain IPv4 are the same client.
+        assert_eq!(t.failed("192.0.2.9".parse().unwrap()), ms(10));
+        assert_eq!(t.failed("::ffff:192.0.2.9".parse().unwrap()), ms(20));
+        // A success from any address of the network clears it.
+        t.succeeded("2001:db8:0:1::99".parse().unwrap());
+        assert_eq!(t.failed("2001:db8:0:1::1".parse().unwrap()), ms(10));
+        // Per address where configured so.
+        let t = Throttle::new(Duration::from_millis(10), 128);
+        assert_eq!(t.failed("2001:db8::1".parse().unwrap()), ms(10));
+        assert_eq!(t.failed("2001:db8::2".parse().unwrap()), ms(10));
+    }
+
+    #[test]
     fn throttle_grows_per_ip() {
-        let t = Throttle::new(Duration::from_millis(10));
+        let t = Throttle::new(Duration::from_millis(10), 64);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert_eq!(t.failed(a), Duration::from_millis(10));

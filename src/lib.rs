@@ -21,12 +21,15 @@
 //! | `observe` | tracing setup |
 //! | `tls` | certificates, SNI, reload, the rustls acceptor |
 //! | `auth` | AUTH settings, SASL mechanisms, failure throttle, relay networks |
-//! | `users` | the users file (argon2id), reloaded on change |
+//! | `users` | the users file (argon2id), reloaded on change, bounded checks |
+//! | `fuzz` | fuzz targets, run by `fuzz/` and as property tests |
 
 pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod observe;
 pub mod plugin;
 pub mod queue;

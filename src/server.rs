@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::auth::Cidr;
 use crate::config::Settings;
 use crate::plugin::PluginHost;
 use crate::queue::{QueueManager, Store, StoreError};
@@ -48,34 +49,51 @@ pub enum ServerError {
     },
 }
 
-/// Counts open connections in total and per client address.
+/// Counts open connections in total and per client: an IPv4 address, or an
+/// IPv6 network of `limits.ipv6_prefix` bits (see [`Cidr::client`]).
 struct ConnLimiter {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<(usize, HashMap<Cidr, usize>)>,
     max_total: usize,
     max_per_ip: usize,
+    ipv6_prefix: u8,
 }
 
 /// Held for the life of a connection; releases its slot on drop.
 struct ConnPermit {
     limiter: Arc<ConnLimiter>,
-    ip: IpAddr,
+    client: Cidr,
 }
 
 impl ConnLimiter {
+    fn new(limits: &crate::config::Limits) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            open: Mutex::new((0, HashMap::new())),
+            max_total: limits.max_connections,
+            max_per_ip: limits.max_connections_per_ip,
+            ipv6_prefix: limits.ipv6_prefix,
+        })
+    }
+
     fn acquire(self: &Arc<Self>, ip: IpAddr, hostname: &str) -> Result<ConnPermit, Reply> {
+        let client = Cidr::client(ip, self.ipv6_prefix);
         let mut open = self.open.lock().expect("limiter lock");
         if open.0 >= self.max_total {
+            crate::observe::limit_hit("limits.max_connections", &format!("client {ip}"));
             return Err(Reply::too_many_connections(hostname));
         }
-        let n = open.1.entry(ip).or_insert(0);
+        let n = open.1.entry(client).or_insert(0);
         if *n >= self.max_per_ip {
+            crate::observe::limit_hit(
+                "limits.max_connections_per_ip",
+                &format!("client {ip} counted as {client}"),
+            );
             return Err(Reply::too_many_from_ip(hostname));
         }
         *n += 1;
         open.0 += 1;
         Ok(ConnPermit {
             limiter: self.clone(),
-            ip,
+            client,
         })
     }
 }
@@ -84,10 +102,10 @@ impl Drop for ConnPermit {
     fn drop(&mut self) {
         let mut open = self.limiter.open.lock().expect("limiter lock");
         open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
+        if let Some(n) = open.1.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                open.1.remove(&self.ip);
+                open.1.remove(&self.client);
             }
         }
     }
@@ -118,8 +136,14 @@ pub async fn serve(
         queue,
         plugins,
         tls,
-        users: Arc::new(crate::users::UserDb::new(settings.auth.users_file.clone())),
-        auth_throttle: Arc::new(crate::auth::Throttle::new(settings.auth.failure_delay)),
+        users: Arc::new(crate::users::UserDb::new(
+            settings.auth.users_file.clone(),
+            settings.auth.max_verifications,
+        )),
+        auth_throttle: Arc::new(crate::auth::Throttle::new(
+            settings.auth.failure_delay,
+            settings.limits.ipv6_prefix,
+        )),
         budget: crate::session::body::Budget::new(settings.limits.max_bytes_in_flight),
     });
 
@@ -138,11 +162,7 @@ pub async fn serve(
     }
     info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
 
-    let limiter = Arc::new(ConnLimiter {
-        open: Mutex::new((0, HashMap::new())),
-        max_total: settings.limits.max_connections,
-        max_per_ip: settings.limits.max_connections_per_ip,
-    });
+    let limiter = ConnLimiter::new(&settings.limits);
     let sessions = TaskTracker::new();
     let accepts = TaskTracker::new();
     for (listener, sock) in listeners {
@@ -303,5 +323,70 @@ async fn reload_certificates(tls: Arc<crate::tls::Tls>, mut reload: watch::Recei
             Ok(()) => info!("certificates reloaded"),
             Err(e) => warn!(error = %e, "certificates not reloaded; keeping the previous ones"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(max_total: usize, max_per_ip: usize, ipv6_prefix: u8) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            open: Mutex::new((0, HashMap::new())),
+            max_total,
+            max_per_ip,
+            ipv6_prefix,
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_network() {
+        let l = limiter(100, 2, 64);
+        let a = l.acquire(ip("2001:db8:0:1::1"), "mx").unwrap();
+        let _b = l
+            .acquire(ip("2001:db8:0:1:ffff:ffff:ffff:ffff"), "mx")
+            .unwrap();
+        let r = l
+            .acquire(ip("2001:db8:0:1::3"), "mx")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(r, Reply::too_many_from_ip("mx"));
+        // Another /64 is another client.
+        let _c = l.acquire(ip("2001:db8:0:2::1"), "mx").unwrap();
+        // A closed connection frees its network's slot.
+        drop(a);
+        let _d = l.acquire(ip("2001:db8:0:1::4"), "mx").unwrap();
+        assert_eq!(l.open.lock().unwrap().0, 3);
+    }
+
+    #[test]
+    fn ipv4_mapped_counts_as_ipv4_and_prefix_128_is_per_address() {
+        let l = limiter(100, 1, 64);
+        let _a = l.acquire(ip("192.0.2.1"), "mx").unwrap();
+        assert!(l.acquire(ip("::ffff:192.0.2.1"), "mx").is_err());
+        let _b = l.acquire(ip("::ffff:192.0.2.2"), "mx").unwrap();
+        assert!(l.acquire(ip("192.0.2.2"), "mx").is_err());
+
+        let l = limiter(100, 1, 128);
+        let _a = l.acquire(ip("2001:db8::1"), "mx").unwrap();
+        let _b = l.acquire(ip("2001:db8::2"), "mx").unwrap();
+        assert!(l.acquire(ip("2001:db8::1"), "mx").is_err());
+    }
+
+    #[test]
+    fn total_limit_and_release() {
+        let l = limiter(2, 10, 64);
+        let a = l.acquire(ip("192.0.2.1"), "mx").unwrap();
+        let _b = l.acquire(ip("2001:db8::1"), "mx").unwrap();
+        let r = l.acquire(ip("192.0.2.3"), "mx").map(|_| ()).unwrap_err();
+        assert_eq!(r, Reply::too_many_connections("mx"));
+        drop(a);
+        assert!(l.acquire(ip("192.0.2.3"), "mx").is_ok());
+        let hits = crate::observe::limit_hits();
+        assert!(hits.iter().any(|(k, _)| *k == "limits.max_connections"));
     }
 }

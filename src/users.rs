@@ -6,10 +6,15 @@
 //! The running server re-reads the file when its mtime, size or inode
 //! changes, so `wasmtp user add` needs no restart. The CLI writes a temp
 //! file and renames it, so the server never sees half a file.
+//!
+//! Verifying a password is slow and memory-hungry on purpose, so the server
+//! runs a bounded number at once (`auth.max_verifications`) and answers the
+//! rest "try later" at once: an AUTH flood then costs a fixed share of the
+//! cores instead of all of them.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -137,28 +142,55 @@ pub fn read(path: &Path) -> Result<Vec<User>, UsersError> {
     }
 }
 
-/// Writes the file atomically (temp file, fsync, rename), mode 0600.
+/// Writes the file atomically (temp file, fsync, rename, fsync of the
+/// directory), mode 0600.
+///
+/// The temp file (`<name>.tmp` beside the file) is created exclusively and
+/// never through a symlink: a link or file planted there by someone who can
+/// write the directory makes the write fail instead of writing password
+/// hashes wherever the link points. A temp file left by an interrupted
+/// command (or one still running) must be removed by hand; the error says so.
 pub fn write(path: &Path, users: &[User]) -> Result<(), UsersError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| UsersError::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UsersError::Io { path, source }
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io)?;
-    f.write_all(format(users).as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => std::io::Error::new(
+                e.kind(),
+                "the temp file exists: another `wasmtp user` command is running, \
+                 or one was interrupted (then remove the file)",
+            ),
+            _ => e,
+        })
+        .map_err(io(&tmp))?;
+    let written = f
+        .write_all(format(users).as_bytes())
+        .and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// An argon2id hash of `password` with a random salt.
@@ -187,19 +219,34 @@ fn dummy_hash() -> &'static str {
 
 type Stamp = (i64, i64, u64, u64);
 
+/// The outcome of [`UserDb::login`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The password matched this account.
+    Ok(User),
+    /// No such user or a wrong password (not told apart).
+    Failed,
+    /// `auth.max_verifications` checks were already running; nothing was
+    /// checked.
+    Busy,
+}
+
 /// The users file as the server sees it, re-read when it changes.
 pub struct UserDb {
     path: PathBuf,
     cache: Mutex<(Option<Stamp>, Vec<User>)>,
+    verifications: Arc<tokio::sync::Semaphore>,
 }
 
 impl UserDb {
-    /// A database backed by `path` (which need not exist yet).
-    pub fn new(path: PathBuf) -> UserDb {
+    /// A database backed by `path` (which need not exist yet), checking at
+    /// most `max_verifications` passwords at once.
+    pub fn new(path: PathBuf, max_verifications: usize) -> UserDb {
         let _ = dummy_hash();
         let db = UserDb {
             path,
             cache: Mutex::new((None, Vec::new())),
+            verifications: Arc::new(tokio::sync::Semaphore::new(max_verifications.max(1))),
         };
         db.refresh();
         db
@@ -243,6 +290,27 @@ impl UserDb {
         let ok = verify(hash, password);
         user.filter(|_| ok)
     }
+
+    /// Checks a login on tokio's blocking pool if one of the
+    /// `max_verifications` slots is free, and answers [`Login::Busy`]
+    /// without waiting if none is. The slot is held until the check itself
+    /// ends, even if the caller gives up first.
+    pub async fn login(self: &Arc<Self>, name: String, password: String) -> Login {
+        let Ok(slot) = self.verifications.clone().try_acquire_owned() else {
+            return Login::Busy;
+        };
+        let db = self.clone();
+        let user = tokio::task::spawn_blocking(move || {
+            let user = db.authenticate(&name, &password);
+            drop(slot);
+            user
+        })
+        .await;
+        match user {
+            Ok(Some(u)) => Login::Ok(u),
+            Ok(None) | Err(_) => Login::Failed,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -260,13 +328,63 @@ mod tests {
         }];
         write(&path, &users).unwrap();
         assert_eq!(read(&path).unwrap(), users);
-        let db = UserDb::new(path);
+        let db = UserDb::new(path, 1);
         let u = db.authenticate("Alice", "s3cret").unwrap();
         assert!(u.allows_sender("Alice@Example.test"));
         assert!(u.allows_sender("x@alice.test"));
         assert!(!u.allows_sender("bob@example.test"));
         assert!(db.authenticate("alice", "wrong").is_none());
         assert!(db.authenticate("bob", "s3cret").is_none());
+    }
+
+    #[tokio::test]
+    async fn logins_over_the_bound_are_busy_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let hash = hash_password("pw");
+        let user = |name: &str| User {
+            name: name.into(),
+            hash: hash.clone(),
+            senders: vec![],
+        };
+        write(&path, &[user("alice")]).unwrap();
+        let db = Arc::new(UserDb::new(path, 1));
+        let login = |pw: &str| db.login("alice".into(), pw.into());
+        // Two at once with one slot: one is checked, the other is turned away.
+        let (a, b) = tokio::join!(login("pw"), login("pw"));
+        let mut got = [a, b];
+        got.sort_by_key(|l| matches!(l, Login::Busy));
+        assert_eq!(got, [Login::Ok(user("alice")), Login::Busy]);
+        // The slot is free again afterwards.
+        assert_eq!(login("wrong").await, Login::Failed);
+        assert_eq!(login("pw").await, Login::Ok(user("alice")));
+    }
+
+    #[test]
+    fn write_refuses_a_planted_temp_file_or_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let tmp = dir.path().join("users.tmp");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        let e = write(&path, &[]).unwrap_err();
+        assert!(e.to_string().contains("users.tmp"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(!path.exists());
+        // A stale temp file is reported, not overwritten.
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::write(&tmp, "stale").unwrap();
+        let e = write(&path, &[]).unwrap_err();
+        assert!(e.to_string().contains("remove the file"), "{e}");
+        std::fs::remove_file(&tmp).unwrap();
+        // Otherwise: written with mode 0600, and no temp file is left.
+        write(&path, &[]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!tmp.exists());
+        assert_eq!(read(&path).unwrap(), vec![]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub mod value;
 
-pub use value::{AtLeast, ByteSize, Domain, Dur, LineEndings};
+pub use value::{AtLeast, Between, ByteSize, Domain, Dur, LineEndings};
 
 /// The config used when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
@@ -381,6 +381,8 @@ pub struct RawLimits {
     pub max_connections: Option<AtLeast<1>>,
     /// Open connections per client IP.
     pub max_connections_per_ip: Option<AtLeast<1>>,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub ipv6_prefix: Option<Between<32, 128>>,
     /// Errors per session before it is closed.
     pub max_errors: Option<AtLeast<1>>,
     /// Command line length including CRLF.
@@ -495,6 +497,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections per client IP.
     pub max_connections_per_ip: usize,
+    /// Prefix length under which IPv6 clients count as one client, for the
+    /// per-IP connection limit and the AUTH failure brake.
+    pub ipv6_prefix: u8,
     /// Errors before the session is closed.
     pub max_errors: usize,
     /// Command line length including CRLF.
@@ -709,6 +714,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         max_recipients: l.max_recipients.map_or(1000, |n| n.0),
         max_connections: l.max_connections.map_or(1000, |n| n.0),
         max_connections_per_ip: l.max_connections_per_ip.map_or(50, |n| n.0),
+        ipv6_prefix: l.ipv6_prefix.map_or(64, |n| n.0 as u8),
         max_errors: l.max_errors.map_or(20, |n| n.0),
         command_line_length: l.command_line_length.map_or(512, |n| n.0),
         text_line_length: l.text_line_length.map_or(1000, |n| n.0),
@@ -965,6 +971,16 @@ mod tests {
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nmax_recipients = 5\n",
                 4,
                 "limits.max_recipients",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nipv6_prefix = 16\n",
+                4,
+                "limits.ipv6_prefix",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[auth]\nmax_verifications = 0\n",
+                4,
+                "auth.max_verifications",
             ),
             (
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[timeouts]\ncommand = \"soon\"\n",

@@ -91,6 +91,22 @@ impl<'de, const MIN: usize> Deserialize<'de> for AtLeast<MIN> {
     }
 }
 
+/// An integer in `MIN..=MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Between<const MIN: usize, const MAX: usize>(pub usize);
+
+impl<'de, const MIN: usize, const MAX: usize> Deserialize<'de> for Between<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if n < MIN as i64 || n > MAX as i64 {
+            return Err(serde::de::Error::custom(format!(
+                "{n} is out of range: expected an integer from {MIN} to {MAX}"
+            )));
+        }
+        Ok(Between(n as usize))
+    }
+}
+
 /// A DNS domain name, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain(pub String);

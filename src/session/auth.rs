@@ -11,6 +11,7 @@ use super::io::{Input, Stop};
 use crate::auth::{self as sasl, Credentials, Response};
 use crate::config::Role;
 use crate::smtp::{Address, Reply};
+use crate::users::Login;
 
 /// Longest AUTH response line we read (RFC 4954 §4: at least 12288).
 const AUTH_LINE: usize = 12288;
@@ -108,25 +109,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Checks the password off the runtime threads (argon2 is slow on
-    /// purpose), then records success or slows the client down.
+    /// purpose, so only `auth.max_verifications` run at once and the rest
+    /// are told to try later), then records success or slows the client down.
     async fn verify(&mut self, mech: &str, creds: Credentials) -> Reply {
-        let users = self.ctx.users.clone();
-        let name = creds.user.clone();
-        let user =
-            tokio::task::spawn_blocking(move || users.authenticate(&creds.user, &creds.password))
-                .await
-                .ok()
-                .flatten();
+        // The name is the client's, unchecked: escaped wherever it is logged.
+        let name = crate::observe::escape(&creds.user);
         let ip = self.info.peer.ip();
-        if let Some(user) = user {
-            info!(user = %user.name, mechanism = mech, "authenticated");
-            self.ctx.auth_throttle.succeeded(ip);
-            self.info.auth = Some(user.name.clone());
-            self.user = Some(user);
-            return Reply::auth_ok();
-        }
+        let user = match self.ctx.users.login(creds.user, creds.password).await {
+            Login::Ok(user) => user,
+            Login::Failed => return self.failed(mech, &name).await,
+            Login::Busy => {
+                crate::observe::limit_hit(
+                    "auth.max_verifications",
+                    &format!("AUTH {mech} from {ip} as {name}"),
+                );
+                return Reply::auth_busy();
+            }
+        };
+        info!(user = %user.name, mechanism = mech, "authenticated");
+        self.ctx.auth_throttle.succeeded(ip);
+        self.info.auth = Some(user.name.clone());
+        self.user = Some(user);
+        Reply::auth_ok()
+    }
+
+    /// A wrong password or unknown user: wait as the brake says, and close
+    /// the session after `auth.max_failures`. `name` is already escaped.
+    async fn failed(&mut self, mech: &str, name: &str) -> Reply {
         self.auth_failures += 1;
-        let delay = self.ctx.auth_throttle.failed(ip);
+        let delay = self.ctx.auth_throttle.failed(self.info.peer.ip());
         info!(
             user = %name,
             mechanism = mech,

@@ -140,23 +140,31 @@ impl DataDecoder {
         self.line_len = 0;
     }
 
+    /// Counts `b` and keeps what fits: the output is the same however the
+    /// input was split (up to the point where the message was refused).
     fn emit(&mut self, out: &mut Vec<u8>, b: &[u8]) {
+        let keep = !self.refused() && !self.discarding;
+        let room = self.max_size.saturating_sub(self.size);
         self.size += b.len() as u64;
         if self.size > self.max_size {
             self.too_big = true;
         }
-        if !self.refused() && !self.discarding {
-            out.extend_from_slice(b);
+        if keep {
+            out.extend_from_slice(&b[..room.min(b.len() as u64) as usize]);
         }
     }
 
     /// Text inside one line (no CR, no LF, or a bare one already flagged).
     fn text(&mut self, out: &mut Vec<u8>, run: &[u8]) {
+        let fits = self.max_line.saturating_sub(self.line_len).min(run.len());
         self.line_len += run.len();
-        if self.line_len > self.max_line {
+        if fits < run.len() {
+            self.emit(out, &run[..fits]);
             self.long_line = true;
+            self.emit(out, &run[fits..]);
+        } else {
+            self.emit(out, run);
         }
-        self.emit(out, run);
         self.state = State::Mid;
     }
 

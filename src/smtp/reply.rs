@@ -31,6 +31,17 @@ fn wrap(text: &str, room: usize) -> Vec<String> {
     lines
 }
 
+/// The largest `i <= max` at which `s` can be cut.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
 /// One SMTP reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -71,13 +82,16 @@ impl Reply {
         self.code == 421 || self.code == 221
     }
 
-    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`.
+    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`. A line
+    /// that would exceed [`MAX_REPLY_LINE`] (text echoed from the client, such as
+    /// a 500-octet EHLO name) is cut to fit, at a character boundary.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut s = String::new();
         let n = self.lines.len().max(1);
         for i in 0..n {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
             let sep = if i + 1 == n { ' ' } else { '-' };
+            let start = s.len();
             let _ = write!(s, "{}{}", self.code, sep);
             if let Some(st) = &self.status {
                 s.push_str(st);
@@ -85,7 +99,8 @@ impl Reply {
                     s.push(' ');
                 }
             }
-            s.push_str(text);
+            let room = (MAX_REPLY_LINE - 2).saturating_sub(s.len() - start);
+            s.push_str(&text[..floor_char_boundary(text, room)]);
             s.push_str("\r\n");
         }
         out.extend_from_slice(s.as_bytes());
@@ -423,6 +438,15 @@ impl Reply {
     pub fn auth_failed() -> Self {
         Self::new(535, "5.7.8", "Authentication credentials invalid")
     }
+    /// 454 too many password checks running at once (`auth.max_verifications`);
+    /// the client may try again later (RFC 4954 §6).
+    pub fn auth_busy() -> Self {
+        Self::new(
+            454,
+            "4.7.0",
+            "Temporary authentication failure, try again later",
+        )
+    }
     /// 501 the client cancelled the exchange with `*`.
     pub fn auth_cancelled() -> Self {
         Self::new(501, "5.0.0", "Authentication cancelled")
@@ -498,5 +522,21 @@ mod tests {
             "250-mx Hello c\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
         );
         assert_eq!(Reply::greeting("mx").to_wire(), "220 mx ESMTP wasmtp\r\n");
+    }
+
+    #[test]
+    fn long_echoed_text_is_cut_to_512_octets() {
+        let name = "é".repeat(300);
+        let wire = Reply::helo("mx", &name).to_wire();
+        assert_eq!(wire.len(), 511, "cut before a split character");
+        assert!(wire.starts_with("250 mx Hello éé") && wire.ends_with("é\r\n"));
+        let wire = Reply::unknown_parameter(&"X".repeat(600)).to_wire();
+        assert_eq!(wire.len(), 512);
+        let ehlo = Reply::ehlo("mx", &"a".repeat(505), &["SIZE 1".into()]).to_wire();
+        assert!(
+            ehlo.split_inclusive("\r\n").all(|l| l.len() <= 512),
+            "{ehlo}"
+        );
+        assert!(ehlo.ends_with("250 SIZE 1\r\n"));
     }
 }

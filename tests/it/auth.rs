@@ -1,5 +1,6 @@
 //! SMTP AUTH (RFC 4954) on the submission roles, the users command, and
-//! the brute-force brake.
+//! the per-client brakes: failed logins, concurrent password checks, and
+//! connections per client (an IPv4 address or an IPv6 /64).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -130,6 +131,101 @@ fn failed_attempts_are_slowed_and_the_session_closed() {
         "{}",
         s.dump_logs()
     );
+}
+
+#[test]
+fn auth_flood_gets_454_while_mx_mail_is_accepted() {
+    let s = Server::start(&format!(
+        "{SUBMISSION_LISTENERS}[auth]\nfailure_delay = \"1ms\"\nmax_failures = 10\nmax_verifications = 1\n"
+    ));
+    s.add_user("alice", "right");
+    let addr = s.addr_of("submissions");
+    const SESSIONS: usize = 30;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+    let flood: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_tls(addr, "mx.test");
+                c.cmd("EHLO flood.test", 250);
+                // All sessions ask at once, so one check slot cannot serve them all.
+                start.wait();
+                (0..3)
+                    .map(|n| {
+                        c.send(&format!(
+                            "AUTH PLAIN {}",
+                            plain("alice", &format!("w{i}.{n}"))
+                        ));
+                        c.reply().code
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let mut mx = Client::greeted(s.addr);
+    mx.cmd("EHLO mx-client.test", 250);
+    let r = mx.send_message(
+        "someone@remote.test",
+        &["flooded@example.test"],
+        b"Subject: during an AUTH flood\r\n\r\nstill delivered\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let codes: Vec<u16> = flood.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| *c == 535 || *c == 454), "{codes:?}");
+    assert!(codes.contains(&454), "no 454 in {codes:?}");
+    let hits = s.wait_for_log("\"limit\":\"auth.max_verifications\"", 1);
+    assert!(hits[0].contains("limit reached"), "{}", hits[0]);
+    s.wait_for_mail("flooded", 1);
+}
+
+#[test]
+fn failed_username_is_logged_escaped() {
+    let s = server("");
+    let mut c = Client::connect_tls(s.addr_of("submissions"), "mx.test");
+    c.cmd("EHLO client.test", 250);
+    let forged = "mallory\r\n{\"level\":\"ERROR\",\"message\":\"forged\"}";
+    c.cmd(&format!("AUTH PLAIN {}", plain(forged, "pw")), 535);
+    c.cmd(&format!("AUTH LOGIN {}", b64(b"eve\nforged line")), 334);
+    c.cmd(&b64(b"pw"), 535);
+    let users: Vec<String> = s
+        .wait_for_log("authentication failed", 2)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["user"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        users,
+        [
+            r#"mallory\r\n{"level":"ERROR","message":"forged"}"#,
+            r"eve\nforged line"
+        ],
+        "{}",
+        s.dump_logs()
+    );
+    // No line of its own: every log line is one JSON event, none of them forged.
+    for l in s.log_lines("") {
+        let v: serde_json::Value = serde_json::from_str(&l).expect("one JSON event per line");
+        assert_ne!(v["message"], "forged", "{l}");
+    }
+}
+
+#[test]
+fn ipv6_client_is_limited_per_network() {
+    let s = Server::start(
+        "[[listener]]\nname = \"v6\"\naddress = \"[::1]:0\"\n\n[limits]\nmax_connections_per_ip = 2\n",
+    );
+    let addr = s.addr_of("v6");
+    assert!(addr.is_ipv6());
+    let _a = Client::greeted(addr);
+    let _b = Client::greeted(addr);
+    let r = Client::connect(addr).expect(421);
+    assert!(r.text().starts_with("4.7.0"), "{r:?}");
+    let hit = s.wait_for_log("\"limit\":\"limits.max_connections_per_ip\"", 1);
+    assert!(hit[0].contains("counted as ::/64"), "{}", hit[0]);
+    // IPv4 clients are other clients.
+    Client::greeted(s.addr);
 }
 
 #[test]
