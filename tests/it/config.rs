@@ -73,6 +73,7 @@ fn example_config_documents_every_key() {
         "max_failures",
         "failure_delay",
         "max_verifications",
+        "verification_wait",
         "trusted_networks",
         "nameservers",
         "timeout",
