@@ -28,6 +28,8 @@ pub struct RawAuth {
     pub failure_delay: Option<Dur>,
     /// Password verifications running at once, across sessions.
     pub max_verifications: Option<AtLeast<1>>,
+    /// How long an AUTH waits for a verification slot before 454.
+    pub verification_wait: Option<Dur>,
 }
 
 /// `[relay]`
@@ -49,8 +51,10 @@ pub struct AuthSettings {
     pub max_failures: usize,
     /// Delay per recent failure from one IP (grows linearly, capped).
     pub failure_delay: Duration,
-    /// Password verifications (argon2) running at once; more get 454.
+    /// Password verifications (argon2) running at once.
     pub max_verifications: usize,
+    /// How long an AUTH waits for one of those before it gets 454.
+    pub verification_wait: Duration,
 }
 
 /// Resolved `[relay]`.
@@ -80,6 +84,12 @@ pub fn resolve_auth(raw: RawAuth, data_dir: &Path) -> AuthSettings {
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |n| n.0,
         ),
+        // Long enough for a burst of real logins to take turns (one check
+        // is tens of milliseconds), short enough that a flood is turned
+        // away instead of queueing without end.
+        verification_wait: raw
+            .verification_wait
+            .map_or(Duration::from_secs(1), |d| d.0),
     }
 }
 

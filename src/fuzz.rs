@@ -197,6 +197,7 @@ impl SessionHarness {
                 users: Arc::new(crate::users::UserDb::new(
                     settings.auth.users_file.clone(),
                     1,
+                    settings.auth.verification_wait,
                 )),
                 auth_throttle: Arc::new(crate::auth::Throttle::new(
                     settings.auth.failure_delay,

@@ -139,6 +139,7 @@ pub async fn serve(
         users: Arc::new(crate::users::UserDb::new(
             settings.auth.users_file.clone(),
             settings.auth.max_verifications,
+            settings.auth.verification_wait,
         )),
         auth_throttle: Arc::new(crate::auth::Throttle::new(
             settings.auth.failure_delay,

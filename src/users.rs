@@ -8,9 +8,10 @@
 //! file and renames it, so the server never sees half a file.
 //!
 //! Verifying a password is slow and memory-hungry on purpose, so the server
-//! runs a bounded number at once (`auth.max_verifications`) and answers the
-//! rest "try later" at once: an AUTH flood then costs a fixed share of the
-//! cores instead of all of them.
+//! runs a bounded number at once (`auth.max_verifications`); a login that
+//! finds no free slot within `auth.verification_wait` is told "try later".
+//! An AUTH flood then costs a fixed share of the cores instead of all of
+//! them, while a burst of real logins takes turns.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -226,8 +227,8 @@ pub enum Login {
     Ok(User),
     /// No such user or a wrong password (not told apart).
     Failed,
-    /// `auth.max_verifications` checks were already running; nothing was
-    /// checked.
+    /// `auth.max_verifications` checks were running for all of
+    /// `auth.verification_wait`; nothing was checked.
     Busy,
 }
 
@@ -236,17 +237,20 @@ pub struct UserDb {
     path: PathBuf,
     cache: Mutex<(Option<Stamp>, Vec<User>)>,
     verifications: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
 }
 
 impl UserDb {
     /// A database backed by `path` (which need not exist yet), checking at
-    /// most `max_verifications` passwords at once.
-    pub fn new(path: PathBuf, max_verifications: usize) -> UserDb {
+    /// most `max_verifications` passwords at once; a login waits up to
+    /// `wait` for its turn.
+    pub fn new(path: PathBuf, max_verifications: usize, wait: std::time::Duration) -> UserDb {
         let _ = dummy_hash();
         let db = UserDb {
             path,
             cache: Mutex::new((None, Vec::new())),
             verifications: Arc::new(tokio::sync::Semaphore::new(max_verifications.max(1))),
+            wait,
         };
         db.refresh();
         db
@@ -291,12 +295,13 @@ impl UserDb {
         user.filter(|_| ok)
     }
 
-    /// Checks a login on tokio's blocking pool if one of the
-    /// `max_verifications` slots is free, and answers [`Login::Busy`]
-    /// without waiting if none is. The slot is held until the check itself
-    /// ends, even if the caller gives up first.
+    /// Checks a login on tokio's blocking pool once one of the
+    /// `max_verifications` slots is free, and answers [`Login::Busy`] if
+    /// none frees within the wait (at once if the wait is zero). The slot
+    /// is held until the check itself ends, even if the caller gives up.
     pub async fn login(self: &Arc<Self>, name: String, password: String) -> Login {
-        let Ok(slot) = self.verifications.clone().try_acquire_owned() else {
+        let turn = self.verifications.clone().acquire_owned();
+        let Ok(Ok(slot)) = tokio::time::timeout(self.wait, turn).await else {
             return Login::Busy;
         };
         let db = self.clone();
@@ -316,6 +321,7 @@ impl UserDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn round_trip_and_verify() {
@@ -328,7 +334,7 @@ mod tests {
         }];
         write(&path, &users).unwrap();
         assert_eq!(read(&path).unwrap(), users);
-        let db = UserDb::new(path, 1);
+        let db = UserDb::new(path, 1, Duration::ZERO);
         let u = db.authenticate("Alice", "s3cret").unwrap();
         assert!(u.allows_sender("Alice@Example.test"));
         assert!(u.allows_sender("x@alice.test"));
@@ -338,7 +344,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn logins_over_the_bound_are_busy_at_once() {
+    async fn logins_over_the_bound_wait_their_turn_or_are_busy() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
         let hash = hash_password("pw");
@@ -348,9 +354,10 @@ mod tests {
             senders: vec![],
         };
         write(&path, &[user("alice")]).unwrap();
-        let db = Arc::new(UserDb::new(path, 1));
+        let db = Arc::new(UserDb::new(path.clone(), 1, Duration::ZERO));
         let login = |pw: &str| db.login("alice".into(), pw.into());
-        // Two at once with one slot: one is checked, the other is turned away.
+        // Two at once with one slot and no wait: one is checked, the other
+        // is turned away.
         let (a, b) = tokio::join!(login("pw"), login("pw"));
         let mut got = [a, b];
         got.sort_by_key(|l| matches!(l, Login::Busy));
@@ -358,6 +365,18 @@ mod tests {
         // The slot is free again afterwards.
         assert_eq!(login("wrong").await, Login::Failed);
         assert_eq!(login("pw").await, Login::Ok(user("alice")));
+        // With a wait, a burst takes turns.
+        let db = Arc::new(UserDb::new(path, 1, Duration::from_secs(30)));
+        let login = |pw: &str| db.login("alice".into(), pw.into());
+        let (a, b, c) = tokio::join!(login("pw"), login("pw"), login("no"));
+        assert_eq!(
+            [a, b, c],
+            [
+                Login::Ok(user("alice")),
+                Login::Ok(user("alice")),
+                Login::Failed
+            ]
+        );
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn failed_attempts_are_slowed_and_the_session_closed() {
 #[test]
 fn auth_flood_gets_454_while_mx_mail_is_accepted() {
     let s = Server::start(&format!(
-        "{SUBMISSION_LISTENERS}[auth]\nfailure_delay = \"1ms\"\nmax_failures = 10\nmax_verifications = 1\n"
+        "{SUBMISSION_LISTENERS}[auth]\nfailure_delay = \"1ms\"\nmax_failures = 10\nmax_verifications = 1\nverification_wait = \"0s\"\n"
     ));
     s.add_user("alice", "right");
     let addr = s.addr_of("submissions");
