@@ -7,6 +7,7 @@ mod config;
 mod data;
 mod durability;
 mod hostile;
+mod outbound;
 mod plugin_limits;
 mod plugins;
 mod protocol;
