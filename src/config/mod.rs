@@ -817,9 +817,9 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         ));
     }
     let lmtp = match (lc.delivery.unwrap_or_default(), lc.lmtp) {
-        (LocalDelivery::Lmtp, Some(t)) => Some(
-            crate::delivery::lmtp::LmtpTarget::parse(&t).map_err(|m| err("local.lmtp", m))?,
-        ),
+        (LocalDelivery::Lmtp, Some(t)) => {
+            Some(crate::delivery::lmtp::LmtpTarget::parse(&t).map_err(|m| err("local.lmtp", m))?)
+        }
         (LocalDelivery::Lmtp, None) => {
             return Err(err(
                 "local.lmtp",
@@ -1004,6 +1004,16 @@ mod tests {
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\ndomains = [\"ok.test\", \"bad domain\"]\n",
                 4,
                 "local.domains[1]",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\ndelivery = \"lmtp\"\nlmtp = \"localhost\"\n",
+                5,
+                "local.lmtp",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\nlmtp = \"unix:/run/lmtp\"\n",
+                4,
+                "local.lmtp",
             ),
         ];
         for (src, line, key) in cases {

@@ -28,7 +28,9 @@ impl LmtpTarget {
             return Ok(LmtpTarget::Unix(PathBuf::from(path)));
         }
         s.parse().map(LmtpTarget::Tcp).map_err(|_| {
-            format!("{s:?}: expected an address and port (`127.0.0.1:24`) or `unix:/path/to/socket`")
+            format!(
+                "{s:?}: expected an address and port (`127.0.0.1:24`) or `unix:/path/to/socket`"
+            )
         })
     }
 }

@@ -170,10 +170,7 @@ mod tests {
 
     #[test]
     fn mail_and_rcpt_lines() {
-        assert_eq!(
-            mail_from("", &MailArgs::default()),
-            "MAIL FROM:<>\r\n"
-        );
+        assert_eq!(mail_from("", &MailArgs::default()), "MAIL FROM:<>\r\n");
         let args = MailArgs {
             size: Some(1234),
             eight_bit: true,

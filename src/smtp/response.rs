@@ -92,10 +92,10 @@ fn with_status(code: u16, mut lines: Vec<String>) -> Reply {
         .map(str::to_string);
     if let Some(st) = &status {
         for l in &mut lines {
-            if let Some(rest) = l.strip_prefix(st.as_str()) {
-                if rest.is_empty() || rest.starts_with(' ') {
-                    *l = rest.trim_start().to_string();
-                }
+            if let Some(rest) = l.strip_prefix(st.as_str())
+                && (rest.is_empty() || rest.starts_with(' '))
+            {
+                *l = rest.trim_start().to_string();
             }
         }
     }
@@ -192,9 +192,7 @@ impl Capabilities {
                 .collect();
             match keyword.as_str() {
                 "PIPELINING" => caps.pipelining = true,
-                "SIZE" => {
-                    caps.size = Some(args.first().and_then(|a| a.parse().ok()).unwrap_or(0))
-                }
+                "SIZE" => caps.size = Some(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
@@ -230,11 +228,19 @@ mod tests {
 
     #[test]
     fn replies() {
-        let table: &[(&str, u16, Option<&str>, &[&str], usize)] = &[
+        // (input, code, enhanced status, text lines, octets consumed)
+        type Row<'a> = (&'a str, u16, Option<&'a str>, &'a [&'a str], usize);
+        let table: &[Row] = &[
             ("220 mx.test ESMTP\r\n", 220, None, &["mx.test ESMTP"], 19),
             ("250 2.1.0 Ok\r\n", 250, Some("2.1.0"), &["Ok"], 14),
             ("250\r\n", 250, None, &[""], 5),
-            ("354 End data with <CR><LF>.<CR><LF>\n", 354, None, &["End data with <CR><LF>.<CR><LF>"], 36),
+            (
+                "354 End data with <CR><LF>.<CR><LF>\n",
+                354,
+                None,
+                &["End data with <CR><LF>.<CR><LF>"],
+                36,
+            ),
             (
                 "550-5.1.1 The email account\r\n550-5.1.1 does not exist.\r\n550 5.1.1 https://x\r\n",
                 550,
@@ -261,9 +267,18 @@ mod tests {
         assert_eq!(parse("250-a\r\n250-b\r\n"), Ok(None));
         assert_eq!(parse("25"), Ok(None));
         assert_eq!(parse(""), Ok(None));
-        assert!(matches!(parse("hello\r\n"), Err(ResponseError::Malformed(_))));
-        assert!(matches!(parse("2500 x\r\n"), Err(ResponseError::Malformed(_))));
-        assert!(matches!(parse("650 x\r\n"), Err(ResponseError::Malformed(_))));
+        assert!(matches!(
+            parse("hello\r\n"),
+            Err(ResponseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("2500 x\r\n"),
+            Err(ResponseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("650 x\r\n"),
+            Err(ResponseError::Malformed(_))
+        ));
         assert_eq!(
             parse("250-a\r\n550 b\r\n"),
             Err(ResponseError::MixedCodes(250, 550))

@@ -259,7 +259,10 @@ fn assert_exact(data: &[u8], submitted_wire: &[u8]) {
     assert!(prefix.starts_with("Received: from client.test"), "{prefix}");
     assert!(prefix.contains("by mx.test (wasmtp)"), "{prefix}");
     let continuation = prefix.split("\r\n").skip(1).filter(|l| !l.is_empty());
-    assert!(continuation.clone().all(|l| l.starts_with('\t')), "{prefix}");
+    assert!(
+        continuation.clone().all(|l| l.starts_with('\t')),
+        "{prefix}"
+    );
 }
 
 fn free_port() -> u16 {
@@ -273,7 +276,10 @@ fn free_port() -> u16 {
 fn wait_listen(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} is not listening on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} is not listening on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -311,7 +317,11 @@ fn relays_byte_exact_with_pipelining_and_extensions() {
         tx.rcpts,
         ["RCPT TO:<far@remote.test>", "RCPT TO:<near@remote.test>"]
     );
-    assert!(tx.mail.starts_with("MAIL FROM:<app@example.test> SIZE="), "{}", tx.mail);
+    assert!(
+        tx.mail.starts_with("MAIL FROM:<app@example.test> SIZE="),
+        "{}",
+        tx.mail
+    );
     assert!(tx.mail.contains(" BODY=8BITMIME"), "{}", tx.mail);
     assert!(!tx.mail.contains("SMTPUTF8"), "{}", tx.mail);
     assert!(tx.pipelined, "MAIL, RCPT and DATA in one write");
@@ -349,7 +359,11 @@ fn tempfailed_twice_then_delivered_once() {
     let s = sender(up.port, "tls = \"none\"", "");
     submit(&s, &["far@remote.test"], b"Subject: retry\r\n\r\nagain\r\n");
     let got = up.wait_accepted(1, &s);
-    assert_eq!(up.transactions().len(), 3, "two tempfails, then the delivery");
+    assert_eq!(
+        up.transactions().len(),
+        3,
+        "two tempfails, then the delivery"
+    );
     assert!(got[0].data.ends_with(b"again\r\n"));
     let deferred = wait_log(&s, &["deferred", "far@remote.test"]);
     assert!(
@@ -396,10 +410,17 @@ fn size_smtputf8_and_loops_are_refused_before_sending() {
     });
     let s = sender(up.port, "tls = \"none\"", "max_received = 3");
     // Over the upstream's SIZE.
-    let big = format!("Subject: big\r\n\r\n{}", ("x".repeat(70) + "\r\n").repeat(30));
+    let big = format!(
+        "Subject: big\r\n\r\n{}",
+        ("x".repeat(70) + "\r\n").repeat(30)
+    );
     submit(&s, &["big@remote.test"], big.as_bytes());
     let l = wait_log(&s, &["bounced", "big@remote.test"]);
-    assert!(l[0].contains("exceeds the server's SIZE limit of 1000"), "{}", l[0]);
+    assert!(
+        l[0].contains("exceeds the server's SIZE limit of 1000"),
+        "{}",
+        l[0]
+    );
     // A UTF-8 recipient for a server without SMTPUTF8.
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);
@@ -411,7 +432,8 @@ fn size_smtputf8_and_loops_are_refused_before_sending() {
     assert!(l[0].contains("does not offer"), "{}", l[0]);
     // Three Received fields plus ours: a loop, refused without connecting.
     let connections = up.connections();
-    let looping = b"Received: from a\r\nReceived: from b\r\nReceived: from c\r\nSubject: loop\r\n\r\nx\r\n";
+    let looping =
+        b"Received: from a\r\nReceived: from b\r\nReceived: from c\r\nSubject: loop\r\n\r\nx\r\n";
     submit(&s, &["loop@remote.test"], looping);
     let l = wait_log(&s, &["bounced", "loop@remote.test"]);
     assert!(l[0].contains("mail loop"), "{}", l[0]);
@@ -435,7 +457,11 @@ fn kill_9_while_upstream_holds_data_then_delivered_after_restart() {
         _ => None,
     });
     let mut s = sender(up.port, "tls = \"none\"", "");
-    submit(&s, &["far@remote.test"], b"Subject: crash\r\n\r\nsurvives\r\n");
+    submit(
+        &s,
+        &["far@remote.test"],
+        b"Subject: crash\r\n\r\nsurvives\r\n",
+    );
     wait_until(&s, "the data of the first transaction", || {
         !up.transactions().is_empty()
     });
@@ -499,12 +525,22 @@ fn relays_to_smtp_sink() {
 #[test]
 fn relays_through_a_private_postfix() {
     require_tool("postfix");
-    assert!(is_root(), "a private Postfix needs root (its master runs as root)");
+    assert!(
+        is_root(),
+        "a private Postfix needs root (its master runs as root)"
+    );
     let up = Upstream::accepting();
     let pf = Postfix::start(up.port);
     let s = sender(pf.port, "", "");
     submit(&s, &["far@remote.test"], MESSAGE);
-    wait_log(&s, &["delivered", "far@remote.test", "said: 250 2.0.0 Ok: queued as"]);
+    wait_log(
+        &s,
+        &[
+            "delivered",
+            "far@remote.test",
+            "said: 250 2.0.0 Ok: queued as",
+        ],
+    );
     let got = up.wait_accepted(1, &s);
     let data = String::from_utf8_lossy(&got[0].data).into_owned();
     assert!(data.contains("by mx.test (wasmtp)"), "{data}");
@@ -525,7 +561,11 @@ fn starttls_opportunistic_verify_and_ca_file() {
     let port = up.addr.port();
     // Opportunistic: any certificate.
     let s = sender(port, "tls = \"opportunistic\"", "");
-    submit(&s, &["far@remote.test"], b"Subject: tls\r\n\r\nencrypted\r\n");
+    submit(
+        &s,
+        &["far@remote.test"],
+        b"Subject: tls\r\n\r\nencrypted\r\n",
+    );
     let got = up.wait_for_mail("far", 1);
     let text = String::from_utf8_lossy(&got[0]).into_owned();
     assert!(text.contains("with ESMTPS"), "{text}");
@@ -556,7 +596,11 @@ fn auth_to_a_smarthost_over_starttls() {
     let port = up.addr_of("submission").port();
     let auth = "tls = \"require\"\nauth_user = \"relay\"\nauth_password = \"pw-relay\"";
     let s = sender(port, auth, "");
-    submit(&s, &["far@remote.test"], b"Subject: auth\r\n\r\nauthenticated\r\n");
+    submit(
+        &s,
+        &["far@remote.test"],
+        b"Subject: auth\r\n\r\nauthenticated\r\n",
+    );
     let got = up.wait_for_mail("far", 1);
     let text = String::from_utf8_lossy(&got[0]).into_owned();
     assert!(text.contains("with ESMTPSA"), "{text}");
@@ -583,7 +627,11 @@ fn local_lmtp_to_dovecot_over_quota_fails_alone() {
     ));
     let line = "x".repeat(70);
     let body = format!("Subject: lmtp\r\n\r\n{}", format!("{line}\r\n").repeat(50));
-    submit(&s, &["Alice+tag@example.test", "bob@example.test"], body.as_bytes());
+    submit(
+        &s,
+        &["Alice+tag@example.test", "bob@example.test"],
+        body.as_bytes(),
+    );
     let l = wait_log(&s, &["delivered", "Alice+tag@example.test"]);
     assert!(l[0].contains("Saved"), "{}", l[0]);
     let l = wait_log(&s, &["bounced", "bob@example.test"]);
@@ -603,7 +651,11 @@ fn lmtp_route_to_dovecot() {
         "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[[outbound.route]]\ndomain = \"lmtp.test\"\nhost = \"127.0.0.1\"\nport = {}\nlmtp = true\ntls = \"none\"\n",
         dv.port
     ));
-    submit(&s, &["alice@lmtp.test"], b"Subject: routed\r\n\r\nvia LMTP\r\n");
+    submit(
+        &s,
+        &["alice@lmtp.test"],
+        b"Subject: routed\r\n\r\nvia LMTP\r\n",
+    );
     wait_log(&s, &["delivered", "alice@lmtp.test"]);
     assert_eq!(dv.mail("alice").len(), 1);
 }

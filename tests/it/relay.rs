@@ -114,7 +114,12 @@ fn wait_for_deferral(s: &Server, rcpt: &str) {
     loop {
         let deferred = s.log_lines(rcpt).into_iter().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(&l).ok()?;
-            let field = |k: &str| v["fields"][k].as_str().or(v[k].as_str()).map(str::to_string);
+            let field = |k: &str| {
+                v["fields"][k]
+                    .as_str()
+                    .or(v[k].as_str())
+                    .map(str::to_string)
+            };
             (field("message")? == "deferred").then(|| field("error").unwrap_or_default())
         });
         if let Some(error) = deferred {

@@ -132,11 +132,6 @@ pub fn needs_8bitmime(peer: &Peer) -> Outcome {
     )
 }
 
-/// A CA file for `tls = "verify"` that cannot be used.
-pub fn bad_ca_file(text: String) -> Outcome {
-    Outcome::temporary("4.7.5", text)
-}
-
 fn with_peer(peer: &Peer, status: &str, text: String) -> Outcome {
     Outcome::Permanent(Failure {
         text: format!("{peer}: {text}"),
@@ -167,7 +162,12 @@ mod tests {
         // (reply, stage, kind, status)
         let table = [
             ("250 2.0.0 Ok: queued as X\r\n", Stage::Dot, 'd', ""),
-            ("550 5.1.1 <x@y>: user unknown\r\n", Stage::Rcpt, 'p', "5.1.1"),
+            (
+                "550 5.1.1 <x@y>: user unknown\r\n",
+                Stage::Rcpt,
+                'p',
+                "5.1.1",
+            ),
             ("550 no such user\r\n", Stage::Rcpt, 'p', "5.0.0"),
             ("451 4.3.0 try later\r\n", Stage::Dot, 't', "4.3.0"),
             ("452 too many\r\n", Stage::Rcpt, 't', "4.0.0"),
@@ -188,7 +188,11 @@ mod tests {
                 _ => panic!("{text}: {o:?}"),
             }
         }
-        let o = reply_outcome(&peer(), Stage::Rcpt, &reply("550 5.1.1 <x@y>: user unknown\r\n"));
+        let o = reply_outcome(
+            &peer(),
+            Stage::Rcpt,
+            &reply("550 5.1.1 <x@y>: user unknown\r\n"),
+        );
         let Outcome::Permanent(f) = o else { panic!() };
         assert_eq!(
             f.text,

@@ -433,16 +433,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 }
                 return Ok(());
             }
-            for i in 0..rcpts.len() {
+            for (i, fate) in fates.iter_mut().enumerate() {
                 let r = self.read_reply(Stage::Rcpt, self.timeouts.command).await?;
                 self.note(&r);
                 if r.is_positive() {
                     accepted.push(i);
                 } else {
-                    fates[i] = Some(Fate::Reply(Stage::Rcpt, r));
+                    *fate = Some(Fate::Reply(Stage::Rcpt, r));
                 }
             }
-            data_reply = self.read_reply(Stage::Data, self.timeouts.data_init).await?;
+            data_reply = self
+                .read_reply(Stage::Data, self.timeouts.data_init)
+                .await?;
             if accepted.is_empty() {
                 // RFC 2920 §3.1: a 354 with no valid recipient still needs
                 // the end marker; an empty message goes nowhere.
@@ -470,7 +472,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
                 return Ok(());
             }
             self.write(b"DATA\r\n", Stage::Data).await?;
-            data_reply = self.read_reply(Stage::Data, self.timeouts.data_init).await?;
+            data_reply = self
+                .read_reply(Stage::Data, self.timeouts.data_init)
+                .await?;
         }
         self.note(&data_reply);
         if data_reply.code != 354 {
@@ -541,13 +545,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
 
     async fn write(&mut self, bytes: &[u8], stage: Stage) -> Result<(), ClientError> {
         let timeout = self.timeouts.command;
-        self.write_timed(bytes, timeout)
-            .await
-            .map_err(|e| match e {
-                ClientError::Io { error, .. } => ClientError::Io { stage, error },
-                ClientError::Timeout(_) => ClientError::Timeout(stage),
-                other => other,
-            })
+        self.write_timed(bytes, timeout).await.map_err(|e| match e {
+            ClientError::Io { error, .. } => ClientError::Io { stage, error },
+            ClientError::Timeout(_) => ClientError::Timeout(stage),
+            other => other,
+        })
     }
 
     async fn write_timed(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), ClientError> {
@@ -586,5 +588,167 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
             self.inbuf.truncate(len + *n.as_ref().unwrap_or(&0));
             n?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    fn timeouts() -> ClientTimeouts {
+        let t = Duration::from_secs(5);
+        ClientTimeouts {
+            connect: t,
+            greeting: t,
+            command: t,
+            data_init: t,
+            data_block: t,
+            data_done: t,
+        }
+    }
+
+    /// A scripted server: for each line it reads, the expected start of
+    /// the line and the reply; DATA payload lines are collected until the
+    /// end marker. Returns what it read.
+    async fn script(
+        stream: tokio::io::DuplexStream,
+        greeting: &str,
+        steps: Vec<(&'static str, &'static str)>,
+    ) -> Vec<String> {
+        let (r, mut w) = tokio::io::split(stream);
+        let mut r = BufReader::new(r);
+        w.write_all(greeting.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        for (expect, reply) in steps {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            if expect == "<data>" {
+                while line != ".\r\n" {
+                    seen.push(line.clone());
+                    line.clear();
+                    r.read_line(&mut line).await.unwrap();
+                }
+            } else {
+                assert!(
+                    line.starts_with(expect),
+                    "expected {expect:?}, got {line:?}"
+                );
+                seen.push(line);
+            }
+            w.write_all(reply.as_bytes()).await.unwrap();
+        }
+        seen
+    }
+
+    fn envelope(rcpts: &[&str]) -> Envelope<'static> {
+        Envelope {
+            sender: "a@example.test".into(),
+            mail: MailArgs::default(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| RcptLine {
+                    address: r.to_string(),
+                    args: RcptArgs::default(),
+                })
+                .collect(),
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            name: "mx.test".into(),
+            addr: Some("192.0.2.1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn helo_fallback_and_one_command_at_a_time() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(script(
+            server,
+            "220 old.test\r\n",
+            vec![
+                ("EHLO me.test", "502 5.5.2 what?\r\n"),
+                ("HELO me.test", "250 old.test\r\n"),
+                ("MAIL FROM:<a@example.test>\r\n", "250 ok\r\n"),
+                ("RCPT TO:<x@old.test>", "250 ok\r\n"),
+                ("RCPT TO:<y@old.test>", "550 5.1.1 no such user\r\n"),
+                ("DATA", "354 go\r\n"),
+                ("<data>", "250 2.0.0 queued\r\n"),
+            ],
+        ));
+        let mut c = Client::open(client, peer(), &timeouts(), false, "me.test")
+            .await
+            .unwrap();
+        assert_eq!(c.caps(), &Capabilities::default());
+        let fates = c
+            .send(&envelope(&["x@old.test", "y@old.test"]), b"..x\r\n")
+            .await;
+        assert!(matches!(&fates[0], Fate::Reply(Stage::Dot, r) if r.code == 250));
+        assert!(matches!(&fates[1], Fate::Reply(Stage::Rcpt, r) if r.code == 550));
+        assert!(c.is_reusable());
+        let seen = server.await.unwrap();
+        assert_eq!(seen.last().unwrap(), "...x\r\n", "dot-stuffed");
+    }
+
+    #[tokio::test]
+    async fn lmtp_has_one_reply_per_accepted_recipient() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(script(
+            server,
+            "220 lmtp.test LMTP\r\n",
+            vec![
+                ("LHLO me.test", "250-lmtp.test\r\n250 PIPELINING\r\n"),
+                // One write: MAIL, two RCPTs, DATA; one reply per line.
+                ("MAIL FROM:<a@example.test>", "250 2.1.0 ok\r\n"),
+                ("RCPT TO:<a@l.test>", "250 2.1.5 ok\r\n"),
+                ("RCPT TO:<b@l.test>", "250 2.1.5 ok\r\n"),
+                ("DATA", "354 go\r\n"),
+                (
+                    "<data>",
+                    "250 2.0.0 <a@l.test> Saved\r\n552 5.2.2 <b@l.test> Quota exceeded\r\n",
+                ),
+            ],
+        ));
+        let mut c = Client::open(client, peer(), &timeouts(), true, "me.test")
+            .await
+            .unwrap();
+        let fates = c.send(&envelope(&["a@l.test", "b@l.test"]), b"x\r\n").await;
+        assert!(matches!(&fates[0], Fate::Reply(Stage::Dot, r) if r.code == 250));
+        assert!(
+            matches!(&fates[1], Fate::Reply(Stage::Dot, r) if r.code == 552 && r.status.as_deref() == Some("5.2.2"))
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_mail_fails_everyone_and_a_dropped_connection_is_an_error() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(script(
+            server,
+            "220 mx.test\r\n",
+            vec![
+                ("EHLO", "250-mx.test\r\n250 PIPELINING\r\n"),
+                ("MAIL", "451 4.7.1 greylisted\r\n"),
+                ("RCPT", "503 5.5.1 no MAIL\r\n"),
+                ("DATA", "503 5.5.1 no valid recipients\r\n"),
+                ("MAIL", "250 ok\r\n"),
+            ],
+        ));
+        let mut c = Client::open(client, peer(), &timeouts(), false, "me.test")
+            .await
+            .unwrap();
+        let fates = c.send(&envelope(&["x@mx.test"]), b"x\r\n").await;
+        assert!(matches!(&fates[0], Fate::Reply(Stage::Mail, r) if r.code == 451));
+        assert!(c.is_reusable());
+        // The server hangs up after MAIL: the recipient's fate is the error.
+        let fates = c.send(&envelope(&["x@mx.test"]), b"x\r\n").await;
+        assert!(
+            matches!(&fates[0], Fate::Error(ClientError::Closed(Stage::Rcpt))),
+            "{fates:?}"
+        );
+        assert!(!c.is_reusable());
+        server.await.unwrap();
     }
 }

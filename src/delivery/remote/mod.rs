@@ -212,8 +212,12 @@ impl Outbound {
             },
         };
         let out = self.send(&endpoint, msg, &batch, body).await;
-        let mut outcomes: Vec<(usize, Outcome)> =
-            batch.rcpts.iter().copied().zip(out.iter().cloned()).collect();
+        let mut outcomes: Vec<(usize, Outcome)> = batch
+            .rcpts
+            .iter()
+            .copied()
+            .zip(out.iter().cloned())
+            .collect();
         outcomes.extend(same.into_iter().map(|(i, j)| (i, out[j].clone())));
         outcomes
     }
@@ -230,7 +234,7 @@ impl Outbound {
         let pool = &self.inner.pool;
         let key = endpoint.key();
         let mut leased = match pool.get(key).await {
-            Got::Reused(l) => l,
+            Got::Reused(l) => *l,
             Got::Room(permits) => match self.connect(endpoint).await {
                 Ok(conn) => Pool::lease(conn, permits),
                 Err(o) => return vec![o; n],
@@ -290,11 +294,21 @@ impl Outbound {
                     addr: Some(ip.to_string()),
                 };
                 let mut r = self.establish(dest, host, ip, peer.clone(), true).await;
-                if let Err(ClientError::Tls(e)) = &r {
-                    if dest.tls == TlsPolicy::Opportunistic {
-                        warn!(peer = %peer, error = %e, "TLS handshake failed; retrying without TLS");
-                        r = self.establish(dest, host, ip, peer.clone(), false).await;
+                // Opportunistic TLS must not make mail undeliverable: a
+                // failed STARTTLS is retried once in plaintext (RFC 7435).
+                let tls_failed = matches!(
+                    &r,
+                    Err(ClientError::Tls(_)
+                        | ClientError::Refused {
+                            stage: client::Stage::StartTls,
+                            ..
+                        })
+                );
+                if tls_failed && dest.tls == TlsPolicy::Opportunistic {
+                    if let Err(e) = &r {
+                        warn!(peer = %peer, error = %e, "STARTTLS failed; retrying without TLS");
                     }
+                    r = self.establish(dest, host, ip, peer.clone(), false).await;
                 }
                 match r {
                     Ok(conn) => return Ok(conn),
@@ -369,8 +383,7 @@ impl Outbound {
             name: path.display().to_string(),
             addr: None,
         };
-        let sock = match tokio::time::timeout(s.timeouts.connect, UnixStream::connect(path)).await
-        {
+        let sock = match tokio::time::timeout(s.timeouts.connect, UnixStream::connect(path)).await {
             Err(_) => Err(ClientError::Timeout(client::Stage::Connect)),
             Ok(Err(e)) => Err(ClientError::Connect(e.to_string())),
             Ok(Ok(sock)) => Ok(sock),
@@ -393,12 +406,7 @@ fn needs_smtputf8(msg: &QueuedMessage, batch: &Batch, body: &[u8]) -> bool {
 }
 
 /// The envelope for this server: parameters only for extensions it offers.
-fn envelope<'a>(
-    conn: &Conn,
-    msg: &'a QueuedMessage,
-    batch: &Batch,
-    body: &[u8],
-) -> Envelope<'a> {
+fn envelope<'a>(conn: &Conn, msg: &'a QueuedMessage, batch: &Batch, body: &[u8]) -> Envelope<'a> {
     let caps = conn.caps();
     let mail = MailArgs {
         size: caps.size.map(|_| body.len() as u64),

@@ -84,7 +84,8 @@ impl Drop for Permits {
 pub struct Leased {
     /// The connection.
     pub conn: Conn,
-    permits: Permits,
+    /// Held for as long as the connection is open.
+    _permits: Permits,
 }
 
 struct Idle {
@@ -108,7 +109,7 @@ pub struct Pool {
 /// What `Pool::get` found.
 pub enum Got {
     /// A kept connection that answered RSET.
-    Reused(Leased),
+    Reused(Box<Leased>),
     /// Room for a new connection: connect, then `Pool::lease`.
     Room(Permits),
 }
@@ -139,7 +140,7 @@ impl Pool {
         loop {
             while let Some(mut leased) = self.take_idle(key) {
                 if leased.conn.rset().await {
-                    return Got::Reused(leased);
+                    return Got::Reused(Box::new(leased));
                 }
                 leased.conn.quit().await;
             }
@@ -155,7 +156,10 @@ impl Pool {
 
     /// A new connection under `permits`.
     pub fn lease(conn: Conn, permits: Permits) -> Leased {
-        Leased { conn, permits }
+        Leased {
+            conn,
+            _permits: permits,
+        }
     }
 
     /// Done with a connection: kept for the next message to `key`, or
@@ -251,11 +255,30 @@ impl Pool {
     }
 }
 
-impl Leased {
-    /// Gives up the permits with the connection (closing it).
-    pub async fn close(self) {
-        let Leased { conn, permits } = self;
-        conn.quit().await;
-        drop(permits);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn room(pool: &Pool, key: &str, wait: Duration) -> Option<Permits> {
+        match tokio::time::timeout(wait, pool.get(key)).await {
+            Ok(Got::Room(p)) => Some(p),
+            Ok(Got::Reused(_)) => panic!("nothing was kept"),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_per_destination_and_in_total() {
+        let pool = Pool::new(2, 1, 10, Duration::from_secs(30));
+        let short = Duration::from_millis(300);
+        let a = room(&pool, "d1", short).await.expect("first");
+        assert!(
+            room(&pool, "d1", short).await.is_none(),
+            "one per destination"
+        );
+        let _b = room(&pool, "d2", short).await.expect("another destination");
+        assert!(room(&pool, "d3", short).await.is_none(), "two in total");
+        drop(a);
+        assert!(room(&pool, "d3", Duration::from_secs(2)).await.is_some());
     }
 }

@@ -148,7 +148,9 @@ impl ClientTls {
         if roots.is_empty() {
             return Err(fail("no CERTIFICATE block found".into()));
         }
-        let config = builder().with_root_certificates(roots).with_no_client_auth();
+        let config = builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let c = TlsConnector::from(Arc::new(config));
         cache.insert(path.to_path_buf(), c.clone());
         Ok(c)
