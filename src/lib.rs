@@ -5,8 +5,9 @@
 //! per client. The session moves bytes; the protocol itself (commands,
 //! replies, addresses, the DATA decoder) is pure data in `smtp`. An
 //! accepted message is written to the `queue` store and flushed before the
-//! 250; the queue manager hands it to `delivery` (Maildir today) and
-//! retries temporary failures. `config` turns the TOML file into resolved
+//! 250; the queue manager hands it to `delivery` (Maildir or LMTP for local
+//! recipients, the SMTP client for remote ones) and retries temporary
+//! failures. `config` turns the TOML file into resolved
 //! settings once at start; `observe` sets up logging.
 //!
 //! | module | owns |
@@ -14,9 +15,9 @@
 //! | `config` | raw TOML structs, resolved `Settings`, located errors |
 //! | `server` | listeners, accept loop, connection limits, shutdown |
 //! | `session` | one connection: state machine and byte shell |
-//! | `smtp` | command parser, replies, addresses, DATA decoder |
+//! | `smtp` | command parser, replies, addresses, DATA decoder; the client side: reply parser, EHLO capabilities, MAIL/RCPT lines, dot stuffing |
 //! | `queue` | sled store with group commit, queue manager |
-//! | `delivery` | local recipients, Maildir writer, outcome classes; `remote`: routes, MX, SMTP client |
+//! | `delivery` | local recipients, Maildir writer, LMTP target, outcome classes; `remote`: routes, the SMTP/LMTP client, TLS policy, connection pool, classification |
 //! | `dns` | the resolver built from `[dns]`, shared by plugins and outbound routing |
 //! | `observe` | tracing setup |
 //! | `tls` | certificates, SNI, reload, the rustls acceptor |

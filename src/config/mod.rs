@@ -445,6 +445,22 @@ pub struct RawLocal {
     pub postmaster: Option<String>,
     /// Line endings written into Maildir files.
     pub line_endings: Option<LineEndings>,
+    /// `maildir` (default) or `lmtp`.
+    pub delivery: Option<LocalDelivery>,
+    /// The LMTP server for `delivery = "lmtp"`: `127.0.0.1:24` or
+    /// `unix:/path/to/socket`.
+    pub lmtp: Option<String>,
+}
+
+/// How local recipients are delivered.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalDelivery {
+    /// Write Maildir files under `mail_dir`.
+    #[default]
+    Maildir,
+    /// Hand over to an LMTP server (`lmtp`).
+    Lmtp,
 }
 
 /// `[log]`
@@ -559,6 +575,8 @@ pub struct LocalSettings {
     pub postmaster: String,
     /// Line endings written to Maildir.
     pub line_endings: LineEndings,
+    /// The LMTP server that takes local mail instead of Maildir.
+    pub lmtp: Option<crate::delivery::lmtp::LmtpTarget>,
 }
 
 /// Everything the server runs on, resolved once at start.
@@ -813,6 +831,25 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             format!("{postmaster:?} cannot be a mailbox name"),
         ));
     }
+    let lmtp = match (lc.delivery.unwrap_or_default(), lc.lmtp) {
+        (LocalDelivery::Lmtp, Some(t)) => {
+            Some(crate::delivery::lmtp::LmtpTarget::parse(&t).map_err(|m| err("local.lmtp", m))?)
+        }
+        (LocalDelivery::Lmtp, None) => {
+            return Err(err(
+                "local.lmtp",
+                "missing: delivery = \"lmtp\" needs the server (`127.0.0.1:24` or `unix:/path`)"
+                    .into(),
+            ));
+        }
+        (LocalDelivery::Maildir, Some(_)) => {
+            return Err(err(
+                "local.lmtp",
+                "used only with delivery = \"lmtp\"".into(),
+            ));
+        }
+        (LocalDelivery::Maildir, None) => None,
+    };
     let local = LocalSettings {
         domains: lc
             .domains
@@ -826,6 +863,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         recipient_delimiter,
         postmaster,
         line_endings: lc.line_endings.unwrap_or_default(),
+        lmtp,
     };
 
     let tls = crate::tls::resolve(raw.tls, &data_dir).map_err(|(key, m)| err(&key, m))?;
@@ -991,6 +1029,16 @@ mod tests {
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\ndomains = [\"ok.test\", \"bad domain\"]\n",
                 4,
                 "local.domains[1]",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\ndelivery = \"lmtp\"\nlmtp = \"localhost\"\n",
+                5,
+                "local.lmtp",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[local]\nlmtp = \"unix:/run/lmtp\"\n",
+                4,
+                "local.lmtp",
             ),
         ];
         for (src, line, key) in cases {

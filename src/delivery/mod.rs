@@ -1,11 +1,12 @@
-//! Delivery: where a queued recipient's copy goes: a local Maildir, or
-//! another server (`remote`: routes, MX, the SMTP client).
+//! Delivery: where a queued recipient's copy goes: a local Maildir or LMTP
+//! server, or another server (`remote`: routes, MX, the SMTP client).
 //!
 //! Every attempt ends in one `Outcome`, classified once: delivered,
 //! temporary (retry later) or permanent (give up). The queue stores the
 //! reason as data (`Failure`) so logs, DSNs and the queue CLI show the same
 //! thing.
 
+pub mod lmtp;
 pub mod local;
 pub mod maildir;
 pub mod remote;

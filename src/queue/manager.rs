@@ -177,6 +177,8 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         .partition(|&i| msg.recipients[i].route.is_remote());
     let mut outcomes = if local.is_empty() {
         Vec::new()
+    } else if let Some(lmtp) = &settings.local.lmtp {
+        outbound.deliver_lmtp(lmtp, &msg, &local, &body).await
     } else {
         let msg = msg.clone();
         let settings = settings.clone();

@@ -9,6 +9,7 @@ mod dns;
 mod dsn;
 mod durability;
 mod hostile;
+mod outbound;
 mod plugin_hooks;
 mod plugin_limits;
 mod plugins;

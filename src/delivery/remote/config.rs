@@ -288,7 +288,7 @@ pub fn resolve(raw: RawOutbound, hostname: &str) -> Result<OutboundSettings, (St
         max_connections: raw.max_connections.map_or(100, |n| n.0),
         max_connections_per_destination: raw.max_connections_per_destination.map_or(10, |n| n.0),
         max_messages_per_connection: raw.max_messages_per_connection.map_or(100, |n| n.0),
-        idle_timeout: d(raw.idle_timeout.map(|x| x), 30),
+        idle_timeout: d(raw.idle_timeout, 30),
         max_received: raw.max_received.map_or(50, |n| n.0),
         timeouts,
         smarthost,

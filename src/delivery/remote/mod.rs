@@ -3,38 +3,436 @@
 //! client that carries the message there.
 //!
 //! The queue manager hands over every remote recipient of a message in one
-//! call and gets one classified `Outcome` per recipient back.
+//! call and gets one classified `Outcome` per recipient back. Recipients
+//! with the same destination share one transaction; destinations are tried
+//! at the same time, each over a kept connection when one is idle.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `route.rs` | recipient → `Destination` (hosts, port, TLS policy, AUTH) |
+//! | `client.rs` | one SMTP/LMTP conversation, generic over the stream |
+//! | `tls.rs` | rustls client configs per TLS policy |
+//! | `pool.rs` | kept connections and the connection limits |
+//! | `classify.rs` | reply or error → `Outcome`, in one place |
+//! | `message.rs` | what the stored message needs (loop count, 8BIT, SMTPUTF8) |
 
+pub mod classify;
+pub mod client;
 pub mod config;
+pub mod message;
+pub mod pool;
 pub mod route;
+pub mod tls;
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::{TcpStream, UnixStream};
+use tracing::{debug, warn};
+
+use self::client::{Client, ClientError, Envelope, Peer, RcptLine};
+use self::config::{OutboundSettings, TlsPolicy};
+use self::pool::{Conn, Got, Pool};
+use self::route::{Destination, Host, Router};
+use self::tls::ClientTls;
 use crate::delivery::Outcome;
 use crate::queue::QueuedMessage;
+use crate::smtp::request::{MailArgs, RcptArgs};
 
-/// Why remote recipients stay queued while no outbound path exists.
-const NO_OUTBOUND: &str = "deferred: no outbound delivery configured";
+/// The outbound side: shared by every delivery attempt (router, client TLS
+/// configs, kept connections, concurrency limits).
+#[derive(Clone)]
+pub struct Outbound {
+    inner: Arc<Inner>,
+}
 
-/// The outbound side: shared by every delivery attempt (resolver,
-/// connections kept for reuse, concurrency limits).
-#[derive(Debug, Default)]
-pub struct Outbound {}
+struct Inner {
+    settings: OutboundSettings,
+    router: Router,
+    tls: ClientTls,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+/// One message's recipients for one destination.
+struct Batch {
+    /// Indexes into the message's recipients.
+    rcpts: Vec<usize>,
+    /// The forward paths sent, one per entry of `rcpts`.
+    addresses: Vec<String>,
+}
+
+/// How to reach a destination.
+pub enum Endpoint<'a> {
+    /// TCP to a routed destination.
+    Tcp(&'a Destination),
+    /// A Unix socket (local LMTP); the key names it in the pool.
+    Unix {
+        /// Pool key.
+        key: String,
+        /// Socket path.
+        path: &'a Path,
+    },
+}
+
+impl Endpoint<'_> {
+    fn key(&self) -> &str {
+        match self {
+            Endpoint::Tcp(d) => &d.key,
+            Endpoint::Unix { key, .. } => key,
+        }
+    }
+}
 
 impl Outbound {
     /// The outbound side for `settings`.
-    pub fn new(_settings: &crate::config::Settings) -> Outbound {
-        Outbound {}
+    pub fn new(settings: &crate::config::Settings) -> Outbound {
+        let s = &settings.outbound;
+        Outbound {
+            inner: Arc::new(Inner {
+                router: Router::new(settings),
+                tls: ClientTls::new(),
+                pool: Arc::new(Pool::new(
+                    s.max_connections,
+                    s.max_connections_per_destination,
+                    s.max_messages_per_connection,
+                    s.idle_timeout,
+                )),
+                settings: s.clone(),
+            }),
+        }
     }
 
     /// Tries recipients `rcpts` of `msg` (all remote) once.
     pub async fn deliver(
         &self,
-        _msg: &QueuedMessage,
+        msg: &QueuedMessage,
         rcpts: &[usize],
-        _body: &[u8],
+        body: &[u8],
     ) -> Vec<(usize, Outcome)> {
-        rcpts
+        let max = self.inner.settings.max_received;
+        let hops = message::received_count(body);
+        if hops > max {
+            let o = classify::mail_loop(hops, max);
+            return rcpts.iter().map(|&i| (i, o.clone())).collect();
+        }
+        let mut outcomes = Vec::new();
+        let mut groups: HashMap<String, (Destination, Batch)> = HashMap::new();
+        for &i in rcpts {
+            let r = &msg.recipients[i];
+            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+            match self.inner.router.route(&r.route, domain).await {
+                Ok(dest) => {
+                    let (_, batch) = groups.entry(dest.key.clone()).or_insert_with(|| {
+                        let b = Batch {
+                            rcpts: Vec::new(),
+                            addresses: Vec::new(),
+                        };
+                        (dest, b)
+                    });
+                    batch.rcpts.push(i);
+                    batch.addresses.push(r.address.clone());
+                }
+                Err(f) => outcomes.push((i, classify::route(f))),
+            }
+        }
+        let body: Arc<[u8]> = Arc::from(body);
+        let msg = Arc::new(msg.clone());
+        let mut running = tokio::task::JoinSet::new();
+        for (_, (dest, batch)) in groups {
+            let (this, msg, body) = (self.clone(), msg.clone(), body.clone());
+            running.spawn(async move {
+                let out = this.send(&Endpoint::Tcp(&dest), &msg, &batch, &body).await;
+                batch.rcpts.into_iter().zip(out).collect::<Vec<_>>()
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok(v) => outcomes.extend(v),
+                // A panic in one destination's task: its recipients keep
+                // no outcome and stay pending for the next attempt.
+                Err(e) => warn!(error = %e, "outbound delivery task failed"),
+            }
+        }
+        outcomes
+    }
+
+    /// Local LMTP (`[local] delivery = "lmtp"`): each mailbox once, as
+    /// `mailbox@domain`; recipients sharing a mailbox share its outcome.
+    pub async fn deliver_lmtp(
+        &self,
+        target: &crate::delivery::lmtp::LmtpTarget,
+        msg: &QueuedMessage,
+        rcpts: &[usize],
+        body: &[u8],
+    ) -> Vec<(usize, Outcome)> {
+        use crate::delivery::lmtp::LmtpTarget;
+        let mut batch = Batch {
+            rcpts: Vec::new(),
+            addresses: Vec::new(),
+        };
+        let mut same: Vec<(usize, usize)> = Vec::new();
+        for &i in rcpts {
+            let address = crate::delivery::lmtp::rcpt_address(&msg.recipients[i]);
+            match batch.addresses.iter().position(|a| *a == address) {
+                Some(j) => same.push((i, j)),
+                None => {
+                    batch.rcpts.push(i);
+                    batch.addresses.push(address);
+                }
+            }
+        }
+        let dest;
+        let endpoint = match target {
+            LmtpTarget::Tcp(addr) => {
+                dest = Destination {
+                    key: format!("lmtp:local:{addr}"),
+                    hosts: vec![Host {
+                        name: addr.ip().to_string(),
+                        addrs: vec![addr.ip()],
+                    }],
+                    port: addr.port(),
+                    tls: TlsPolicy::None,
+                    ca_file: None,
+                    auth: None,
+                    lmtp: true,
+                };
+                Endpoint::Tcp(&dest)
+            }
+            LmtpTarget::Unix(path) => Endpoint::Unix {
+                key: format!("lmtp:unix:{}", path.display()),
+                path,
+            },
+        };
+        let out = self.send(&endpoint, msg, &batch, body).await;
+        let mut outcomes: Vec<(usize, Outcome)> = batch
+            .rcpts
             .iter()
-            .map(|&i| (i, Outcome::temporary("4.4.0", NO_OUTBOUND)))
-            .collect()
+            .copied()
+            .zip(out.iter().cloned())
+            .collect();
+        outcomes.extend(same.into_iter().map(|(i, j)| (i, out[j].clone())));
+        outcomes
+    }
+
+    /// One transaction for `batch` at `endpoint`; one outcome per recipient.
+    async fn send(
+        &self,
+        endpoint: &Endpoint<'_>,
+        msg: &QueuedMessage,
+        batch: &Batch,
+        body: &[u8],
+    ) -> Vec<Outcome> {
+        let n = batch.rcpts.len();
+        let pool = &self.inner.pool;
+        let key = endpoint.key();
+        let mut leased = match pool.get(key).await {
+            Got::Reused(l) => *l,
+            Got::Room(permits) => match self.connect(endpoint).await {
+                Ok(conn) => Pool::lease(conn, permits),
+                Err(o) => return vec![o; n],
+            },
+        };
+        let conn = &mut leased.conn;
+        let peer = conn.peer().clone();
+        let outcomes = match self.check(conn, msg, batch, body) {
+            Some(refusal) => vec![refusal; n],
+            None => {
+                let env = envelope(conn, msg, batch, body);
+                let fates = conn.send(&env, body).await;
+                fates.iter().map(|f| classify::fate(&peer, f)).collect()
+            }
+        };
+        pool.put(key, leased).await;
+        outcomes
+    }
+
+    /// Refuses before sending what this server cannot take.
+    fn check(
+        &self,
+        conn: &Conn,
+        msg: &QueuedMessage,
+        batch: &Batch,
+        body: &[u8],
+    ) -> Option<Outcome> {
+        let caps = conn.caps();
+        let peer = conn.peer();
+        let size = body.len() as u64;
+        if caps.too_big(size) {
+            return Some(classify::too_big(peer, size, caps.size.unwrap_or(0)));
+        }
+        if needs_smtputf8(msg, batch, body) && !caps.smtputf8 {
+            return Some(classify::needs_smtputf8(peer));
+        }
+        if message::has_8bit(body) && !caps.eight_bit_mime && !caps.smtputf8 {
+            return Some(classify::needs_8bitmime(peer));
+        }
+        None
+    }
+
+    /// A new connection: hosts and their addresses in order until one
+    /// works. A temporary failure anywhere makes the whole attempt
+    /// temporary; otherwise the last permanent refusal stands.
+    async fn connect(&self, endpoint: &Endpoint<'_>) -> Result<Conn, Outcome> {
+        let dest = match endpoint {
+            Endpoint::Unix { path, .. } => return self.connect_unix(path).await,
+            Endpoint::Tcp(d) => d,
+        };
+        let mut temporary = None;
+        let mut permanent = None;
+        for host in &dest.hosts {
+            for &ip in &host.addrs {
+                let peer = Peer {
+                    name: host.name.clone(),
+                    addr: Some(ip.to_string()),
+                };
+                let mut r = self.establish(dest, host, ip, peer.clone(), true).await;
+                // Opportunistic TLS must not make mail undeliverable: a
+                // failed STARTTLS is retried once in plaintext (RFC 7435).
+                let tls_failed = matches!(
+                    &r,
+                    Err(ClientError::Tls(_)
+                        | ClientError::Refused {
+                            stage: client::Stage::StartTls,
+                            ..
+                        })
+                );
+                if tls_failed && dest.tls == TlsPolicy::Opportunistic {
+                    if let Err(e) = &r {
+                        warn!(peer = %peer, error = %e, "STARTTLS failed; retrying without TLS");
+                    }
+                    r = self.establish(dest, host, ip, peer.clone(), false).await;
+                }
+                match r {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => {
+                        debug!(peer = %peer, error = %e, "connection failed");
+                        match classify::error(Some(&peer), &e) {
+                            o @ Outcome::Permanent(_) => permanent = Some(o),
+                            o => temporary = Some(o),
+                        }
+                    }
+                }
+            }
+        }
+        Err(temporary.or(permanent).unwrap_or_else(|| {
+            Outcome::temporary("4.4.3", format!("{}: no address to connect to", dest.key))
+        }))
+    }
+
+    /// Connect, greeting, EHLO, STARTTLS by policy, AUTH.
+    async fn establish(
+        &self,
+        dest: &Destination,
+        host: &Host,
+        ip: IpAddr,
+        peer: Peer,
+        tls_allowed: bool,
+    ) -> Result<Conn, ClientError> {
+        let s = &self.inner.settings;
+        let t = &s.timeouts;
+        let addr = SocketAddr::new(ip, dest.port);
+        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ClientError::Timeout(client::Stage::Connect)),
+            Ok(Err(e)) => return Err(ClientError::Connect(e.to_string())),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let c = Client::open(tcp, peer, t, dest.lmtp, &s.helo_name).await?;
+        let starttls = match dest.tls {
+            TlsPolicy::None => false,
+            TlsPolicy::Opportunistic => tls_allowed && c.caps().starttls,
+            TlsPolicy::Require | TlsPolicy::Verify if !c.caps().starttls => {
+                c.quit().await;
+                return Err(ClientError::NoStartTls);
+            }
+            TlsPolicy::Require | TlsPolicy::Verify => true,
+        };
+        if !starttls {
+            // Config refuses AUTH without `require` or `verify`, so
+            // credentials never reach this point.
+            return Ok(Conn::Plain(c));
+        }
+        let connector = match dest.tls {
+            TlsPolicy::Verify => self
+                .inner
+                .tls
+                .verifying(dest.ca_file.as_deref())
+                .map_err(|e| ClientError::Tls(e.to_string()))?,
+            _ => self.inner.tls.any(),
+        };
+        let mut c = c
+            .starttls(&connector, tls::server_name(&host.name, ip))
+            .await?;
+        if let Some(creds) = &dest.auth {
+            c.auth(creds).await?;
+        }
+        Ok(Conn::Tls(Box::new(c)))
+    }
+
+    async fn connect_unix(&self, path: &Path) -> Result<Conn, Outcome> {
+        let s = &self.inner.settings;
+        let peer = Peer {
+            name: path.display().to_string(),
+            addr: None,
+        };
+        let sock = match tokio::time::timeout(s.timeouts.connect, UnixStream::connect(path)).await {
+            Err(_) => Err(ClientError::Timeout(client::Stage::Connect)),
+            Ok(Err(e)) => Err(ClientError::Connect(e.to_string())),
+            Ok(Ok(sock)) => Ok(sock),
+        };
+        let c = match sock {
+            Ok(sock) => Client::open(sock, peer.clone(), &s.timeouts, true, &s.helo_name).await,
+            Err(e) => Err(e),
+        };
+        c.map(Conn::Unix)
+            .map_err(|e| classify::error(Some(&peer), &e))
+    }
+}
+
+/// True when the transaction needs SMTPUTF8: a non-ASCII address in the
+/// envelope, or a message that came in with SMTPUTF8.
+fn needs_smtputf8(msg: &QueuedMessage, batch: &Batch, body: &[u8]) -> bool {
+    !msg.return_path().is_ascii()
+        || batch.addresses.iter().any(|a| !a.is_ascii())
+        || message::received_with_smtputf8(body)
+}
+
+/// The envelope for this server: parameters only for extensions it offers.
+fn envelope<'a>(conn: &Conn, msg: &'a QueuedMessage, batch: &Batch, body: &[u8]) -> Envelope<'a> {
+    let caps = conn.caps();
+    let mail = MailArgs {
+        size: caps.size.map(|_| body.len() as u64),
+        eight_bit: caps.eight_bit_mime && message::has_8bit(body),
+        smtputf8: caps.smtputf8 && needs_smtputf8(msg, batch, body),
+        ret: msg.ret.filter(|_| caps.dsn),
+        envid: msg.envid.as_deref().filter(|_| caps.dsn),
+    };
+    let rcpts = batch
+        .rcpts
+        .iter()
+        .zip(&batch.addresses)
+        .map(|(&i, address)| {
+            let r = &msg.recipients[i];
+            RcptLine {
+                address: address.clone(),
+                args: RcptArgs {
+                    notify: r.notify.filter(|_| caps.dsn),
+                    orcpt: r.orcpt.as_deref().filter(|_| caps.dsn),
+                },
+            }
+        })
+        .collect();
+    Envelope {
+        sender: msg.return_path(),
+        mail,
+        rcpts,
     }
 }
