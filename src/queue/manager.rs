@@ -156,6 +156,14 @@ struct Ctx<'a> {
 
 /// Tries every pending recipient once. Returns when to try again, or None
 /// when the message is finished and removed.
+/// The RFC 3463 status of an outcome, for log lines.
+fn outcome_status(o: &Outcome) -> &str {
+    match o {
+        Outcome::Delivered(_) => "2.0.0",
+        Outcome::Temporary(f) | Outcome::Permanent(f) => &f.status,
+    }
+}
+
 async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<i64>, StoreError> {
     let Ctx {
         store,
@@ -186,13 +194,39 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         tokio::task::spawn_blocking(move || deliver_local(&settings, &msg, &local, &body, retry))
             .await?
     };
-    if !remote.is_empty() {
-        outcomes.extend(outbound.deliver(&msg, &remote, &body).await);
-    }
     let now = now_secs();
     let expired = now - msg.received_at > settings.queue.max_age.as_secs() as i64;
+    // What may be written before the DSNs: the state as loaded plus remote
+    // deliveries (local ones are idempotent, Maildir names are fixed).
+    let mut durable = msg.clone();
     for (i, outcome) in &outcomes {
         msg.record(*i, outcome, now, expired);
+    }
+    if !remote.is_empty() {
+        // Deliveries are written as each destination's transaction ends, so
+        // a crash while another destination is slow does not send the
+        // finished transactions again. Failures are written only after
+        // their DSN (below), so a crash never loses a DSN.
+        let snapshot = msg.clone();
+        let mut record = |batch: Vec<(usize, Outcome)>| {
+            let mut delivered = false;
+            for (i, outcome) in &batch {
+                msg.record(*i, outcome, now, expired);
+                if matches!(outcome, Outcome::Delivered(_)) {
+                    durable.record(*i, outcome, now, expired);
+                    delivered = true;
+                }
+            }
+            if delivered && let Err(e) = store.put(&durable) {
+                error!(error = %e, "cannot record deliveries");
+            }
+            outcomes.extend(batch);
+        };
+        outbound
+            .deliver(&snapshot, &remote, &body, &mut record)
+            .await;
+    }
+    for (i, outcome) in &outcomes {
         let r = &msg.recipients[*i];
         // A temporary failure past queue.max_age bounces like a permanent one.
         match (outcome, &r.status) {
@@ -200,10 +234,10 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
                 info!(rcpt = %escape(&r.address), mailbox = %escape(&r.mailbox), detail = %escape(detail), "delivered")
             }
             (_, RcptStatus::Failed(reason)) => {
-                error!(rcpt = %escape(&r.address), error = %escape(reason), attempts = r.attempts, "bounced")
+                error!(rcpt = %escape(&r.address), error = %escape(reason), status = %outcome_status(outcome), attempts = r.attempts, "bounced")
             }
             (Outcome::Temporary(e) | Outcome::Permanent(e), _) => {
-                warn!(rcpt = %escape(&r.address), error = %e, attempts = r.attempts, "deferred")
+                warn!(rcpt = %escape(&r.address), error = %e, status = %e.status, attempts = r.attempts, "deferred")
             }
         }
     }

@@ -110,18 +110,23 @@ impl Outbound {
         }
     }
 
-    /// Tries recipients `rcpts` of `msg` (all remote) once.
+    /// Tries recipients `rcpts` of `msg` (all remote) once. `done` hears
+    /// the outcomes of each destination as soon as its transaction ends, so
+    /// the queue can record them before the slowest destination finishes:
+    /// a crash then repeats at most the transactions still open.
     pub async fn deliver(
         &self,
         msg: &QueuedMessage,
         rcpts: &[usize],
         body: &[u8],
-    ) -> Vec<(usize, Outcome)> {
+        done: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
+    ) {
         let max = self.inner.settings.max_received;
         let hops = message::received_count(body);
         if hops > max {
             let o = classify::mail_loop(hops, max);
-            return rcpts.iter().map(|&i| (i, o.clone())).collect();
+            done(rcpts.iter().map(|&i| (i, o.clone())).collect());
+            return;
         }
         let mut outcomes = Vec::new();
         let mut groups: HashMap<String, (Destination, Batch)> = HashMap::new();
@@ -143,6 +148,9 @@ impl Outbound {
                 Err(f) => outcomes.push((i, classify::route(f))),
             }
         }
+        if !outcomes.is_empty() {
+            done(outcomes);
+        }
         let body: Arc<[u8]> = Arc::from(body);
         let msg = Arc::new(msg.clone());
         let mut running = tokio::task::JoinSet::new();
@@ -153,15 +161,14 @@ impl Outbound {
                 batch.rcpts.into_iter().zip(out).collect::<Vec<_>>()
             });
         }
-        while let Some(done) = running.join_next().await {
-            match done {
-                Ok(v) => outcomes.extend(v),
+        while let Some(finished) = running.join_next().await {
+            match finished {
+                Ok(v) => done(v),
                 // A panic in one destination's task: its recipients keep
                 // no outcome and stay pending for the next attempt.
                 Err(e) => warn!(error = %e, "outbound delivery task failed"),
             }
         }
-        outcomes
     }
 
     /// Local LMTP (`[local] delivery = "lmtp"`): each mailbox once, as
