@@ -392,3 +392,67 @@ fn delay_dsn_is_sent_once() {
     assert_eq!(s.log_lines("\"dsn sent\"").len(), 1, "{}", s.dump_logs());
     assert_eq!(s.mail("sender").len(), 1);
 }
+
+#[test]
+fn a_remote_refusal_and_a_dead_next_hop_reach_the_sender_as_dsns() {
+    use crate::outbound::{Event, Upstream};
+    // One upstream refuses one of two recipients at RCPT.
+    let up = Upstream::start(|e| match e {
+        Event::Rcpt(line) if line.contains("bad@") => {
+            Some("550 5.1.1 <bad@remote.test>: Recipient address rejected: User unknown".into())
+        }
+        _ => None,
+    });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Server::start(&format!(
+        "{EXPIRE_FAST}[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n\
+         [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\n\
+         [[outbound.route]]\ndomain = \"dead.test\"\nhost = \"127.0.0.1\"\nport = {dead}\n",
+        up.port
+    ));
+    send(
+        &s,
+        "<sender@example.test>",
+        &["<good@remote.test>", "<bad@remote.test>"],
+        "refused",
+    );
+    let got = up.wait_accepted(1, &s);
+    assert_eq!(got[0].rcpts, ["RCPT TO:<good@remote.test>"]);
+    wait_until(&s, "the failure DSN", || s.mail("sender").len() == 1);
+    let dsn = parse(&s.mail("sender")[0]);
+    assert_fields(
+        &dsn.status,
+        &[
+            "Reporting-MTA: dns; mx.test",
+            "Final-Recipient: rfc822; bad@remote.test",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; 127.0.0.1",
+            "Diagnostic-Code: smtp; 550 5.1.1 <bad@remote.test>: Recipient address rejected: User unknown",
+        ],
+    );
+    assert!(!dsn.status.contains("good@remote.test"), "{}", dsn.status);
+    assert!(dsn.human.contains("bad@remote.test"), "{}", dsn.human);
+
+    // A next hop that never answers: retried until queue.max_age, then a
+    // failure DSN with the last temporary reason.
+    send(&s, "<sender@example.test>", &["<far@dead.test>"], "dead");
+    wait_until(&s, "the expiry DSN", || s.mail("sender").len() == 2);
+    let dsn = parse(&s.mail("sender")[1]);
+    assert_fields(
+        &dsn.status,
+        &[
+            "Final-Recipient: rfc822; far@dead.test",
+            "Action: failed",
+            "Status: 4.4.1",
+        ],
+    );
+    assert!(
+        lines_with(&s, &["deferred", "far@dead.test"]).len() >= 2,
+        "retried before giving up"
+    );
+}

@@ -18,7 +18,7 @@ use crate::support::{Client, SUBMISSION_LISTENERS, Server, require_tool};
 // ------------------------------------------------------------ the upstream
 
 /// What the responder is asked to answer; `None` means the default.
-enum Event<'a> {
+pub(crate) enum Event<'a> {
     Ehlo,
     Mail,
     Rcpt(&'a str),
@@ -30,9 +30,9 @@ type Policy = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 /// One transaction as the responder saw it.
 #[derive(Debug, Clone, Default)]
-struct Tx {
+pub(crate) struct Tx {
     mail: String,
-    rcpts: Vec<String>,
+    pub(crate) rcpts: Vec<String>,
     /// The message, dot-unstuffed, without the end marker.
     data: Vec<u8>,
     /// The final reply was 2xx.
@@ -49,15 +49,17 @@ struct Seen {
 }
 
 /// A std::net SMTP server the test controls.
-struct Upstream {
-    port: u16,
+pub(crate) struct Upstream {
+    pub(crate) port: u16,
     seen: Arc<Mutex<Seen>>,
 }
 
 const EHLO: &str = "250-upstream.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 impl Upstream {
-    fn start(policy: impl Fn(&Event) -> Option<String> + Send + Sync + 'static) -> Upstream {
+    pub(crate) fn start(
+        policy: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -102,7 +104,7 @@ impl Upstream {
     }
 
     /// Waits until `n` messages were accepted.
-    fn wait_accepted(&self, n: usize, s: &Server) -> Vec<Tx> {
+    pub(crate) fn wait_accepted(&self, n: usize, s: &Server) -> Vec<Tx> {
         wait_until(s, &format!("{n} accepted messages upstream"), || {
             self.accepted().len() >= n
         });
@@ -675,7 +677,7 @@ impl Drop for KillOnDrop {
 /// config, queue and log in a temp dir (like ../shared/peers/postfix-up).
 struct Postfix {
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Postfix {
@@ -763,7 +765,7 @@ impl Drop for Postfix {
 /// from a passwd-file (bob's quota is 1 KiB), Maildirs under `mail/`.
 struct Dovecot {
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
