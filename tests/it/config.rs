@@ -216,3 +216,37 @@ fn json_logs_are_one_object_per_line_with_span_fields() {
     assert!(crate::support::field(&accepted, "peer").starts_with("127.0.0.1:"));
     assert_eq!(crate::support::field(&accepted, "nrcpt"), "1");
 }
+
+/// Every ```toml block in README.md and docs/*.md is a config fragment
+/// the server accepts: unknown keys and wrong types are refused by the raw
+/// layer, so a documented example cannot drift from the config types.
+#[test]
+fn toml_examples_in_the_docs_parse() {
+    let mut files = vec![std::path::PathBuf::from("README.md")];
+    for e in std::fs::read_dir("docs").unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    let mut blocks = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("```toml\n") {
+            let body = &rest[i + 8..];
+            let end = body.find("```").expect("closed block");
+            let block = &body[..end];
+            let name = format!("{} block {}", f.display(), blocks + 1);
+            // Fragments are read as they are, after a listener so a
+            // fragment without one is still a whole config.
+            let src = format!("[[listener]]\naddress = \"127.0.0.1:0\"\n{block}");
+            if let Err(e) = wasmtp::config::parse_raw(&src, &name) {
+                panic!("{name} does not parse: {e}\n{block}");
+            }
+            blocks += 1;
+            rest = &body[end + 3..];
+        }
+    }
+    assert!(blocks >= 2, "found {blocks} toml blocks");
+}
