@@ -58,7 +58,12 @@ pub enum Input {
     TooLong,
 }
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Read size while waiting for commands: an idle connection holds no more
+/// than this (10,000 idle sessions should fit in a few hundred MiB), and a
+/// pipelined burst is still read in few calls.
+const LINE_READ: usize = 2 * 1024;
+/// Read size for DATA and BDAT payloads.
+const DATA_READ: usize = 64 * 1024;
 
 /// Buffered connection.
 pub struct Conn<S> {
@@ -77,9 +82,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S, write_timeout: Duration, deadline: Instant) -> Self {
         Conn {
             stream,
-            inbuf: Vec::with_capacity(READ_CHUNK),
+            inbuf: Vec::new(),
             pos: 0,
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             write_timeout,
             deadline,
         }
@@ -140,52 +145,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.inbuf[self.pos..]
     }
 
-    /// Flushes replies, then reads more input.
+    /// Flushes replies, then reads up to `want` more octets. The buffer is
+    /// filled without zeroing it first (`read_buf`), so memory a read does
+    /// not use is never touched, and a buffer grown for DATA is given back
+    /// once it is drained.
     async fn fill(
         &mut self,
         timeout: Duration,
         shutdown: Option<&mut watch::Receiver<bool>>,
+        want: usize,
     ) -> Result<(), Stop> {
         self.flush().await?;
         if self.pos > 0 && self.pos == self.inbuf.len() {
-            self.inbuf.clear();
+            if self.inbuf.capacity() > 2 * want {
+                self.inbuf = Vec::new();
+            } else {
+                self.inbuf.clear();
+            }
             self.pos = 0;
-        } else if self.pos > READ_CHUNK {
+        } else if self.pos > want {
             self.inbuf.drain(..self.pos);
             self.pos = 0;
         }
-        let len = self.inbuf.len();
-        self.inbuf.resize(len + READ_CHUNK, 0);
+        self.inbuf.reserve(want);
         let (timeout, at_deadline) = self.bounded(timeout);
-        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.inbuf[len..]));
+        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
         let result = match shutdown {
             Some(rx) => tokio::select! {
                 r = read => r,
-                _ = crate::server::stopping(rx) => { self.inbuf.truncate(len); return Err(Stop::Shutdown) }
+                _ = crate::server::stopping(rx) => return Err(Stop::Shutdown),
             },
             None => read.await,
         };
         match result {
-            Err(_) => {
-                self.inbuf.truncate(len);
-                Err(if at_deadline {
-                    Stop::Lifetime
-                } else {
-                    Stop::Timeout
-                })
-            }
-            Ok(Err(e)) => {
-                self.inbuf.truncate(len);
-                Err(Stop::Io(e))
-            }
-            Ok(Ok(0)) => {
-                self.inbuf.truncate(len);
-                Err(Stop::Eof)
-            }
-            Ok(Ok(n)) => {
-                self.inbuf.truncate(len + n);
-                Ok(())
-            }
+            Err(_) => Err(if at_deadline {
+                Stop::Lifetime
+            } else {
+                Stop::Timeout
+            }),
+            Ok(Err(e)) => Err(Stop::Io(e)),
+            Ok(Ok(0)) => Err(Stop::Eof),
+            Ok(Ok(_)) => Ok(()),
         }
     }
 
@@ -226,7 +226,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(Stop::Shutdown);
                 }
             }
-            self.fill(timeout, shutdown.as_deref_mut()).await?;
+            self.fill(timeout, shutdown.as_deref_mut(), LINE_READ)
+                .await?;
         }
     }
 
@@ -245,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 DataEvent::NeedMore => self.pos = self.inbuf.len(),
             }
-            self.fill(timeout, None).await?;
+            self.fill(timeout, None, DATA_READ).await?;
         }
     }
 
@@ -265,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if n == 0 {
                 return Ok(());
             }
-            self.fill(timeout, None).await?;
+            self.fill(timeout, None, DATA_READ).await?;
         }
     }
 }

@@ -140,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.greet {
             if self.plugins.wants(HookName::Connect) {
                 let conn = self.conn_record();
-                let decision = self.plugins.connect(&conn).await;
+                let decision = Box::pin(self.plugins.connect(&conn)).await;
                 if let Some(mut r) = self.refusal(&decision) {
                     // Before the greeting a refusal ends the session (RFC 5321 §3.1).
                     if r.code < 500 {
@@ -251,14 +251,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         Ok(match cmd {
-            Command::Ehlo(name) => self.hello(name, true).await,
-            Command::Helo(name) => self.hello(name, false).await,
-            Command::Mail(path, params) => self.mail(path, params).await,
-            Command::Rcpt(path, params) => self.rcpt(path, params).await,
-            Command::Data => return self.data().await,
-            Command::Bdat(size, last) => return self.bdat(size, last).await,
+            // Stages that await (plugins, the queue, password checks) are
+            // boxed: the session's own future then holds only the active
+            // stage, so an idle connection costs a few KiB, not the sum of
+            // every stage's state.
+            Command::Ehlo(name) => Box::pin(self.hello(name, true)).await,
+            Command::Helo(name) => Box::pin(self.hello(name, false)).await,
+            Command::Mail(path, params) => Box::pin(self.mail(path, params)).await,
+            Command::Rcpt(path, params) => Box::pin(self.rcpt(path, params)).await,
+            Command::Data => return Box::pin(self.data()).await,
+            Command::Bdat(size, last) => return Box::pin(self.bdat(size, last)).await,
             Command::StartTls => self.starttls(),
-            Command::Auth(mech, initial) => return self.auth(mech, initial).await,
+            Command::Auth(mech, initial) => return Box::pin(self.auth(mech, initial)).await,
             Command::Rset => {
                 self.end_tx();
                 Reply::reset()

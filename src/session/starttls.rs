@@ -57,21 +57,23 @@ pub async fn serve_connection(
     mut info: ConnInfo,
     shutdown: watch::Receiver<bool>,
 ) {
+    // The TLS parts are boxed: the connection's future then holds only the
+    // stage it is in, not room for a plaintext and a TLS session at once.
     if info.role == Role::Submissions {
-        if let Some(tls) = handshake(stream, &ctx, &mut info).await {
-            Session::new(tls, ctx, info, shutdown).run().await;
+        if let Some(tls) = Box::pin(handshake(stream, &ctx, &mut info)).await {
+            Box::pin(Session::new(tls, ctx, info, shutdown).run()).await;
         }
         return;
     }
     let plain = Session::new(stream, ctx.clone(), info.clone(), shutdown.clone());
-    let Some(stream) = plain.run().await else {
+    let Some(stream) = Box::pin(plain.run()).await else {
         return;
     };
-    if let Some(tls) = handshake(stream, &ctx, &mut info).await {
+    if let Some(tls) = Box::pin(handshake(stream, &ctx, &mut info)).await {
         let mut session = Session::new(tls, ctx, info, shutdown);
         session.greet = false;
         // A TLS session never asks for another upgrade (`starttls` refuses).
-        let _ = session.run().await;
+        let _ = Box::pin(session.run()).await;
     }
 }
 
