@@ -182,7 +182,9 @@ impl SessionHarness {
             .expect("tokio runtime");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let ctx = rt.block_on(async {
-            let store = crate::queue::Store::open(&settings.queue.dir, false).expect("store");
+            let store =
+                crate::queue::Store::open(&settings.queue.dir, false, settings.queue.cache_size)
+                    .expect("store");
             let plugins = crate::plugin::PluginHost::new(&settings, store.db()).expect("plugins");
             let (queue, _task) = crate::queue::QueueManager::start(
                 store.clone(),

@@ -119,7 +119,11 @@ pub async fn serve(
     reload: watch::Receiver<u64>,
 ) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
-    let store = Store::open(&settings.queue.dir, settings.queue.group_commit)?;
+    let store = Store::open(
+        &settings.queue.dir,
+        settings.queue.group_commit,
+        settings.queue.cache_size,
+    )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let plugins = PluginHost::new(&settings, store.db())?;
     let (queue, queue_task) = QueueManager::start(

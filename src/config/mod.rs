@@ -417,6 +417,8 @@ pub struct RawQueue {
     pub dir: Option<PathBuf>,
     /// Share one flush between concurrent sessions.
     pub group_commit: Option<bool>,
+    /// Memory the store may use to cache its pages.
+    pub cache_size: Option<ByteSize>,
     /// Concurrent deliveries.
     pub delivery_workers: Option<AtLeast<1>>,
     /// Delay before each retry of a temporary failure; the last repeats.
@@ -548,6 +550,8 @@ pub struct QueueSettings {
     pub dir: PathBuf,
     /// Share flushes between sessions.
     pub group_commit: bool,
+    /// Page cache of the store, in bytes.
+    pub cache_size: u64,
     /// Concurrent deliveries.
     pub delivery_workers: usize,
     /// Retry delays; the last repeats.
@@ -783,6 +787,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let queue = QueueSettings {
         dir: q.dir.unwrap_or_else(|| data_dir.join("queue")),
         group_commit: q.group_commit.unwrap_or(true),
+        cache_size: q.cache_size.map_or(32 * 1024 * 1024, |b| b.0),
         delivery_workers: q.delivery_workers.map_or(4, |n| n.0),
         retry_intervals,
         max_age: q

@@ -79,8 +79,9 @@ impl Drop for Inner {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `dir` and starts its flusher thread.
-    pub fn open(dir: &Path, group_commit: bool) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store at `dir` and starts its flusher thread;
+    /// sled caches at most `cache` bytes of pages.
+    pub fn open(dir: &Path, group_commit: bool, cache: u64) -> Result<Store, StoreError> {
         let io = |e| StoreError::Sled(sled::Error::Io(e));
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -93,6 +94,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache)
             .open()?;
         let envelopes = db.open_tree("envelopes")?;
         let bodies = db.open_tree("bodies")?;
@@ -293,7 +295,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
         {
-            let store = Store::open(&q, true).unwrap();
+            let store = Store::open(&q, true, 1 << 20).unwrap();
             store.commit(&message("GOOD"), b"hi").await.unwrap();
             store.commit(&message("BAD1"), b"hi").await.unwrap();
             store.commit(&message("BAD2"), b"hi").await.unwrap();
@@ -307,7 +309,7 @@ mod tests {
         }
         let mode = std::fs::metadata(&q).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, DIR_MODE);
-        let store = Store::open(&q, false).unwrap();
+        let store = Store::open(&q, false, 1 << 20).unwrap();
         // At run time: reads as gone, kept aside.
         assert!(store.get("BAD2").unwrap().is_none());
         // At start: the good one is recovered, the bad one set aside.
@@ -322,7 +324,7 @@ mod tests {
         store.flush().await.unwrap();
         drop(store);
         // Bodies of set-aside records survive the orphan sweep at open.
-        let store = Store::open(&q, true).unwrap();
+        let store = Store::open(&q, true, 1 << 20).unwrap();
         assert!(store.body("BAD1").unwrap().is_some());
     }
 }
