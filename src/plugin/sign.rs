@@ -136,26 +136,26 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 
 /// Reads a secret key written by [`keygen`] (or `openssl genpkey -algorithm ed25519`).
 pub fn read_secret_key(path: &Path) -> Result<SigningKey, SignError> {
-    let pem = std::fs::read_to_string(path).map_err(|error| SignError::Io {
-        path: path.into(),
-        error,
-    })?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| SignError::Key {
-        path: path.into(),
-        kind: "secret",
-        detail: e.to_string(),
-    })
+    read_pem(path, "secret", SigningKey::from_pkcs8_pem)
 }
 
 /// Reads a public key (`NAME.pub`).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, SignError> {
+    read_pem(path, "public", VerifyingKey::from_public_key_pem)
+}
+
+fn read_pem<T, E: std::fmt::Display>(
+    path: &Path,
+    kind: &'static str,
+    decode: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, SignError> {
     let pem = std::fs::read_to_string(path).map_err(|error| SignError::Io {
         path: path.into(),
         error,
     })?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|e| SignError::Key {
+    decode(&pem).map_err(|e| SignError::Key {
         path: path.into(),
-        kind: "public",
+        kind,
         detail: e.to_string(),
     })
 }
@@ -399,5 +399,48 @@ pub fn check(bytes: &[u8], spec: &PluginSpec) -> Result<(), PluginError> {
             warn!(plugin = %spec.name, signers = %signers.join(", "), "plugin signed by keys not in plugin_trust.trusted_keys; loaded because require_signature = false");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module with a code section (components keep their code in
+    /// nested modules, which `split` skips whole; a module's own code
+    /// section is skipped the other way).
+    fn module() -> Vec<u8> {
+        use wasm_encoder::{CodeSection, Function, FunctionSection, Module, TypeSection};
+        let mut types = TypeSection::new();
+        types.ty().function([], [wasm_encoder::ValType::I32]);
+        let mut funcs = FunctionSection::new();
+        funcs.function(0);
+        let mut code = CodeSection::new();
+        let mut f = Function::new([]);
+        f.instructions().i32_const(42).end();
+        code.function(&f);
+        let mut m = Module::new();
+        m.section(&types).section(&funcs).section(&code);
+        m.finish()
+    }
+
+    #[test]
+    fn signatures_coexist_and_cover_every_other_byte() {
+        let (a, b) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let unsigned = module();
+        let signed = sign(&sign(&unsigned, &a).unwrap(), &b).unwrap();
+        let found = signatures(&signed).unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|f| f.problem.is_none()), "{found:?}");
+        assert_eq!(found[0].key, Some(a.verifying_key()));
+        // The last byte of the unsigned module is in its code section.
+        let mut changed = signed.clone();
+        changed[unsigned.len() - 2] ^= 1;
+        let found = signatures(&changed).unwrap();
+        assert!(found.iter().all(|f| f.problem.is_some()), "{found:?}");
+        assert!(signatures(&signed[..signed.len() - 1]).is_err());
     }
 }
