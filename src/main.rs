@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod share_cmd;
 mod user_cmd;
 
 #[derive(Parser)]
@@ -66,6 +67,9 @@ enum PluginsCmd {
         /// The .wasm file.
         file: PathBuf,
     },
+    // keygen, sign, verify, push, pull
+    #[command(flatten)]
+    Share(share_cmd::ShareCmd),
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigError> {
@@ -131,6 +135,15 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Plugins {
+            command: PluginsCmd::Share(cmd),
+        } => match share_cmd::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

@@ -98,6 +98,9 @@ pub struct RawConfig {
     /// `[plugin_limits]`
     #[serde(default)]
     pub plugin_limits: RawPluginLimits,
+    /// `[plugin_trust]`
+    #[serde(default)]
+    pub plugin_trust: crate::plugin::sign::RawPluginTrust,
 }
 
 /// `[[plugin]]`
@@ -106,8 +109,10 @@ pub struct RawConfig {
 pub struct RawPlugin {
     /// Name in logs, metrics and kv namespaces.
     pub name: String,
-    /// The `.wasm` component.
-    pub path: PathBuf,
+    /// The `.wasm` component (or `oci`).
+    pub path: Option<PathBuf>,
+    /// An OCI reference to pull the component from (or `path`); needs `sha256`.
+    pub oci: Option<String>,
     /// Expected sha256 of the file (hex).
     pub sha256: Option<String>,
     /// Hooks this plugin runs on; default: all.
@@ -261,6 +266,10 @@ pub struct PluginSpec {
     pub memory: u64,
     /// Config handed to `init`, as JSON.
     pub config_json: String,
+    /// The OCI reference `path` is pulled from, if any.
+    pub oci: Option<String>,
+    /// Whose signatures count (`[plugin_trust]`).
+    pub trust: std::sync::Arc<crate::plugin::sign::TrustPolicy>,
 }
 
 impl PluginSpec {
@@ -877,6 +886,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
         .map_err(|(key, m)| err(&key, m))?;
 
+    let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;
     let mut plugins: Vec<PluginSpec> = Vec::new();
     for p in raw.plugins {
         if plugins.iter().any(|o| o.name == p.name) {
@@ -911,6 +921,28 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             }
             None => None,
         };
+        let path = match (p.path, &p.oci, &sha256) {
+            (Some(path), None, _) => path,
+            (None, Some(r), Some(pin)) => {
+                crate::plugin::oci::parse_reference(r).map_err(|e| err("oci", e.to_string()))?;
+                data_dir.join("plugins").join(format!("{pin}.wasm"))
+            }
+            (None, Some(_), None) => {
+                return Err(err(
+                    "oci",
+                    format!(
+                        "plugin {:?}: `oci` needs `sha256` (the digest `wasmtp plugin pull` prints), so what runs cannot change under the same tag",
+                        p.name
+                    ),
+                ));
+            }
+            _ => {
+                return Err(err(
+                    "name",
+                    format!("plugin {:?}: give exactly one of `path` and `oci`", p.name),
+                ));
+            }
+        };
         let default_timeout = p.timeout.map_or(Duration::from_millis(500), |d| d.0);
         let timeouts = HookName::ALL
             .iter()
@@ -919,7 +951,9 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         let config = p.config.unwrap_or_default();
         plugins.push(PluginSpec {
             name: p.name,
-            path: p.path,
+            path,
+            oci: p.oci,
+            trust: trust.clone(),
             sha256,
             hooks: p.hooks.unwrap_or_else(|| HookName::ALL.to_vec()),
             grants: p.grants,

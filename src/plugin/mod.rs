@@ -14,7 +14,9 @@ pub mod cache;
 pub mod host;
 pub mod limits;
 pub mod message;
+pub mod oci;
 pub mod run;
+pub mod sign;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +103,26 @@ pub enum PluginError {
         /// Plugin name.
         name: String,
         /// The plugin's own message, or the trap.
+        detail: String,
+    },
+    /// A signature does not verify, or `[plugin_trust]` requires one it lacks.
+    #[error("plugin {name}: {}: {reason}", path.display())]
+    Signature {
+        /// Plugin name.
+        name: String,
+        /// File.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// Its `oci` reference could not be pulled.
+    #[error("plugin {name}: cannot pull {reference} (key plugin.oci): {detail}")]
+    Pull {
+        /// Plugin name.
+        name: String,
+        /// The OCI reference.
+        reference: String,
+        /// Why.
         detail: String,
     },
     /// Linking or the engine failed.
@@ -357,6 +379,9 @@ impl PluginHost {
 
     fn load_one(&self, spec: &PluginSpec) -> Result<(PluginPre<HostState>, String), PluginError> {
         let name = spec.name.clone();
+        if let Some(reference) = &spec.oci {
+            oci::ensure_pulled(spec, reference)?;
+        }
         let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
             name: name.clone(),
             path: spec.path.clone(),
@@ -373,6 +398,7 @@ impl PluginHost {
                 });
             }
         }
+        sign::check(&bytes, spec)?;
         let component = self.compile_cached(spec, &bytes, &digest)?;
         check_imports(&self.engine, &component, spec)?;
         let mut linker = self.linker.clone();

@@ -16,6 +16,7 @@ mod plugins;
 mod protocol;
 mod relay;
 mod routing;
+mod signing;
 mod storage;
 mod support;
 mod tls;
