@@ -38,14 +38,14 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({name}): {source}")]
+    #[error("cannot listen on {addr} ({name}): {error}")]
     Bind {
         /// Listener name.
         name: String,
         /// Address.
         addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error; part of the message, not a chained source, so it is printed once.
+        error: std::io::Error,
     },
 }
 
@@ -152,10 +152,10 @@ pub async fn serve(
     for l in &settings.listeners {
         let sock = TcpListener::bind(l.address)
             .await
-            .map_err(|source| ServerError::Bind {
+            .map_err(|error| ServerError::Bind {
                 name: l.name.clone(),
                 addr: l.address,
-                source,
+                error,
             })?;
         let addr = sock.local_addr().unwrap_or(l.address);
         info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");

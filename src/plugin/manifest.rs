@@ -61,11 +61,11 @@ pub struct CustomSection {
     pub top_level: bool,
 }
 
+/// Every custom section, and the contents of those asked for as (top level?, bytes).
+pub type Sections = (Vec<CustomSection>, Vec<(bool, Vec<u8>)>);
+
 /// Every custom section of a component (or module), with the contents of those named `want`.
-pub fn custom_sections(
-    bytes: &[u8],
-    want: &str,
-) -> Result<(Vec<CustomSection>, Vec<(bool, Vec<u8>)>), String> {
+pub fn custom_sections(bytes: &[u8], want: &str) -> Result<Sections, String> {
     let mut found = Vec::new();
     let mut wanted = Vec::new();
     let mut depth = 0usize;
