@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -143,55 +144,44 @@ fn an_unknown_builtin_is_named() {
     );
 }
 
+/// `check-config` on one `[[plugin]]` of a built plugin: Ok, or what it printed.
+fn check(name: &str, file: &str, rest: &str) -> Result<(), String> {
+    match check_plugin_config(&plugin_toml(name, file, rest)) {
+        (true, _) => Ok(()),
+        (false, err) => Err(err),
+    }
+}
+
 #[test]
 fn the_manifest_checks_config_keys_and_grants() {
     // A key the schema does not allow, and a value of the wrong type: each named.
-    let (ok, err) = check_plugin_config(&plugin_toml(
-        "spam-score",
-        "spam_score.wasm",
-        "[plugin.config]\nspam_treshold = 3.0\n",
-    ));
-    assert!(!ok);
+    let spam = |config: &str| check("spam-score", "spam_score.wasm", config);
+    let err = spam("[plugin.config]\nspam_treshold = 3.0\n").unwrap_err();
     assert!(
         err.contains("plugin spam-score: config key plugin.config.spam_treshold:"),
         "{err}"
     );
-    let (ok, err) = check_plugin_config(&plugin_toml(
-        "spam-score",
-        "spam_score.wasm",
-        "[plugin.config]\nspam_threshold = \"high\"\n",
-    ));
-    assert!(!ok);
+    let err = spam("[plugin.config]\nspam_threshold = \"high\"\n").unwrap_err();
     assert!(
         err.contains("config key plugin.config.spam_threshold: \"high\" is not of type \"number\""),
         "{err}"
     );
-    let (ok, err) = check_plugin_config(&plugin_toml(
-        "spam-score",
-        "spam_score.wasm",
-        "[plugin.config]\nspam_threshold = 3.0\n",
-    ));
-    assert!(ok, "{err}");
+    spam("[plugin.config]\nspam_threshold = 3.0\n").unwrap();
 
     // greylist's manifest needs kv and clock: the message says what to add.
-    let (ok, err) = check_plugin_config(&plugin_toml(
-        "greylist",
-        "greylist.wasm",
-        "grants = [\"kv\"]\n",
-    ));
-    assert!(!ok);
+    let err = check("greylist", "greylist.wasm", "grants = [\"kv\"]\n").unwrap_err();
     assert!(
         err.contains(
             "plugin greylist: its manifest says it needs the \"clock\" grant: add \"clock\" to its grants ([[plugin]] name = \"greylist\", key grants)"
         ),
         "{err}"
     );
-    let (ok, err) = check_plugin_config(&plugin_toml(
+    check(
         "greylist",
         "greylist.wasm",
         "grants = [\"kv\", \"clock\"]\n",
-    ));
-    assert!(ok, "{err}");
+    )
+    .unwrap();
 }
 
 #[test]
@@ -205,17 +195,19 @@ fn configured_hooks_win_over_the_manifest() {
     assert!(field(&loaded[0], "hooks").contains("connect"), "{loaded:?}");
 }
 
+/// `wasmtp ARGS...`: Ok(stdout) on success, Err(stderr) on failure.
+fn wasmtp<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<String, String> {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
 fn inspect(file: &str) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["plugin", "inspect", "--json", file])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&wasmtp(&["plugin", "inspect", "--json", file]).unwrap()).unwrap()
 }
 
 #[test]
@@ -228,11 +220,7 @@ fn inspect_reports_manifest_imports_and_digest() {
     assert!(v["manifest"]["config_schema"]["properties"]["delay_secs"].is_object());
     assert_eq!(v["contract"], "wasmtp:plugin@0.1.0");
     assert_eq!(v["size"], std::fs::metadata(&wasm).unwrap().len());
-    let digest = Command::new(BIN)
-        .args(["plugin", "digest", &wasm])
-        .output()
-        .unwrap();
-    let digest = String::from_utf8_lossy(&digest.stdout);
+    let digest = wasmtp(&["plugin", "digest", &wasm]).unwrap();
     assert!(
         digest.starts_with(v["sha256"].as_str().unwrap()),
         "{digest}"
@@ -255,16 +243,7 @@ fn inspect_reports_manifest_imports_and_digest() {
     assert!(v["signatures"].is_null());
 
     // The text form, and the `plugins` alias of the group.
-    let out = Command::new(BIN)
-        .args(["plugins", "inspect", "builtin:spam-score"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = wasmtp(&["plugins", "inspect", "builtin:spam-score"]).unwrap();
     assert!(text.contains("name:        spam-score 0.1.0"), "{text}");
     assert!(text.contains("hooks:       data"), "{text}");
 }
@@ -280,17 +259,15 @@ fn embed_manifest_replaces_the_manifest_and_the_host_applies_it() {
         r#"{"name": "renamed", "contract": "wasmtp:plugin@0.1.0", "hooks": ["ehlo"], "grants": ["dns"]}"#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "embed-manifest"])
-        .arg(&wasm)
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let embed = || {
+        wasmtp(&[
+            Path::new("plugin"),
+            Path::new("embed-manifest"),
+            &wasm,
+            &manifest,
+        ])
+    };
+    embed().unwrap();
     let v = inspect(wasm.to_str().unwrap());
     assert_eq!(v["manifest"]["name"], "renamed");
     let sections = v["custom_sections"].as_array().unwrap();
@@ -310,18 +287,8 @@ fn embed_manifest_replaces_the_manifest_and_the_host_applies_it() {
 
     // A manifest that is not one is refused before anything is written.
     std::fs::write(&manifest, r#"{"name": "x"}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "embed-manifest"])
-        .arg(&wasm)
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("missing field `contract`"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = embed().unwrap_err();
+    assert!(err.contains("missing field `contract`"), "{err}");
     assert_eq!(
         inspect(wasm.to_str().unwrap())["manifest"]["name"],
         "renamed"
@@ -357,12 +324,12 @@ fn a_panic_message_reaches_the_log_with_plugin_and_hook() {
 
 #[test]
 fn a_panic_in_init_is_explained_at_load() {
-    let (ok, err) = check_plugin_config(&plugin_toml(
+    let err = check(
         "trap",
         "fixture_trap.wasm",
         "[plugin.config]\nin_init = true\n",
-    ));
-    assert!(!ok);
+    )
+    .unwrap_err();
     assert!(err.contains("plugin trap: init trapped"), "{err}");
     assert!(err.contains("fixture-trap: deliberate panic"), "{err}");
 }
