@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod plugin_cmd;
 mod share_cmd;
 mod user_cmd;
 
@@ -31,6 +32,10 @@ enum Cmd {
         /// Log format (overrides [log] format).
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Listen on ADDR instead of the configured address of listener NAME
+        /// (NAME=ADDR, repeatable), e.g. `--listen mx=127.0.0.1:0`.
+        #[arg(long, value_name = "NAME=ADDR")]
+        listen: Vec<String>,
     },
     /// Validate a config file without starting (the embedded default without FILE).
     CheckConfig {
@@ -47,29 +52,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: user_cmd::UserCmd,
     },
-    /// Plugin management.
-    Plugins {
+    /// Plugin files and the running server's plugins.
+    #[command(alias = "plugins")]
+    Plugin {
         #[command(subcommand)]
-        command: PluginsCmd,
+        command: plugin_cmd::PluginCmd,
     },
-}
-
-#[derive(Subcommand)]
-enum PluginsCmd {
-    /// Ask the running server to load its plugins again (SIGHUP).
-    Reload {
-        /// Config file of the running server (to find its data dir).
-        #[arg(short, long)]
-        config: Option<PathBuf>,
-    },
-    /// Print the sha256 of a plugin file, for `sha256` pins.
-    Digest {
-        /// The .wasm file.
-        file: PathBuf,
-    },
-    // keygen, sign, verify, push, pull
-    #[command(flatten)]
-    Share(share_cmd::ShareCmd),
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigError> {
@@ -114,35 +102,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Plugins {
-            command: PluginsCmd::Digest { file },
-        } => match wasmtp::plugin::file_digest(&file) {
-            Ok(d) => {
-                println!("{d}  {}", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {}: {e}", file.display());
-                ExitCode::FAILURE
-            }
-        },
-        Cmd::Plugins {
-            command: PluginsCmd::Reload { config },
-        } => match reload(config.as_ref()) {
-            Ok(pid) => {
-                println!(
-                    "sent SIGHUP to wasmtp (pid {pid}); its log says whether the new plugin set loaded"
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Cmd::Plugins {
-            command: PluginsCmd::Share(cmd),
-        } => match share_cmd::run(cmd) {
+        Cmd::Plugin { command } => match plugin_cmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -165,14 +125,22 @@ fn main() -> ExitCode {
             print!("{}", wasmtp::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
-        Cmd::Serve { config, log_format } => {
-            let settings = match load(config.as_ref()) {
+        Cmd::Serve {
+            config,
+            log_format,
+            listen,
+        } => {
+            let mut settings = match load(config.as_ref()) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Err(e) = override_listeners(&mut settings, &listen) {
+                eprintln!("error: --listen: {e}");
+                return ExitCode::FAILURE;
+            }
             wasmtp::observe::init(
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
@@ -189,27 +157,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn reload(config: Option<&PathBuf>) -> anyhow::Result<i32> {
-    let settings = load(config)?;
-    let pid_file = settings.data_dir.join("wasmtp.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| {
-            format!(
-                "reading {} (is the server running with this config?)",
-                pid_file.display()
-            )
-        })?
-        .trim()
-        .parse()
-        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
-    // SAFETY: kill(2) with a pid read from our own pid file and SIGHUP.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        anyhow::bail!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
+/// Applies `--listen NAME=ADDR` overrides.
+fn override_listeners(settings: &mut Settings, overrides: &[String]) -> Result<(), String> {
+    for o in overrides {
+        let (name, addr) = o
+            .split_once('=')
+            .ok_or_else(|| format!("{o:?}: expected NAME=ADDR"))?;
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("{o:?}: {addr:?} is not an address: {e}"))?;
+        let names: Vec<&str> = settings.listeners.iter().map(|l| l.name.as_str()).collect();
+        let names = names.join(", ");
+        let l = settings
+            .listeners
+            .iter_mut()
+            .find(|l| l.name == name)
+            .ok_or_else(|| format!("{o:?}: no listener named {name:?} (listeners: {names})"))?;
+        l.address = addr;
     }
-    Ok(pid)
+    Ok(())
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -38,14 +38,14 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({name}): {source}")]
+    #[error("cannot listen on {addr} ({name}): {error}")]
     Bind {
         /// Listener name.
         name: String,
         /// Address.
         addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error; part of the message, not a chained source, so it is printed once.
+        error: std::io::Error,
     },
 }
 
@@ -156,10 +156,10 @@ pub async fn serve(
     for l in &settings.listeners {
         let sock = TcpListener::bind(l.address)
             .await
-            .map_err(|source| ServerError::Bind {
+            .map_err(|error| ServerError::Bind {
                 name: l.name.clone(),
                 addr: l.address,
-                source,
+                error,
             })?;
         let addr = sock.local_addr().unwrap_or(l.address);
         info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");
@@ -184,7 +184,7 @@ pub async fn serve(
 
     let pid_file = settings.data_dir.join("wasmtp.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
-        warn!(file = %pid_file.display(), error = %e, "cannot write the pid file (`wasmtp plugins reload` needs it)");
+        warn!(file = %pid_file.display(), error = %e, "cannot write the pid file (`wasmtp plugin reload` needs it)");
     }
     let reloader = tokio::spawn(reload_plugins(ctx.clone(), reload.clone()));
     stop.await;

@@ -66,12 +66,12 @@ pub struct TlsSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error; part of the message, not a chained source, so it is printed once.
+        error: std::io::Error,
     },
     /// A PEM file that holds no usable item of the expected kind.
     #[error("{}: {what}", path.display())]
@@ -145,9 +145,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -49,12 +49,12 @@ impl User {
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
     /// Reading or writing failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error; part of the message, not a chained source, so it is printed once.
+        error: std::io::Error,
     },
     /// A line is malformed.
     #[error("{}:{line}: {what}", path.display())]
@@ -136,9 +136,9 @@ pub fn read(path: &Path) -> Result<Vec<User>, UsersError> {
     match std::fs::read_to_string(path) {
         Ok(t) => parse(&t, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(UsersError::Io {
+        Err(error) => Err(UsersError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }),
     }
 }
@@ -156,7 +156,7 @@ pub fn write(path: &Path, users: &[User]) -> Result<(), UsersError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| UsersError::Io { path, source }
+        move |error| UsersError::Io { path, error }
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

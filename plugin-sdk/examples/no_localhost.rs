@@ -32,6 +32,20 @@ impl Plugin for NoLocalhost {
 }
 
 wasmtp_plugin_sdk::export!(NoLocalhost);
+// The manifest carried inside the component: name, version, description, authors and license come
+// from Cargo.toml; usually this object lives in a wasmtp-plugin.json next to it:
+// `wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));`
+wasmtp_plugin_sdk::manifest!(
+    r#"{
+        "hooks": ["ehlo"],
+        "grants": [],
+        "config_schema": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"names": {"type": "array", "items": {"type": "string"}}}
+        }
+    }"#
+);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,21 @@ thread_local! {
     static INSTANCE: RefCell<Option<Rc<dyn Any>>> = const { RefCell::new(None) };
 }
 
+/// Sends panic messages to the server's log through the `log` capability (always granted), then
+/// lets the default hook print them to stderr, which the server also captures: the panic text
+/// reaches the log whichever path works.
+#[cfg(target_arch = "wasm32")]
+fn log_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            crate::log::error(&format!("panic: {info}"));
+            default(info);
+        }));
+    });
+}
+
 /// Implements the generated hooks for a [`Plugin`]; used through [`export!`](crate::export!).
 pub struct Exports<P>(PhantomData<P>);
 
@@ -29,6 +44,8 @@ fn instance<P: Plugin>() -> Rc<P> {
 
 impl<P: Plugin> Guest for Exports<P> {
     fn init(config: String) -> Result<(), String> {
+        #[cfg(target_arch = "wasm32")]
+        log_panics();
         let plugin = P::init(Config::from_json(&config)?)?;
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Rc::new(plugin)));
         Ok(())

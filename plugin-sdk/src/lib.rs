@@ -37,6 +37,7 @@ mod config;
 mod export;
 mod helpers;
 mod host;
+pub mod manifest;
 mod message;
 pub mod net;
 mod plugin;

@@ -232,6 +232,20 @@ pub enum Grant {
     Clock,
 }
 
+impl Grant {
+    /// Every grant.
+    pub const ALL: [Grant; 3] = [Grant::Kv, Grant::Dns, Grant::Clock];
+
+    /// The config/manifest name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Kv => "kv",
+            Grant::Dns => "dns",
+            Grant::Clock => "clock",
+        }
+    }
+}
+
 /// What a failing plugin call (trap, timeout, out of memory) turns into.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -256,6 +270,8 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     /// Hooks it runs on.
     pub hooks: Vec<HookName>,
+    /// True if the config listed `hooks`; otherwise the plugin's manifest may narrow them.
+    pub hooks_configured: bool,
     /// Granted capabilities.
     pub grants: Vec<Grant>,
     /// Failure policy.
@@ -955,6 +971,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             oci: p.oci,
             trust: trust.clone(),
             sha256,
+            hooks_configured: p.hooks.is_some(),
             hooks: p.hooks.unwrap_or_else(|| HookName::ALL.to_vec()),
             grants: p.grants,
             on_error: p.on_error.unwrap_or_default(),

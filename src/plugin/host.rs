@@ -293,6 +293,8 @@ pub struct HostState {
     /// Limits this instance already reported: a plugin looping on a full
     /// quota logs `limit reached` once per instance, not once per call.
     reported: HashSet<&'static str>,
+    /// What the guest wrote to stdout/stderr in the current call (a panic message, usually).
+    pub(crate) output: super::wasi::Output,
 }
 
 impl HostState {
@@ -311,6 +313,7 @@ impl HostState {
             notes,
             shared,
             reported: HashSet::new(),
+            output: Default::default(),
         }
     }
 

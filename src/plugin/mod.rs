@@ -10,13 +10,17 @@
 //! Host capabilities live one per file: `host` (log, notes, kv, dns,
 //! clock) and `message` (the message resource the data hook reads).
 
+pub mod builtin;
 pub mod cache;
 pub mod host;
+pub mod inspect;
 pub mod limits;
+pub mod manifest;
 pub mod message;
 pub mod oci;
 pub mod run;
 pub mod sign;
+pub mod wasi;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,15 +57,48 @@ const TICK: Duration = Duration::from_millis(10);
 /// Why a plugin set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The file could not be read.
-    #[error("plugin {name}: cannot read {path}: {source}")]
+    /// The file could not be read, or the built-in plugin is not in this build.
+    #[error("plugin {name}: cannot read {path}: {reason}")]
     Read {
+        /// Plugin name.
+        name: String,
+        /// File, or `builtin:NAME`.
+        path: PathBuf,
+        /// The OS error or what is missing; part of this message, not a chained source, so it
+        /// is printed once.
+        reason: String,
+    },
+    /// The component's manifest does not fit this host.
+    #[error("plugin {name}: {path}: {detail}")]
+    Manifest {
         /// Plugin name.
         name: String,
         /// File.
         path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
+        /// What does not fit.
+        detail: String,
+    },
+    /// The manifest says the plugin needs a grant its config does not give.
+    #[error(
+        "plugin {name}: its manifest says it needs the {grant:?} grant: add \"{grant}\" to its grants ([[plugin]] name = {name:?}, key grants)"
+    )]
+    Grant {
+        /// Plugin name.
+        name: String,
+        /// The grant.
+        grant: &'static str,
+    },
+    /// `[plugin.config]` does not fit the manifest's JSON Schema.
+    #[error(
+        "plugin {name}: config key {key}: {detail} (checked against the plugin's config schema)"
+    )]
+    Config {
+        /// Plugin name.
+        name: String,
+        /// The dotted key, `plugin.config.<...>`.
+        key: String,
+        /// The schema's complaint.
+        detail: String,
     },
     /// The digest does not match the pin.
     #[error(
@@ -284,8 +321,9 @@ impl PluginHost {
         let mut plugins = Vec::new();
         for spec in specs {
             let started = std::time::Instant::now();
-            let (pre, digest) = self.load_one(spec)?;
-            self.check_init(spec, &pre)?;
+            let mut spec = spec.clone();
+            let (pre, digest) = self.load_one(&mut spec)?;
+            self.check_init(&spec, &pre)?;
             let stats = self
                 .stats
                 .lock()
@@ -301,7 +339,7 @@ impl PluginHost {
                 "plugin loaded"
             );
             plugins.push(Arc::new(LoadedPlugin {
-                spec: spec.clone(),
+                spec,
                 pre,
                 digest,
                 stats,
@@ -360,7 +398,10 @@ impl PluginHost {
                             "refused its config: {}",
                             crate::observe::escape(&msg)
                         )),
-                        Err(e) => Err(format!("trapped: {e:#}")),
+                        Err(e) => Err(run::with_output(
+                            &format!("trapped: {e:#}"),
+                            store.data_mut().output.take().as_deref(),
+                        )),
                     }
                 };
                 match tokio::time::timeout(deadline, call).await {
@@ -377,16 +418,22 @@ impl PluginHost {
         .map_err(init_failed)
     }
 
-    fn load_one(&self, spec: &PluginSpec) -> Result<(PluginPre<HostState>, String), PluginError> {
+    /// Reads, checks and pre-links one plugin. The manifest, if the component has one, may
+    /// narrow `spec.hooks` (when the config lists none).
+    fn load_one(
+        &self,
+        spec: &mut PluginSpec,
+    ) -> Result<(PluginPre<HostState>, String), PluginError> {
         let name = spec.name.clone();
         if let Some(reference) = &spec.oci {
             oci::ensure_pulled(spec, reference)?;
         }
-        let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
+        let bytes = builtin::read(&spec.path).map_err(|reason| PluginError::Read {
             name: name.clone(),
             path: spec.path.clone(),
-            source,
+            reason,
         })?;
+        self.apply_manifest(spec, &bytes)?;
         let digest = hex(&Sha256::digest(&bytes));
         if let Some(expected) = &spec.sha256 {
             if *expected != digest {
@@ -420,7 +467,12 @@ impl PluginHost {
             }
         }
         // Rust std guests import WASI stdio/env interfaces only to print
-        // panics; they are stubbed to trap (check_imports allowed only those).
+        // panics: the environment is empty and stdout/stderr are captured
+        // for the log; the rest traps (check_imports allowed only those).
+        wasi::link(&mut linker, &self.engine, &component).map_err(|e| PluginError::Link {
+            name: name.clone(),
+            detail: format!("{e:#}"),
+        })?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| PluginError::Link {
@@ -439,6 +491,31 @@ impl PluginHost {
             hint: format!("it does not match the wasmtp:plugin@0.1.0 world: {e:#}"),
         })?;
         Ok((pre, digest))
+    }
+
+    /// Reads the component's manifest and applies it to `spec` (see `manifest`).
+    fn apply_manifest(&self, spec: &mut PluginSpec, bytes: &[u8]) -> Result<(), PluginError> {
+        let (name, path) = (spec.name.clone(), spec.path.clone());
+        let manifest_err = |detail: String| PluginError::Manifest {
+            name: name.clone(),
+            path: path.clone(),
+            detail,
+        };
+        let Some(m) = manifest::read(bytes).map_err(manifest_err)? else {
+            return Ok(());
+        };
+        m.apply(spec).map_err(|r| match r {
+            manifest::Refusal::Manifest(detail) => manifest_err(detail),
+            manifest::Refusal::Grant(g) => PluginError::Grant {
+                name: name.clone(),
+                grant: g.as_str(),
+            },
+            manifest::Refusal::Config(key, detail) => PluginError::Config {
+                name: name.clone(),
+                key,
+                detail,
+            },
+        })
     }
 
     /// The cache file of a component with this digest, for this engine.
@@ -538,12 +615,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The sha256 of a file, as used for `sha256` pins.
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+/// The sha256 of a plugin file (or `builtin:NAME`), as used for `sha256` pins.
+pub fn file_digest(path: &Path) -> Result<String, String> {
+    Ok(digest(&builtin::read(path)?))
 }
 
-/// WASI interfaces Rust std guests import for panic output; stubbed to trap.
+/// The sha256 of component bytes, in lower-case hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// WASI interfaces Rust std guests import for panic output (see `wasi`).
 const STUBBED_WASI: &[&str] = &[
     "wasi:io/poll",
     "wasi:io/error",
@@ -560,6 +642,34 @@ const STUBBED_WASI: &[&str] = &[
     "wasi:cli/terminal-stderr",
 ];
 
+/// What a component import takes from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportNeed {
+    /// Always provided (types, log, notes, the hash-map seed).
+    Always,
+    /// Provided when the config grants it.
+    Grant(Grant),
+    /// A WASI interface Rust std imports for panic output: empty environment, captured
+    /// stdout/stderr, the rest traps.
+    Stub,
+    /// Not provided: a plugin importing it is refused.
+    Unavailable,
+}
+
+/// What `import` (an instance name such as `wasmtp:plugin/kv@0.1.0`) takes from the host.
+pub fn import_need(import: &str) -> ImportNeed {
+    let base = import.split('@').next().unwrap_or(import);
+    match base {
+        "wasmtp:plugin/types" | "wasmtp:plugin/log" | "wasmtp:plugin/notes" => ImportNeed::Always,
+        "wasi:random/insecure-seed" => ImportNeed::Always,
+        "wasmtp:plugin/kv" => ImportNeed::Grant(Grant::Kv),
+        "wasmtp:plugin/dns" => ImportNeed::Grant(Grant::Dns),
+        "wasmtp:plugin/clock" => ImportNeed::Grant(Grant::Clock),
+        b if STUBBED_WASI.contains(&b) => ImportNeed::Stub,
+        _ => ImportNeed::Unavailable,
+    }
+}
+
 /// Refuses imports that were not granted, naming the key that grants them.
 fn check_imports(
     engine: &Engine,
@@ -568,14 +678,10 @@ fn check_imports(
 ) -> Result<(), PluginError> {
     let ty = component.component_type();
     for (import, _) in ty.imports(engine) {
-        let base = import.split('@').next().unwrap_or(import);
-        let grant = match base {
-            "wasmtp:plugin/types" | "wasmtp:plugin/log" | "wasmtp:plugin/notes" => continue,
-            "wasmtp:plugin/kv" => Grant::Kv,
-            "wasmtp:plugin/dns" => Grant::Dns,
-            "wasmtp:plugin/clock" => Grant::Clock,
-            b if STUBBED_WASI.contains(&b) || b == "wasi:random/insecure-seed" => continue,
-            _ => {
+        let grant = match import_need(import) {
+            ImportNeed::Always | ImportNeed::Stub => continue,
+            ImportNeed::Grant(g) => g,
+            ImportNeed::Unavailable => {
                 return Err(PluginError::Import {
                     name: spec.name.clone(),
                     import: import.to_string(),
@@ -585,7 +691,7 @@ fn check_imports(
             }
         };
         if !spec.grants.contains(&grant) {
-            let g = format!("{grant:?}").to_lowercase();
+            let g = grant.as_str();
             return Err(PluginError::Import {
                 name: spec.name.clone(),
                 import: import.to_string(),

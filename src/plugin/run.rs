@@ -307,11 +307,18 @@ impl PluginSession {
         p.stats.record_latency(micros);
         let plugin = p.spec.name.as_str();
         let hook_name = hook.as_str();
+        // A failed instantiation carries its output in the error instead.
+        let output = self.live[i]
+            .as_mut()
+            .and_then(|l| l.store.data_mut().output.take());
         match &result {
             Ok(ret) => {
                 let verdict = ret.kind();
                 if let Some(i) = ret.verdict() {
                     p.stats.verdicts[i].fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(output) = &output {
+                    info!(plugin, hook = hook_name, output = %escape_long(output), "plugin wrote to stdout/stderr");
                 }
                 if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
@@ -321,11 +328,11 @@ impl PluginSession {
             }
             Err(CallError::Timeout) => {
                 p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, "plugin call timed out; instance dropped");
+                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, output = %output.as_deref().map(escape_long).unwrap_or_default(), "plugin call timed out; instance dropped");
             }
             Err(CallError::Trap(e)) => {
                 p.stats.traps.fetch_add(1, Ordering::Relaxed);
-                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(e), "plugin trapped; instance dropped");
+                warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(&with_output(e, output.as_deref())), "plugin trapped; instance dropped");
             }
         }
         if result.is_err() {
@@ -351,6 +358,7 @@ impl PluginSession {
             self.live[i] = Some(live);
         }
         let live = self.live[i].as_mut().expect("instance just created");
+        live.store.data_mut().output.take();
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let hooks = live.plugin.wasmtp_plugin_hooks();
         let store = &mut live.store;
@@ -438,11 +446,23 @@ async fn instantiate(
         {
             Ok(Ok(())) => Ok(Live { store, plugin }),
             Ok(Err(msg)) => Err(CallError::Trap(format!("init refused its config: {msg}"))),
-            Err(e) => Err(CallError::Trap(format!("init: {e:#}"))),
+            Err(e) => Err(CallError::Trap(with_output(
+                &format!("init: {e:#}"),
+                store.data_mut().output.take().as_deref(),
+            ))),
         }
         .inspect_err(
             |_| debug!(session = %session_id, plugin = %p.spec.name, "instantiation failed"),
         )
+    }
+}
+
+/// A trap's text with what the guest printed before it (a panic message names the cause; the
+/// trap itself only says `unreachable`).
+pub(crate) fn with_output(trap: &str, output: Option<&str>) -> String {
+    match output {
+        Some(out) => format!("{trap}; guest output: {out}"),
+        None => trap.to_string(),
     }
 }
 

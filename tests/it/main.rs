@@ -12,6 +12,7 @@ mod hostile;
 mod outbound;
 mod plugin_hooks;
 mod plugin_limits;
+mod plugin_platform;
 mod plugins;
 mod protocol;
 mod relay;

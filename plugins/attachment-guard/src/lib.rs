@@ -124,6 +124,7 @@ impl Plugin for AttachmentGuard {
 }
 
 wasmtp_plugin_sdk::export!(AttachmentGuard);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {

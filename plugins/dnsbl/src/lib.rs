@@ -208,6 +208,7 @@ impl Plugin for Dnsbl {
 }
 
 wasmtp_plugin_sdk::export!(Dnsbl);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {

@@ -141,6 +141,7 @@ impl Plugin for Greylist {
 }
 
 wasmtp_plugin_sdk::export!(Greylist);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {

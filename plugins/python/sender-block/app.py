@@ -15,7 +15,9 @@ It refuses MAIL FROM senders whose domain is listed in the config:
 It exists mainly so that a WIT change that breaks other languages fails CI.
 """
 
+import functools
 import json
+import traceback
 
 from wit_world import exports
 from wit_world.imports import log, notes
@@ -39,6 +41,22 @@ _domains: set = set()
 _message: str = "Sender domain refused"
 
 
+def _logged(hook):
+    """Logs an exception's traceback through the host's log capability, then re-raises it (the
+    call traps and the plugin's on_error applies). Built with --stub-wasi, the component has no
+    stderr the host could capture, so this is how the cause reaches the server's log."""
+
+    @functools.wraps(hook)
+    def wrapper(self, *args):
+        try:
+            return hook(self, *args)
+        except Exception:
+            log.log(log.Level.ERROR, f"sender-block: {hook.__name__} raised:\n{traceback.format_exc()}")
+            raise
+
+    return wrapper
+
+
 def _continue() -> Outcome:
     return Outcome(verdict=Verdict_Continue(), modifications=[])
 
@@ -56,12 +74,15 @@ class Hooks(exports.Hooks):
         except Exception as e:  # any config problem refuses the plugin at load time
             raise Err(f"sender-block: invalid config: {e}")
 
+    @_logged
     def connect(self, conn: Connection) -> Verdict:
         return Verdict_Continue()
 
+    @_logged
     def ehlo(self, conn: Connection, name: str) -> Verdict:
         return Verdict_Continue()
 
+    @_logged
     def mail_from(self, conn: Connection, sender: str, params) -> Outcome:
         domain = sender.rsplit("@", 1)[1].lower() if "@" in sender else ""
         if domain and domain in _domains:
@@ -71,20 +92,26 @@ class Hooks(exports.Hooks):
             return Outcome(verdict=Verdict_Reject(value=reply), modifications=[])
         return _continue()
 
+    @_logged
     def rcpt(self, conn: Connection, env: Envelope, rcpt: Recipient) -> Outcome:
         return _continue()
 
+    @_logged
     def data(self, conn: Connection, env: Envelope, msg: Message) -> Outcome:
         return _continue()
 
+    @_logged
     def deliver(self, conn: Connection, env: Envelope) -> list:
         return []
 
+    @_logged
     def delivered(self, report: DeliveryReport) -> None:
         pass
 
+    @_logged
     def deferred(self, report: DeliveryReport) -> None:
         pass
 
+    @_logged
     def bounced(self, report: DeliveryReport) -> None:
         pass

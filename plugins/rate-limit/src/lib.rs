@@ -113,6 +113,7 @@ impl Plugin for RateLimit {
 }
 
 wasmtp_plugin_sdk::export!(RateLimit);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {

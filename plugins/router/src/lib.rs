@@ -172,6 +172,7 @@ impl Plugin for Router {
 }
 
 wasmtp_plugin_sdk::export!(Router);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {

@@ -272,6 +272,7 @@ impl Plugin for SpamScore {
 }
 
 wasmtp_plugin_sdk::export!(SpamScore);
+wasmtp_plugin_sdk::manifest!(include_str!("../wasmtp-plugin.json"));
 
 #[cfg(test)]
 mod tests {
