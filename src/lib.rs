@@ -25,12 +25,14 @@
 //! | `users` | the users file (argon2id), reloaded on change, bounded checks |
 //! | `fuzz` | fuzz targets, run by `fuzz/` and as property tests |
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod metrics;
 pub mod observe;
 pub mod plugin;
 pub mod queue;

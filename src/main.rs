@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod ops_cmd;
 mod user_cmd;
 
 #[derive(Parser)]
@@ -46,6 +47,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: user_cmd::UserCmd,
     },
+    // Operations: through the running server's admin endpoint.
+    /// Inspect and manage the running server's queue.
+    Queue {
+        #[command(flatten)]
+        common: ops_cmd::Common,
+        #[command(subcommand)]
+        cmd: ops_cmd::QueueCmd,
+    },
+    /// Listeners, uptime, plugin set and queue summary of the running server.
+    Status {
+        #[command(flatten)]
+        common: ops_cmd::Common,
+    },
     /// Plugin management.
     Plugins {
         #[command(subcommand)]
@@ -78,6 +92,8 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigErro
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Queue { common, cmd } => return report(ops_cmd::queue(common, cmd)),
+        Cmd::Status { common } => return report(ops_cmd::status(common)),
         Cmd::CheckConfig { file } => match load(file.as_ref()) {
             Ok(s) => {
                 // Plugins are compiled and their imports checked, as at start.
@@ -172,6 +188,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Exit status of an operations command; errors go to stderr once.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct RawConfig {
     /// `[plugin_limits]`
     #[serde(default)]
     pub plugin_limits: RawPluginLimits,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: crate::admin::RawAdmin,
 }
 
 /// `[[plugin]]`
@@ -616,6 +619,8 @@ pub struct Settings {
     pub relay: crate::auth::RelaySettings,
     /// Outbound delivery.
     pub outbound: crate::delivery::remote::config::OutboundSettings,
+    /// The admin endpoint.
+    pub admin: crate::admin::AdminSettings,
 }
 
 impl Settings {
@@ -871,6 +876,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let relay = crate::auth::resolve_relay(raw.relay);
     let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
         .map_err(|(key, m)| err(&key, m))?;
+    let admin = crate::admin::resolve(raw.admin).map_err(|(key, m)| err(&key, m))?;
 
     let mut plugins: Vec<PluginSpec> = Vec::new();
     for p in raw.plugins {
@@ -958,6 +964,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         auth,
         relay,
         outbound,
+        admin,
         source: name.to_string(),
         hostname,
         data_dir,

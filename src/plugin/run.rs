@@ -313,6 +313,7 @@ impl PluginSession {
                 if let Some(i) = ret.verdict() {
                     p.stats.verdicts[i].fetch_add(1, Ordering::Relaxed);
                 }
+                crate::metrics::plugin_call(plugin, hook_name, verdict, micros);
                 if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
                 } else {
@@ -321,10 +322,12 @@ impl PluginSession {
             }
             Err(CallError::Timeout) => {
                 p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::plugin_call(plugin, hook_name, "timeout", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, "plugin call timed out; instance dropped");
             }
             Err(CallError::Trap(e)) => {
                 p.stats.traps.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::plugin_call(plugin, hook_name, "trap", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(e), "plugin trapped; instance dropped");
             }
         }

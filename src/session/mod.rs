@@ -230,8 +230,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let cmd = match parse_command(&line) {
             Ok(c) => c,
-            Err(e) => return Ok(e.reply()),
+            Err(e) => {
+                let reply = e.reply();
+                crate::metrics::reply("invalid", reply.code);
+                return Ok(reply);
+            }
         };
+        let verb = cmd.verb();
         if self.tx.is_none()
             && matches!(
                 cmd,
@@ -250,15 +255,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(Reply::too_many_junk_commands(&self.settings().hostname));
             }
         }
-        Ok(match cmd {
+        let reply = match cmd {
             Command::Ehlo(name) => self.hello(name, true).await,
             Command::Helo(name) => self.hello(name, false).await,
             Command::Mail(path, params) => self.mail(path, params).await,
             Command::Rcpt(path, params) => self.rcpt(path, params).await,
-            Command::Data => return self.data().await,
-            Command::Bdat(size, last) => return self.bdat(size, last).await,
+            Command::Data => self.data().await?,
+            Command::Bdat(size, last) => self.bdat(size, last).await?,
             Command::StartTls => self.starttls(),
-            Command::Auth(mech, initial) => return self.auth(mech, initial).await,
+            Command::Auth(mech, initial) => self.auth(mech, initial).await?,
             Command::Rset => {
                 self.end_tx();
                 Reply::reset()
@@ -268,7 +273,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Help => Reply::help(),
             Command::Vrfy => Reply::vrfy(),
             Command::NotImplemented(v) => Reply::not_implemented(v),
-        })
+        };
+        crate::metrics::reply(verb, reply.code);
+        Ok(reply)
     }
 
     /// Ends the transaction: its state, its notes and its plugin instances.
