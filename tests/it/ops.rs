@@ -528,3 +528,46 @@ fn cli_says_when_the_server_is_not_running() {
         "{err}"
     );
 }
+
+/// Metric names in a text (`wasmtp_...`), histogram series reduced to
+/// their family.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices("wasmtp_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .map_or(name.clone(), String::from);
+        if name.len() > "wasmtp_".len() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_is_documented_and_the_dashboard_uses_real_ones() {
+    let code = metric_names(&std::fs::read_to_string("src/metrics.rs").unwrap());
+    let docs = metric_names(&std::fs::read_to_string("docs/operations.md").unwrap());
+    let dashboard = std::fs::read_to_string("docs/grafana-wasmtp.json").unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).unwrap();
+    let dashboard = metric_names(&dashboard);
+    assert!(code.len() > 20, "{code:?}");
+    let undocumented: Vec<_> = code.difference(&docs).collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/operations.md: {undocumented:?}"
+    );
+    let unknown: Vec<_> = docs
+        .union(&dashboard)
+        .filter(|n| !code.contains(*n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "named in the docs or dashboard but never recorded: {unknown:?}"
+    );
+}
