@@ -92,8 +92,8 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigErro
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Queue { common, cmd } => return report(ops_cmd::queue(common, cmd)),
-        Cmd::Status { common } => return report(ops_cmd::status(common)),
+        Cmd::Queue { common, cmd } => report(ops_cmd::queue(common, cmd)),
+        Cmd::Status { common } => report(ops_cmd::status(common)),
         Cmd::CheckConfig { file } => match load(file.as_ref()) {
             Ok(s) => {
                 // Plugins are compiled and their imports checked, as at start.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::outbound::{Event, Upstream};
+use crate::outbound::{Event, Upstream, wait_until};
 use crate::support::{BIN, Client, Server, plugin_toml, require_tool};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -52,18 +52,6 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Stri
     let code = text[9..12].parse().unwrap();
     let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
     (code, body)
-}
-
-fn wait_until(s: &Server, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            s.dump_logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn send(s: &Server, from: &str, to: &str, subject: &str) -> String {
@@ -254,20 +242,28 @@ fn listed(s: &Server, filter: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn queue_commands_on_mail_held_by_a_tempfailing_upstream() {
+/// A server with the admin endpoint that relays `remote.test` to an
+/// upstream answering 451 to every RCPT until the flag is set; retries
+/// `retry` apart.
+fn behind_tempfailing_upstream(retry: &str) -> (Server, Upstream, Arc<AtomicBool>) {
     let accepting = Arc::new(AtomicBool::new(false));
     let a = accepting.clone();
     let up = Upstream::start(move |e| match e {
         Event::Rcpt(_) if !a.load(Ordering::SeqCst) => Some("451 4.3.0 Try again later".into()),
         _ => None,
     });
-    // Retries an hour apart: only the CLI makes a second attempt happen.
     let s = Server::start(&format!(
-        "{ADMIN}\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n\
+        "{ADMIN}\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"{retry}\"]\n\n\
          [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
         up.port
     ));
+    (s, up, accepting)
+}
+
+#[test]
+fn queue_commands_on_mail_held_by_a_tempfailing_upstream() {
+    // Retries an hour apart: only the CLI makes a second attempt happen.
+    let (s, up, accepting) = behind_tempfailing_upstream("1h");
     let ids: Vec<String> = ["retry", "hold", "delete", "domain"]
         .iter()
         .map(|n| send(&s, "app@example.test", &format!("{n}@remote.test"), n))
@@ -403,17 +399,7 @@ fn queue_commands_on_mail_held_by_a_tempfailing_upstream() {
 
 #[test]
 fn hold_parks_a_message_until_release() {
-    let accepting = Arc::new(AtomicBool::new(false));
-    let a = accepting.clone();
-    let up = Upstream::start(move |e| match e {
-        Event::Rcpt(_) if !a.load(Ordering::SeqCst) => Some("451 4.3.0 Try again later".into()),
-        _ => None,
-    });
-    let s = Server::start(&format!(
-        "{ADMIN}\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1s\"]\n\n\
-         [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
-        up.port
-    ));
+    let (s, up, accepting) = behind_tempfailing_upstream("1s");
     let id = send(&s, "app@example.test", "far@remote.test", "parked");
     s.wait_for_log("\"deferred\"", 1);
     ok(&s, &["queue", "hold", &id]);
