@@ -8,7 +8,8 @@
 //! 250; the queue manager hands it to `delivery` (Maildir or LMTP for local
 //! recipients, the SMTP client for remote ones) and retries temporary
 //! failures. `config` turns the TOML file into resolved
-//! settings once at start; `observe` sets up logging.
+//! settings once at start; `observe` sets up logging; `metrics` names every
+//! metric; `admin` serves them, health, status and the queue commands.
 //!
 //! | module | owns |
 //! |---|---|
@@ -16,21 +17,25 @@
 //! | `server` | listeners, accept loop, connection limits, shutdown |
 //! | `session` | one connection: state machine and byte shell |
 //! | `smtp` | command parser, replies, addresses, DATA decoder; the client side: reply parser, EHLO capabilities, MAIL/RCPT lines, dot stuffing |
-//! | `queue` | sled store with group commit, queue manager |
+//! | `queue` | sled store with group commit, queue manager, operator commands (`control`) |
 //! | `delivery` | local recipients, Maildir writer, LMTP target, outcome classes; `remote`: routes, the SMTP/LMTP client, TLS policy, connection pool, classification |
 //! | `dns` | the resolver built from `[dns]`, shared by plugins and outbound routing |
-//! | `observe` | tracing setup |
+//! | `observe` | tracing setup, limit counters |
+//! | `metrics` | the metrics facade (Prometheus names, one-line recording calls) |
+//! | `admin` | the admin endpoint (HTTP on loopback or a Unix socket) and the CLI's client for it |
 //! | `tls` | certificates, SNI, reload, the rustls acceptor |
 //! | `auth` | AUTH settings, SASL mechanisms, failure throttle, relay networks |
 //! | `users` | the users file (argon2id), reloaded on change, bounded checks |
 //! | `fuzz` | fuzz targets, run by `fuzz/` and as property tests |
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod metrics;
 pub mod observe;
 pub mod plugin;
 pub mod queue;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod ops_cmd;
 mod plugin_cmd;
 mod share_cmd;
 mod user_cmd;
@@ -52,6 +53,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: user_cmd::UserCmd,
     },
+    // Operations: through the running server's admin endpoint.
+    /// Inspect and manage the running server's queue.
+    Queue {
+        #[command(flatten)]
+        common: ops_cmd::Common,
+        #[command(subcommand)]
+        cmd: ops_cmd::QueueCmd,
+    },
+    /// Listeners, uptime, plugin set and queue summary of the running server.
+    Status {
+        #[command(flatten)]
+        common: ops_cmd::Common,
+    },
     /// Plugin files and the running server's plugins.
     #[command(alias = "plugins")]
     Plugin {
@@ -70,6 +84,8 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigErro
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Queue { common, cmd } => report(ops_cmd::queue(common, cmd)),
+        Cmd::Status { common } => report(ops_cmd::status(common)),
         Cmd::CheckConfig { file } => match load(file.as_ref()) {
             Ok(s) => {
                 // Plugins are compiled and their imports checked, as at start.
@@ -102,13 +118,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Plugin { command } => match plugin_cmd::run(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::Plugin { command } => report(plugin_cmd::run(command)),
         Cmd::User { config, cmd } => {
             let run = load(config.as_ref())
                 .map_err(anyhow::Error::from)
@@ -176,6 +186,17 @@ fn override_listeners(settings: &mut Settings, overrides: &[String]) -> Result<(
         l.address = addr;
     }
     Ok(())
+}
+
+/// Exit status of an operations command; errors go to stderr once.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -43,6 +43,7 @@ pub fn limit_hit(limit: &'static str, detail: &str) -> u64 {
         *n += 1;
         *n
     };
+    crate::metrics::limit_hit(limit);
     tracing::warn!(limit, total, detail = %escape(detail), "limit reached");
     total
 }

@@ -37,6 +37,14 @@ pub enum ServerError {
     /// Certificates could not be loaded or generated.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The admin endpoint could not be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    AdminBind {
+        /// Address.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({name}): {error}")]
     Bind {
@@ -119,6 +127,9 @@ pub async fn serve(
     reload: watch::Receiver<u64>,
 ) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
+    let started = (std::time::Instant::now(), crate::queue::now_secs());
+    let metrics = crate::metrics::install();
+    crate::metrics::started(started.1);
     let store = Store::open(
         &settings.queue.dir,
         settings.queue.group_commit,
@@ -132,6 +143,28 @@ pub async fn serve(
         plugins.clone(),
         shutdown_rx.clone(),
     )?;
+    let ready = Arc::new(crate::admin::Readiness::default());
+    if let Some(addr) = &settings.admin.listen {
+        // Up before the SMTP listeners, so /readyz can say they are not.
+        let bound = crate::admin::bind(addr)
+            .await
+            .map_err(|source| ServerError::AdminBind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let state = Arc::new(crate::admin::AdminState {
+            settings: settings.clone(),
+            store: store.clone(),
+            queue: queue.clone(),
+            plugins: plugins.clone(),
+            metrics,
+            ready: ready.clone(),
+            started: started.0,
+            started_unix: started.1,
+            bound: bound.addr(),
+        });
+        tokio::spawn(crate::admin::serve(bound, state, shutdown_rx.clone()));
+    }
     let tls = Arc::new(crate::tls::Tls::start(&settings.tls, &settings.hostname)?);
     tokio::spawn(reload_certificates(tls.clone(), reload.clone()));
     let ctx = Arc::new(ServerCtx {
@@ -165,6 +198,18 @@ pub async fn serve(
         info!(listener = %l.name, role = l.role.as_str(), %addr, "listening");
         listeners.push((l.clone(), sock));
     }
+    ready.listeners_bound(
+        listeners
+            .iter()
+            .map(|(l, sock)| {
+                (
+                    l.name.clone(),
+                    l.role.as_str(),
+                    sock.local_addr().unwrap_or(l.address),
+                )
+            })
+            .collect(),
+    );
     info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
 
     let limiter = ConnLimiter::new(&settings.limits);
@@ -190,6 +235,7 @@ pub async fn serve(
     stop.await;
     reloader.abort();
     let _ = std::fs::remove_file(&pid_file);
+    ready.stopping();
     info!("shutting down: no new connections, sessions finish their current command");
     let _ = shutdown_tx.send(true);
     accepts.close();
@@ -244,7 +290,9 @@ impl AcceptLoop {
             let _ = stream.set_nodelay(true);
             let id = format!("{:08X}", SESSION_IDS.fetch_add(1, Ordering::Relaxed));
             let span = info_span!("session", id = %id, peer = %peer);
-            match self.limiter.acquire(peer.ip(), &self.ctx.settings.hostname) {
+            let permit = self.limiter.acquire(peer.ip(), &self.ctx.settings.hostname);
+            crate::metrics::connection(&self.listener.name, permit.is_ok());
+            match permit {
                 Ok(permit) => {
                     let local = stream.local_addr().unwrap_or(peer);
                     let info = ConnInfo {
@@ -260,6 +308,7 @@ impl AcceptLoop {
                     let (ctx, shutdown) = (self.ctx.clone(), self.shutdown.clone());
                     self.sessions.spawn(
                         async move {
+                            let _open = crate::metrics::session_open();
                             debug!("connected");
                             serve_connection(stream, ctx, info, shutdown).await;
                             debug!("closed");

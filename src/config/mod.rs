@@ -101,6 +101,9 @@ pub struct RawConfig {
     /// `[plugin_trust]`
     #[serde(default)]
     pub plugin_trust: crate::plugin::sign::RawPluginTrust,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: crate::admin::RawAdmin,
 }
 
 /// `[[plugin]]`
@@ -645,6 +648,8 @@ pub struct Settings {
     pub relay: crate::auth::RelaySettings,
     /// Outbound delivery.
     pub outbound: crate::delivery::remote::config::OutboundSettings,
+    /// The admin endpoint.
+    pub admin: crate::admin::AdminSettings,
 }
 
 impl Settings {
@@ -901,6 +906,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let relay = crate::auth::resolve_relay(raw.relay);
     let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
         .map_err(|(key, m)| err(&key, m))?;
+    let admin = crate::admin::resolve(raw.admin).map_err(|(key, m)| err(&key, m))?;
 
     let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;
     let mut plugins: Vec<PluginSpec> = Vec::new();
@@ -1014,6 +1020,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         auth,
         relay,
         outbound,
+        admin,
         source: name.to_string(),
         hostname,
         data_dir,

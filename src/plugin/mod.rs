@@ -215,6 +215,13 @@ pub struct LoadedPlugin {
     pub stats: Arc<PluginStats>,
 }
 
+impl LoadedPlugin {
+    /// sha256 of the component as loaded (for `wasmtp status`).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
 /// A checked, ready set of plugins; sessions hold the set they started with.
 pub struct PluginSet {
     /// Plugins in configured order.

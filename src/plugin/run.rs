@@ -320,6 +320,7 @@ impl PluginSession {
                 if let Some(output) = &output {
                     info!(plugin, hook = hook_name, output = %escape_long(output), "plugin wrote to stdout/stderr");
                 }
+                crate::metrics::plugin_call(plugin, hook_name, verdict, micros);
                 if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
                 } else {
@@ -328,10 +329,12 @@ impl PluginSession {
             }
             Err(CallError::Timeout) => {
                 p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::plugin_call(plugin, hook_name, "timeout", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, output = %output.as_deref().map(escape_long).unwrap_or_default(), "plugin call timed out; instance dropped");
             }
             Err(CallError::Trap(e)) => {
                 p.stats.traps.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::plugin_call(plugin, hook_name, "trap", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(&with_output(e, output.as_deref())), "plugin trapped; instance dropped");
             }
         }

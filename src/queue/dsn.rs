@@ -88,6 +88,15 @@ impl Kind {
     }
 }
 
+/// The failure recorded for every pending recipient of a message an
+/// operator bounces (`wasmtp queue bounce`); the DSN's diagnostic.
+pub fn removed_by_operator() -> Outcome {
+    Outcome::permanent(
+        "5.0.0",
+        "removed from the queue by the mail system's administrator; delivery was not completed",
+    )
+}
+
 /// One recipient in a report: its index in the message and what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -399,6 +408,7 @@ pub fn envelope(settings: &Settings, original: &QueuedMessage) -> Option<QueuedM
         ret: None,
         envid: None,
         delay_dsn_sent: false,
+        held: false,
     })
 }
 
@@ -434,6 +444,7 @@ mod tests {
             ret: None,
             envid: None,
             delay_dsn_sent: false,
+            held: false,
         }
     }
 

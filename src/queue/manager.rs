@@ -3,14 +3,15 @@
 //! bounded set of workers. On start every unfinished message in the store
 //! is scheduled again, so nothing acknowledged is forgotten.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::control::{self, Answer, Command, ControlError, Entry, State, Target};
 use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, dsn, now_secs};
 use crate::config::{HookName, Settings};
 use crate::delivery::remote::Outbound;
@@ -19,11 +20,22 @@ use crate::observe::escape;
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::wasmtp::plugin::types::DeliveryReport;
 
-/// Handle used by sessions to hand over newly queued messages.
+/// Handle used by sessions to hand over newly queued messages, and by the
+/// admin endpoint to run queue commands.
 #[derive(Clone)]
 pub struct QueueManager {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
+
+/// What the actor receives.
+enum Msg {
+    /// A message was just committed.
+    Enqueued(String),
+    /// An operator's command and where to answer.
+    Control(Command, Reply),
+}
+
+type Reply = oneshot::Sender<Result<Answer, ControlError>>;
 
 impl QueueManager {
     /// Starts the manager; it stops when `shutdown` turns true, after the
@@ -39,8 +51,10 @@ impl QueueManager {
         if !recovered.is_empty() {
             info!(messages = recovered.len(), "recovered queued messages");
         }
+        // Held messages are parked: nothing schedules them until released.
         let deferred = recovered
             .into_iter()
+            .filter(|m| !m.held)
             .map(|m| (m.next_attempt, m.id))
             .collect();
         let handle = QueueManager { tx };
@@ -53,15 +67,36 @@ impl QueueManager {
             rx,
             deferred,
             shutdown,
+            in_delivery: HashSet::new(),
+            after_delivery: HashMap::new(),
         };
         Ok((handle, tokio::spawn(actor.run())))
     }
 
     /// Schedules a message that was just committed.
     pub fn enqueued(&self, id: String) {
-        let _ = self.tx.send(id);
+        let _ = self.tx.send(Msg::Enqueued(id));
+    }
+
+    /// Runs an operator's command. A command that changes a message in
+    /// delivery waits until that attempt is recorded.
+    pub async fn control(&self, cmd: Command) -> Result<Answer, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Control(cmd, reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)?
+    }
+
+    /// True while the manager runs.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 }
+
+/// A delivery task's result: the id and when to try again (None when the
+/// message is finished or parked).
+type Done = (String, Option<i64>);
 
 struct Actor {
     /// Its own handle: DSNs are queued from delivery workers.
@@ -70,15 +105,19 @@ struct Actor {
     outbound: Arc<Outbound>,
     settings: Arc<Settings>,
     plugins: Arc<PluginHost>,
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Msg>,
     deferred: BTreeSet<(i64, String)>,
     shutdown: watch::Receiver<bool>,
+    /// Messages a worker has now.
+    in_delivery: HashSet<String>,
+    /// Commands for messages in delivery, run when the attempt ends.
+    after_delivery: HashMap<String, Vec<(Command, Reply)>>,
 }
 
 impl Actor {
     async fn run(mut self) {
         let workers = Arc::new(Semaphore::new(self.settings.queue.delivery_workers));
-        let mut running: JoinSet<Option<(i64, String)>> = JoinSet::new();
+        let mut running: JoinSet<Done> = JoinSet::new();
         loop {
             let next_due = self.deferred.first().map(|(t, _)| *t);
             let sleep = match next_due {
@@ -86,7 +125,10 @@ impl Actor {
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
-                Some(id) = self.rx.recv() => self.spawn(&mut running, &workers, id, false),
+                Some(msg) = self.rx.recv() => match msg {
+                    Msg::Enqueued(id) => self.spawn(&mut running, &workers, id, false),
+                    Msg::Control(cmd, reply) => self.control(&mut running, &workers, cmd, reply).await,
+                },
                 _ = tokio::time::sleep(sleep), if next_due.is_some() => {
                     let now = now_secs();
                     while let Some((t, _)) = self.deferred.first() {
@@ -96,8 +138,14 @@ impl Actor {
                     }
                 }
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(Some(retry)) = done {
-                        self.deferred.insert(retry);
+                    if let Ok((id, next)) = done {
+                        self.in_delivery.remove(&id);
+                        if let Some(t) = next {
+                            self.deferred.insert((t, id.clone()));
+                        }
+                        for (cmd, reply) in self.after_delivery.remove(&id).unwrap_or_default() {
+                            self.control(&mut running, &workers, cmd, reply).await;
+                        }
                     }
                 }
                 _ = self.shutdown.changed() => break,
@@ -109,12 +157,16 @@ impl Actor {
     }
 
     fn spawn(
-        &self,
-        running: &mut JoinSet<Option<(i64, String)>>,
+        &mut self,
+        running: &mut JoinSet<Done>,
         workers: &Arc<Semaphore>,
         id: String,
         retry: bool,
     ) {
+        if !self.in_delivery.insert(id.clone()) {
+            // Already being delivered (a retry raced the schedule).
+            return;
+        }
         let store = self.store.clone();
         let settings = self.settings.clone();
         let plugins = self.plugins.clone();
@@ -124,7 +176,9 @@ impl Actor {
         let span = info_span!("delivery", queue_id = %id);
         running.spawn(
             async move {
-                let _permit = workers.acquire_owned().await.ok()?;
+                let Ok(_permit) = workers.acquire_owned().await else {
+                    return (id, None);
+                };
                 let ctx = Ctx {
                     store: &store,
                     settings: &settings,
@@ -132,17 +186,178 @@ impl Actor {
                     outbound: &outbound,
                     queue: &queue,
                 };
-                match deliver_message(&ctx, &id, retry).await {
-                    Ok(next) => next.map(|t| (t, id)),
+                let started = std::time::Instant::now();
+                let next = match deliver_message(&ctx, &id, retry).await {
+                    Ok(next) => next,
                     Err(e) => {
                         error!(error = %e, "delivery failed; retrying in 60s");
-                        Some((now_secs() + 60, id))
+                        Some(now_secs() + 60)
                     }
-                }
+                };
+                crate::metrics::delivery_attempt(started.elapsed(), retry);
+                (id, next)
             }
             .instrument(span),
         );
     }
+
+    /// Runs one operator command, or keeps it for when the message's
+    /// delivery ends.
+    async fn control(
+        &mut self,
+        running: &mut JoinSet<Done>,
+        workers: &Arc<Semaphore>,
+        cmd: Command,
+        reply: Reply,
+    ) {
+        let busy = match &cmd {
+            Command::Hold(id)
+            | Command::Release(id)
+            | Command::Delete(id)
+            | Command::Bounce(id) => self.in_delivery.contains(id).then(|| id.clone()),
+            Command::Snapshot | Command::Retry(_) => None,
+        };
+        if let Some(id) = busy {
+            self.after_delivery
+                .entry(id)
+                .or_default()
+                .push((cmd, reply));
+            return;
+        }
+        let action = cmd.action();
+        let result = self.apply(running, workers, cmd).await;
+        if let Ok(Answer::Done(ids)) = &result {
+            crate::metrics::admin_action(action);
+            for id in ids {
+                info!(queue_id = %id, action, "queue command");
+            }
+        }
+        let _ = reply.send(result);
+    }
+
+    async fn apply(
+        &mut self,
+        running: &mut JoinSet<Done>,
+        workers: &Arc<Semaphore>,
+        cmd: Command,
+    ) -> Result<Answer, ControlError> {
+        let now = now_secs();
+        match cmd {
+            Command::Snapshot => {
+                let entries = self
+                    .store
+                    .all()?
+                    .into_iter()
+                    .map(|message| Entry {
+                        state: if self.in_delivery.contains(&message.id) {
+                            State::Active
+                        } else {
+                            State::of(&message)
+                        },
+                        message,
+                    })
+                    .collect();
+                Ok(Answer::Entries(entries))
+            }
+            Command::Retry(target) => {
+                let msgs = match &target {
+                    Target::Id(id) => {
+                        let m = self.get(id)?;
+                        if m.held {
+                            return Err(ControlError::Held(id.clone()));
+                        }
+                        vec![m]
+                    }
+                    Target::All => self.store.all()?,
+                    Target::Domain(d) => self
+                        .store
+                        .all()?
+                        .into_iter()
+                        .filter(|m| control::pending_domains(m).any(|x| x.eq_ignore_ascii_case(d)))
+                        .collect(),
+                };
+                let mut ids = Vec::new();
+                for mut m in msgs.into_iter().filter(|m| !m.held) {
+                    if !self.in_delivery.contains(&m.id) {
+                        self.unschedule(&m.id);
+                        m.next_attempt = now;
+                        self.store.put(&m)?;
+                        self.spawn(running, workers, m.id.clone(), true);
+                    }
+                    ids.push(m.id);
+                }
+                Ok(Answer::Done(ids))
+            }
+            Command::Hold(id) => {
+                let mut m = self.get(&id)?;
+                self.unschedule(&id);
+                m.held = true;
+                self.store.put(&m)?;
+                self.store.flush().await?;
+                Ok(Answer::Done(vec![id]))
+            }
+            Command::Release(id) => {
+                let mut m = self.get(&id)?;
+                m.held = false;
+                m.next_attempt = now;
+                self.store.put(&m)?;
+                self.store.flush().await?;
+                self.unschedule(&id);
+                self.spawn(running, workers, id.clone(), true);
+                Ok(Answer::Done(vec![id]))
+            }
+            Command::Delete(id) => {
+                self.get(&id)?;
+                self.unschedule(&id);
+                self.store.remove(&id)?;
+                self.store.flush().await?;
+                Ok(Answer::Done(vec![id]))
+            }
+            Command::Bounce(id) => {
+                let ctx = Ctx {
+                    store: &self.store,
+                    settings: &self.settings,
+                    plugins: &self.plugins,
+                    outbound: &self.outbound,
+                    queue: &self.queue,
+                };
+                bounce_message(&ctx, self.get(&id)?).await?;
+                self.unschedule(&id);
+                Ok(Answer::Done(vec![id]))
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<QueuedMessage, ControlError> {
+        self.store
+            .get(id)?
+            .ok_or_else(|| ControlError::NoSuchMessage(id.to_string()))
+    }
+
+    /// Takes a message out of the retry schedule.
+    fn unschedule(&mut self, id: &str) {
+        self.deferred.retain(|(_, i)| i != id);
+    }
+}
+
+/// `queue bounce`: every pending recipient fails with the administrator's
+/// reason, the sender gets one failure DSN (as for any permanent failure,
+/// NOTIFY honoured), the plugins hear of it, and the message is removed.
+async fn bounce_message(ctx: &Ctx<'_>, mut msg: QueuedMessage) -> Result<(), StoreError> {
+    let body = ctx.store.body(&msg.id)?.unwrap_or_default();
+    let now = now_secs();
+    let outcome = dsn::removed_by_operator();
+    let outcomes: Vec<(usize, Outcome)> = (0..msg.recipients.len())
+        .filter(|&i| msg.recipients[i].status == RcptStatus::Pending)
+        .map(|i| (i, outcome.clone()))
+        .collect();
+    for (i, o) in &outcomes {
+        msg.record(*i, o, now, false);
+    }
+    notify(ctx.plugins, &msg, &outcomes).await;
+    send_dsns(ctx, &mut msg, &outcomes, &body, now).await?;
+    ctx.store.remove(&msg.id)?;
+    ctx.store.flush().await
 }
 
 /// What one delivery attempt works with.
@@ -154,8 +369,6 @@ struct Ctx<'a> {
     queue: &'a QueueManager,
 }
 
-/// Tries every pending recipient once. Returns when to try again, or None
-/// when the message is finished and removed.
 /// The RFC 3463 status of an outcome, for log lines.
 fn outcome_status(o: &Outcome) -> &str {
     match o {
@@ -164,6 +377,8 @@ fn outcome_status(o: &Outcome) -> &str {
     }
 }
 
+/// Tries every pending recipient once. Returns when to try again, or None
+/// when the message is finished and removed (or held).
 async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<i64>, StoreError> {
     let Ctx {
         store,
@@ -175,6 +390,9 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     let Some(mut msg) = store.get(id)? else {
         return Ok(None);
     };
+    if msg.held {
+        return Ok(None);
+    }
     let Some(body) = store.body(id)? else {
         error!("queued message has no body; dropping its envelope");
         store.remove(id)?;
@@ -231,12 +449,19 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         // A temporary failure past queue.max_age bounces like a permanent one.
         match (outcome, &r.status) {
             (Outcome::Delivered(detail), _) => {
+                crate::metrics::delivery(
+                    "delivered",
+                    r.route.kind(),
+                    Duration::from_secs((now - msg.received_at).max(0) as u64),
+                );
                 info!(rcpt = %escape(&r.address), mailbox = %escape(&r.mailbox), detail = %escape(detail), "delivered")
             }
             (_, RcptStatus::Failed(reason)) => {
+                crate::metrics::delivery("bounced", r.route.kind(), Duration::ZERO);
                 error!(rcpt = %escape(&r.address), error = %escape(reason), status = %outcome_status(outcome), attempts = r.attempts, "bounced")
             }
             (Outcome::Temporary(e) | Outcome::Permanent(e), _) => {
+                crate::metrics::delivery("deferred", r.route.kind(), Duration::ZERO);
                 warn!(rcpt = %escape(&r.address), error = %e, status = %e.status, attempts = r.attempts, "deferred")
             }
         }
@@ -306,6 +531,7 @@ async fn send_dsns(
     envelope.size = text.len() as u64;
     ctx.store.commit(&envelope, &text).await?;
     ctx.queue.enqueued(envelope.id.clone());
+    crate::metrics::dsn_sent(report.kind().as_str());
     info!(
         kind = report.kind().as_str(),
         orig_queue_id = %msg.id,

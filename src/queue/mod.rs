@@ -2,6 +2,7 @@
 //! session says 250; the manager delivers them and retries until every
 //! recipient is final.
 
+pub mod control;
 pub mod dsn;
 pub mod manager;
 pub mod store;
@@ -50,6 +51,15 @@ impl Route {
     /// True for the routes the outbound SMTP client delivers.
     pub fn is_remote(&self) -> bool {
         !matches!(self, Route::Local)
+    }
+
+    /// The route's kind as named in metrics and the queue CLI.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Remote => "remote",
+            Route::Relay { .. } => "relay",
+        }
     }
 }
 
@@ -121,6 +131,10 @@ pub struct QueuedMessage {
     /// True once a delay DSN was sent for this message.
     #[serde(default)]
     pub delay_dsn_sent: bool,
+    /// Held by an operator (`wasmtp queue hold`): not delivered until
+    /// released. Envelopes from before holds existed are not held.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl QueuedMessage {

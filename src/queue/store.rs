@@ -287,6 +287,7 @@ mod tests {
             ret: None,
             envid: None,
             delay_dsn_sent: false,
+            held: false,
         }
     }
 

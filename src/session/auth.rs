@@ -119,6 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Login::Ok(user) => user,
             Login::Failed => return self.failed(mech, &name).await,
             Login::Busy => {
+                crate::metrics::auth(mech, "busy");
                 crate::observe::limit_hit(
                     "auth.max_verifications",
                     &format!("AUTH {mech} from {ip} as {name}"),
@@ -126,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Reply::auth_busy();
             }
         };
+        crate::metrics::auth(mech, "success");
         info!(user = %user.name, mechanism = mech, "authenticated");
         self.ctx.auth_throttle.succeeded(ip);
         self.info.auth = Some(user.name.clone());
@@ -137,6 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// the session after `auth.max_failures`. `name` is already escaped.
     async fn failed(&mut self, mech: &str, name: &str) -> Reply {
         self.auth_failures += 1;
+        crate::metrics::auth(mech, "failure");
         let delay = self.ctx.auth_throttle.failed(self.info.peer.ip());
         info!(
             user = %name,

@@ -99,18 +99,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let body = match reader.finish() {
             Ok(body) => body,
             Err(e) => {
-                let reply = match e {
+                let (reply, reason) = match e {
                     BodyError::Refused(DataError::BareLineEnding) => {
-                        Reply::bare_line_ending_in_data()
+                        (Reply::bare_line_ending_in_data(), "bare_line_ending")
                     }
                     BodyError::Refused(DataError::TooBig) => {
-                        Reply::too_big(limits.max_message_size)
+                        (Reply::too_big(limits.max_message_size), "too_big")
                     }
-                    BodyError::Refused(DataError::LineTooLong) => {
-                        Reply::data_line_too_long(limits.text_line_length)
-                    }
-                    BodyError::OverBudget => Reply::insufficient_storage(),
+                    BodyError::Refused(DataError::LineTooLong) => (
+                        Reply::data_line_too_long(limits.text_line_length),
+                        "line_too_long",
+                    ),
+                    BodyError::OverBudget => (Reply::insufficient_storage(), "over_budget"),
                 };
+                crate::metrics::message_refused(&self.info.listener, reason);
                 self.end_tx();
                 return Ok(reply);
             }
@@ -134,7 +136,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn queue_checked(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
         let (tx, data) = match self.data_hooks(tx, data).await {
             Ok(x) => x,
-            Err(reply) => return reply,
+            Err(reply) => {
+                crate::metrics::message_refused(&self.info.listener, "plugin");
+                return reply;
+            }
         };
         let id = tx.id.clone().unwrap_or_else(new_queue_id);
         let now = now_secs();
@@ -162,11 +167,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ret: tx.params.ret,
             envid: tx.params.envid,
             delay_dsn_sent: false,
+            held: false,
         };
         let span = info_span!("message", queue_id = %id);
         async {
             match self.ctx.store.commit(&msg, &data).await {
                 Ok(()) => {
+                    crate::metrics::message_accepted(&self.info.listener, msg.size);
                     info!(
                         size = msg.size,
                         from = %crate::observe::escape(&msg.return_path()),
@@ -178,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Reply::queued(&id)
                 }
                 Err(e) => {
+                    crate::metrics::message_refused(&self.info.listener, "queue_error");
                     error!(error = %e, "cannot queue message");
                     Reply::local_error()
                 }

@@ -230,8 +230,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let cmd = match parse_command(&line) {
             Ok(c) => c,
-            Err(e) => return Ok(e.reply()),
+            Err(e) => {
+                let reply = e.reply();
+                crate::metrics::reply("invalid", reply.code);
+                return Ok(reply);
+            }
         };
+        let verb = cmd.verb();
         if self.tx.is_none()
             && matches!(
                 cmd,
@@ -250,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(Reply::too_many_junk_commands(&self.settings().hostname));
             }
         }
-        Ok(match cmd {
+        let reply = match cmd {
             // Stages that await (plugins, the queue, password checks) are
             // boxed: the session's own future then holds only the active
             // stage, so an idle connection costs a few KiB, not the sum of
@@ -259,10 +264,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Helo(name) => Box::pin(self.hello(name, false)).await,
             Command::Mail(path, params) => Box::pin(self.mail(path, params)).await,
             Command::Rcpt(path, params) => Box::pin(self.rcpt(path, params)).await,
-            Command::Data => return Box::pin(self.data()).await,
-            Command::Bdat(size, last) => return Box::pin(self.bdat(size, last)).await,
+            Command::Data => Box::pin(self.data()).await?,
+            Command::Bdat(size, last) => Box::pin(self.bdat(size, last)).await?,
             Command::StartTls => self.starttls(),
-            Command::Auth(mech, initial) => return Box::pin(self.auth(mech, initial)).await,
+            Command::Auth(mech, initial) => Box::pin(self.auth(mech, initial)).await?,
             Command::Rset => {
                 self.end_tx();
                 Reply::reset()
@@ -272,7 +277,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Help => Reply::help(),
             Command::Vrfy => Reply::vrfy(),
             Command::NotImplemented(v) => Reply::not_implemented(v),
-        })
+        };
+        crate::metrics::reply(verb, reply.code);
+        Ok(reply)
     }
 
     /// Ends the transaction: its state, its notes and its plugin instances.

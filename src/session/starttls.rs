@@ -93,14 +93,17 @@ async fn handshake(
     let tls = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            crate::metrics::tls_handshake(&info.listener, "failed");
             info!(error = %e, "TLS handshake failed");
             return None;
         }
         Err(_) => {
+            crate::metrics::tls_handshake(&info.listener, "timeout");
             crate::observe::limit_hit("timeouts.tls_handshake", &info.peer.ip().to_string());
             return None;
         }
     };
+    crate::metrics::tls_handshake(&info.listener, "ok");
     let facts = TlsInfo::of(tls.get_ref().1);
     info!(
         version = %facts.version,

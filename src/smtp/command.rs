@@ -100,6 +100,28 @@ pub enum Command {
     NotImplemented(&'static str),
 }
 
+impl Command {
+    /// The verb, upper case, as named in metrics (`MAIL`, `STARTTLS`).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Ehlo(_) => "EHLO",
+            Command::Helo(_) => "HELO",
+            Command::Mail(..) => "MAIL",
+            Command::Rcpt(..) => "RCPT",
+            Command::Data => "DATA",
+            Command::Bdat(..) => "BDAT",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Help => "HELP",
+            Command::Vrfy => "VRFY",
+            Command::StartTls => "STARTTLS",
+            Command::Auth(..) => "AUTH",
+            Command::NotImplemented(_) => "other",
+        }
+    }
+}
+
 /// Why a command line did not parse; each maps to one reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandError {

@@ -9,6 +9,7 @@ mod dns;
 mod dsn;
 mod durability;
 mod hostile;
+mod ops;
 mod outbound;
 mod plugin_hooks;
 mod plugin_limits;

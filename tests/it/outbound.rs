@@ -200,7 +200,7 @@ fn read_data(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
 
 // ------------------------------------------------------------ helpers
 
-fn wait_until(s: &Server, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(s: &Server, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(

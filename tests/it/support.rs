@@ -19,6 +19,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Every listener's address by name, as logged at start.
     pub addrs: HashMap<String, SocketAddr>,
+    /// The admin endpoint as logged at start (`admin listening`), if on.
+    pub admin: Option<String>,
     child: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
     extra: String,
@@ -49,6 +51,7 @@ impl Server {
             dir,
             addr: "127.0.0.1:0".parse().unwrap(),
             addrs: HashMap::new(),
+            admin: None,
             child: None,
             logs: Arc::default(),
             extra: extra.to_string(),
@@ -90,6 +93,8 @@ impl Server {
                         .to_string();
                     if msg == "listening" {
                         let _ = tx.send(Some((field("listener"), field("addr"))));
+                    } else if msg == "admin listening" {
+                        let _ = tx.send(Some((String::new(), field("addr"))));
                     } else if msg == "wasmtp ready" {
                         let _ = tx.send(None);
                     }
@@ -109,6 +114,10 @@ impl Server {
                     )
                 });
             let Some((name, addr)) = got else { break };
+            if name.is_empty() {
+                self.admin = Some(addr);
+                continue;
+            }
             let addr: SocketAddr = addr.parse().unwrap();
             first.get_or_insert(addr);
             self.addrs.insert(name, addr);

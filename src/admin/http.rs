@@ -1,0 +1,332 @@
+//! Requests to answers. Routes:
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200, or 503 with the reason |
+//! | `GET /status` | JSON: listeners, uptime, plugin set, queue summary |
+//! | `GET /queue?sender=&rcpt=&domain=&state=&older_than=` | JSON: the matching messages |
+//! | `GET /queue/summary` | JSON: counts by domain and state |
+//! | `GET /queue/ID` | JSON: the message, its state and its header block |
+//! | `POST /queue/ID/retry`, `/hold`, `/release`, `/bounce` | JSON: the ids changed |
+//! | `POST /queue/retry?all=1` or `?domain=D` | JSON: the ids changed |
+//! | `DELETE /queue/ID` | JSON: the ids changed |
+//!
+//! Errors are JSON `{"error": "..."}` with 400, 401, 404, 405 or 503.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::{AdminState, Conn};
+use crate::queue::control::{Answer, Command, ControlError, Entry, Filter, State, Summary, Target};
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves one connection (keep-alive allowed).
+pub(super) async fn connection(io: Conn, state: Arc<AdminState>) {
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
+    if !authorized(state, &req) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (admin.token)",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
+        return r;
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let path: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    match (req.method(), path.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, ["readyz"]) => match not_ready(state) {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (&Method::GET, ["metrics"]) => metrics(state).await,
+        (&Method::GET, ["status"]) => status(state).await,
+        (&Method::GET, ["queue"]) => list(state, &query).await,
+        (&Method::GET, ["queue", "summary"]) => match snapshot(state).await {
+            Ok(entries) => ok_json(&Summary::of(&entries)),
+            Err(e) => control_error(e),
+        },
+        (&Method::POST, ["queue", "retry"]) => {
+            let target = match (param(&query, "all"), param(&query, "domain")) {
+                (Some(_), None) => Target::All,
+                (None, Some(d)) => Target::Domain(d.to_string()),
+                _ => return error(StatusCode::BAD_REQUEST, "give all=1 or domain=D"),
+            };
+            run(state, Command::Retry(target)).await
+        }
+        (&Method::GET, ["queue", id]) => show(state, id).await,
+        (&Method::DELETE, ["queue", id]) => run(state, Command::Delete(id.to_string())).await,
+        (&Method::POST, ["queue", id, action]) => {
+            let id = id.to_string();
+            let cmd = match *action {
+                "retry" => Command::Retry(Target::Id(id)),
+                "hold" => Command::Hold(id),
+                "release" => Command::Release(id),
+                "bounce" => Command::Bounce(id),
+                _ => return error(StatusCode::NOT_FOUND, "no such action"),
+            };
+            run(state, cmd).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (see docs/operations.md)",
+        ),
+    }
+}
+
+/// With a token configured, the request must carry it.
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.settings.admin.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in full whatever the first difference, so timing does not
+    // tell how much of a guess was right.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Why the server is not ready, if it is not.
+fn not_ready(state: &AdminState) -> Option<String> {
+    use std::sync::atomic::Ordering;
+    if state.ready.stopping.load(Ordering::SeqCst) {
+        return Some("shutting down".into());
+    }
+    if !state.ready.listeners_bound.load(Ordering::SeqCst) {
+        return Some("SMTP listeners not bound yet".into());
+    }
+    if !state.queue.is_running() {
+        return Some("queue manager stopped".into());
+    }
+    if state.plugins.current().generation == 0 {
+        return Some("plugin set not loaded".into());
+    }
+    None
+}
+
+async fn metrics(state: &AdminState) -> Resp {
+    let Some(handle) = &state.metrics else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics recorder in this process",
+        );
+    };
+    // Queue depth and the plugin generation are read now rather than kept
+    // up to date on every change.
+    if let Ok(entries) = snapshot(state).await {
+        let s = Summary::of(&entries);
+        for st in State::ALL {
+            crate::metrics::queue_depth(st.as_str(), s.messages.get(&st).copied().unwrap_or(0));
+        }
+    }
+    crate::metrics::plugin_generation(state.plugins.current().generation);
+    handle.run_upkeep();
+    let mut r = text(StatusCode::OK, handle.render());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    r
+}
+
+async fn status(state: &AdminState) -> Resp {
+    let set = state.plugins.current();
+    let stats = state.plugins.stats_summary();
+    let plugins: Vec<_> = set
+        .plugins
+        .iter()
+        .map(|p| {
+            let name = p.spec.name.as_str();
+            let (calls, traps, timeouts) = stats
+                .iter()
+                .find(|s| s.0 == name)
+                .map_or((0, 0, 0), |s| (s.1, s.2, s.3));
+            let hooks: Vec<&str> = p.spec.hooks.iter().map(|h| h.as_str()).collect();
+            json!({"name": name, "digest": p.digest(), "hooks": hooks,
+                   "calls": calls, "traps": traps, "timeouts": timeouts})
+        })
+        .collect();
+    let listeners: Vec<_> = state
+        .ready
+        .listeners()
+        .into_iter()
+        .map(|(name, role, addr)| json!({"name": name, "role": role, "address": addr.to_string()}))
+        .collect();
+    let queue = match snapshot(state).await {
+        Ok(entries) => json!(Summary::of(&entries)),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    ok_json(&json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "hostname": state.settings.hostname,
+        "config": state.settings.source,
+        "pid": std::process::id(),
+        "started_at": state.started_unix,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "ready": not_ready(state).is_none(),
+        "not_ready": not_ready(state),
+        "admin": state.bound.to_string(),
+        "listeners": listeners,
+        "plugins": {"generation": set.generation, "plugins": plugins},
+        "queue": queue,
+        "corrupt_records": state.store.corrupt_len(),
+    }))
+}
+
+async fn list(state: &AdminState, query: &[(String, String)]) -> Resp {
+    let filter = match filter(query) {
+        Ok(f) => f,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let now = crate::queue::now_secs();
+    match snapshot(state).await {
+        Ok(entries) => {
+            let messages: Vec<&Entry> = entries.iter().filter(|e| filter.matches(e, now)).collect();
+            ok_json(&json!({"now": now, "messages": messages}))
+        }
+        Err(e) => control_error(e),
+    }
+}
+
+fn filter(query: &[(String, String)]) -> Result<Filter, String> {
+    let state = match param(query, "state") {
+        None => None,
+        Some(s) => Some(
+            State::parse(s)
+                .ok_or_else(|| format!("state {s:?}: expected queued, active, deferred or held"))?,
+        ),
+    };
+    let older_than = match param(query, "older_than") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("older_than {s:?}: expected seconds"))?,
+        ),
+    };
+    Ok(Filter {
+        sender: param(query, "sender").map(String::from),
+        rcpt: param(query, "rcpt").map(String::from),
+        domain: param(query, "domain").map(String::from),
+        state,
+        older_than,
+    })
+}
+
+async fn show(state: &AdminState, id: &str) -> Resp {
+    let entries = match snapshot(state).await {
+        Ok(e) => e,
+        Err(e) => return control_error(e),
+    };
+    let Some(entry) = entries.into_iter().find(|e| e.message.id == id) else {
+        return control_error(ControlError::NoSuchMessage(id.to_string()));
+    };
+    let headers = match state.store.body(id) {
+        Ok(Some(body)) => crate::queue::control::header_block(&body),
+        _ => String::new(),
+    };
+    ok_json(&json!({"entry": entry, "headers": headers, "now": crate::queue::now_secs()}))
+}
+
+async fn snapshot(state: &AdminState) -> Result<Vec<Entry>, ControlError> {
+    match state.queue.control(Command::Snapshot).await? {
+        Answer::Entries(e) => Ok(e),
+        Answer::Done(_) => Ok(Vec::new()),
+    }
+}
+
+async fn run(state: &AdminState, cmd: Command) -> Resp {
+    match state.queue.control(cmd).await {
+        Ok(Answer::Done(ids)) => ok_json(&json!({"done": ids})),
+        Ok(Answer::Entries(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
+        Err(e) => control_error(e),
+    }
+}
+
+fn control_error(e: ControlError) -> Resp {
+    let status = match e {
+        ControlError::NoSuchMessage(_) => StatusCode::NOT_FOUND,
+        ControlError::Held(_) => StatusCode::CONFLICT,
+        ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, &e.to_string())
+}
+
+fn param<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn text(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn ok_json(v: &impl serde::Serialize) -> Resp {
+    let mut r = text(
+        StatusCode::OK,
+        serde_json::to_string(v).expect("answers serialize"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    let mut r = ok_json(&json!({ "error": message }));
+    *r.status_mut() = status;
+    r
+}

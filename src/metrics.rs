@@ -1,0 +1,272 @@
+//! The metrics facade: every metric the server exports is named here, once,
+//! and recorded by a one-line call where the thing happens (session, queue,
+//! delivery, plugin call, limit hit). The admin endpoint renders them in the
+//! Prometheus text format (`GET /metrics`).
+//!
+//! Names follow Prometheus conventions: a `wasmtp_` prefix, `_total` on
+//! counters, base units in the name (`_seconds`, `_bytes`). Labels use the
+//! project's own vocabulary: listener names from config, hook names as in
+//! WIT and config (`mail-from`), limit names as their config keys.
+//! docs/operations.md lists every metric with its labels.
+//!
+//! Until [`install`] runs (only `wasmtp serve` calls it) the calls are
+//! no-ops, so library code and unit tests pay nothing.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets for durations, in seconds: plugin calls (tens of µs) to slow
+/// deliveries (minutes).
+const SECONDS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Buckets for message sizes, in octets: 1 KiB to 50 MiB.
+const BYTES: &[f64] = &[
+    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 10485760.0, 52428800.0,
+];
+/// Buckets for time spent in the queue, in seconds: a minute to five days.
+const QUEUE_SECONDS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 432000.0,
+];
+
+/// Installs the process-wide recorder; returns the handle that renders it.
+/// A second call (a second server in one process) gets None and the
+/// first recorder keeps counting.
+pub fn install() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("wasmtp_delivery_queue_time_seconds".into()),
+                QUEUE_SECONDS,
+            )
+        })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS))
+        .ok()?;
+    let handle = builder.install_recorder().ok()?;
+    describe();
+    Some(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
+    c!(
+        "wasmtp_connections_total",
+        "SMTP connections by listener and result (accepted, refused by a connection limit)."
+    );
+    g!("wasmtp_sessions_open", "SMTP sessions open now.");
+    c!(
+        "wasmtp_tls_handshakes_total",
+        "TLS handshakes by listener and result (ok, failed, timeout)."
+    );
+    c!(
+        "wasmtp_auth_total",
+        "AUTH attempts by mechanism and result (success, failure, busy)."
+    );
+    c!(
+        "wasmtp_smtp_replies_total",
+        "Replies to SMTP commands by command and code class."
+    );
+    c!(
+        "wasmtp_messages_accepted_total",
+        "Messages queued (250 after DATA/BDAT), by listener."
+    );
+    c!(
+        "wasmtp_messages_refused_total",
+        "Messages refused at the end of DATA/BDAT, by listener and reason."
+    );
+    h!(
+        "wasmtp_message_size_bytes",
+        metrics::Unit::Bytes,
+        "Size of accepted messages."
+    );
+    g!(
+        "wasmtp_queue_messages",
+        "Messages in the queue by state (queued, active, deferred, held), at scrape time."
+    );
+    c!(
+        "wasmtp_deliveries_total",
+        "Recipient delivery attempts by outcome (delivered, deferred, bounced) and route (local, remote, relay)."
+    );
+    h!(
+        "wasmtp_delivery_attempt_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time one delivery attempt of one message took."
+    );
+    h!(
+        "wasmtp_delivery_queue_time_seconds",
+        metrics::Unit::Seconds,
+        "Time from acceptance to delivery, per delivered recipient."
+    );
+    c!(
+        "wasmtp_delivery_retries_total",
+        "Delivery attempts of a message that was deferred before."
+    );
+    c!(
+        "wasmtp_dsns_sent_total",
+        "Delivery status notifications queued, by kind (failure, delay, success)."
+    );
+    c!(
+        "wasmtp_plugin_calls_total",
+        "Plugin calls by plugin and hook."
+    );
+    c!(
+        "wasmtp_plugin_verdicts_total",
+        "Plugin verdicts by plugin, hook and verdict (continue, accept, reject, tempfail, disconnect, discard, quarantine; routes and notified for deliver and notification hooks)."
+    );
+    c!(
+        "wasmtp_plugin_traps_total",
+        "Plugin calls that trapped (including out of memory), by plugin and hook."
+    );
+    c!(
+        "wasmtp_plugin_timeouts_total",
+        "Plugin calls cut off at their deadline, by plugin and hook."
+    );
+    h!(
+        "wasmtp_plugin_call_duration_seconds",
+        metrics::Unit::Seconds,
+        "Plugin call latency by plugin and hook."
+    );
+    g!(
+        "wasmtp_plugin_set_generation",
+        "Generation of the plugin set new sessions use (1 at start, +1 per reload)."
+    );
+    c!(
+        "wasmtp_limit_hits_total",
+        "Times a configured limit was reached, by limit (its config key)."
+    );
+    c!(
+        "wasmtp_queue_admin_actions_total",
+        "Queue commands run through the admin endpoint, by action."
+    );
+    g!("wasmtp_start_time_seconds", "Unix time the server started.");
+}
+
+/// An accepted TCP connection, or one refused by a connection limit.
+pub fn connection(listener: &str, accepted: bool) {
+    let result = if accepted { "accepted" } else { "refused" };
+    counter!("wasmtp_connections_total", "listener" => listener.to_string(), "result" => result)
+        .increment(1);
+}
+
+/// Counts an open session until dropped.
+pub struct SessionOpen(());
+
+/// A session started; the gauge goes down when the guard is dropped.
+pub fn session_open() -> SessionOpen {
+    gauge!("wasmtp_sessions_open").increment(1.0);
+    SessionOpen(())
+}
+
+impl Drop for SessionOpen {
+    fn drop(&mut self) {
+        gauge!("wasmtp_sessions_open").decrement(1.0);
+    }
+}
+
+/// A TLS handshake ended: `ok`, `failed` or `timeout`.
+pub fn tls_handshake(listener: &str, result: &'static str) {
+    counter!("wasmtp_tls_handshakes_total", "listener" => listener.to_string(), "result" => result)
+        .increment(1);
+}
+
+/// An AUTH exchange ended: `success`, `failure` or `busy`.
+pub fn auth(mechanism: &str, result: &'static str) {
+    counter!("wasmtp_auth_total", "mechanism" => mechanism.to_string(), "result" => result)
+        .increment(1);
+}
+
+/// A reply to `command` (the verb, upper case; `invalid` for a line that
+/// did not parse).
+pub fn reply(command: &'static str, code: u16) {
+    let class = match code / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
+    };
+    counter!("wasmtp_smtp_replies_total", "command" => command, "class" => class).increment(1);
+}
+
+/// A message was queued.
+pub fn message_accepted(listener: &str, size: u64) {
+    counter!("wasmtp_messages_accepted_total", "listener" => listener.to_string()).increment(1);
+    histogram!("wasmtp_message_size_bytes").record(size as f64);
+}
+
+/// A message was refused at the end of DATA/BDAT; `reason` is one of
+/// `too_big`, `bare_line_ending`, `line_too_long`, `over_budget`,
+/// `plugin`, `queue_error`.
+pub fn message_refused(listener: &str, reason: &'static str) {
+    counter!("wasmtp_messages_refused_total", "listener" => listener.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// Sets the queue depth of one state (computed at scrape time).
+pub fn queue_depth(state: &'static str, n: usize) {
+    gauge!("wasmtp_queue_messages", "state" => state).set(n as f64);
+}
+
+/// One recipient's attempt: `delivered`, `deferred` or `bounced`, over a
+/// route kind (`local`, `remote`, `relay`); `queued_for` is the time since
+/// acceptance, recorded for deliveries.
+pub fn delivery(outcome: &'static str, route: &'static str, queued_for: Duration) {
+    counter!("wasmtp_deliveries_total", "outcome" => outcome, "route" => route).increment(1);
+    if outcome == "delivered" {
+        histogram!("wasmtp_delivery_queue_time_seconds").record(queued_for.as_secs_f64());
+    }
+}
+
+/// One attempt at a message ended after `took`; `retry` when the message
+/// was deferred before.
+pub fn delivery_attempt(took: Duration, retry: bool) {
+    histogram!("wasmtp_delivery_attempt_duration_seconds").record(took.as_secs_f64());
+    if retry {
+        counter!("wasmtp_delivery_retries_total").increment(1);
+    }
+}
+
+/// A DSN was queued (`failure`, `delay`, `success`).
+pub fn dsn_sent(kind: &'static str) {
+    counter!("wasmtp_dsns_sent_total", "kind" => kind).increment(1);
+}
+
+/// One plugin call: `result` is the verdict (`continue`, `reject`, ...,
+/// `routes`, `notified`) or `trap` / `timeout`.
+pub fn plugin_call(plugin: &str, hook: &'static str, result: &'static str, micros: u64) {
+    let p = plugin.to_string();
+    counter!("wasmtp_plugin_calls_total", "plugin" => p.clone(), "hook" => hook).increment(1);
+    match result {
+        "trap" => counter!("wasmtp_plugin_traps_total", "plugin" => p.clone(), "hook" => hook)
+            .increment(1),
+        "timeout" => counter!("wasmtp_plugin_timeouts_total", "plugin" => p.clone(), "hook" => hook)
+            .increment(1),
+        verdict => counter!("wasmtp_plugin_verdicts_total", "plugin" => p.clone(), "hook" => hook, "verdict" => verdict)
+            .increment(1),
+    }
+    histogram!("wasmtp_plugin_call_duration_seconds", "plugin" => p, "hook" => hook)
+        .record(micros as f64 / 1e6);
+}
+
+/// The plugin set generation (set at scrape time).
+pub fn plugin_generation(generation: u64) {
+    gauge!("wasmtp_plugin_set_generation").set(generation as f64);
+}
+
+/// A limit was hit (called by `observe::limit_hit`).
+pub fn limit_hit(limit: &'static str) {
+    counter!("wasmtp_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// A queue command ran through the admin endpoint.
+pub fn admin_action(action: &'static str) {
+    counter!("wasmtp_queue_admin_actions_total", "action" => action).increment(1);
+}
+
+/// The start time, once.
+pub fn started(unix_secs: i64) {
+    gauge!("wasmtp_start_time_seconds").set(unix_secs as f64);
+}
