@@ -6,15 +6,27 @@
 //! answers, the clock or stored keys, calls the plugin's hooks directly and inspects the result.
 //!
 //! ```
-//! use wasmtp_plugin_sdk::{testing, Plugin, Verdict};
+//! use wasmtp_plugin_sdk::{dns, testing, Config, Connection, Plugin, Verdict};
 //!
-//! #[test]
-//! fn rejects_listed_client() {
-//!     let host = testing::FakeHost::new();
-//!     host.dns_a("2.0.0.192.zen.example", &["127.0.0.2"]);
-//!     let plugin = MyPlugin::init(testing::config(r#"{"zones": ["zen.example"]}"#)).unwrap();
-//!     assert!(plugin.connect(&testing::connection("192.0.2.1")).is_refusal());
+//! struct Blocklist;
+//!
+//! impl Plugin for Blocklist {
+//!     fn init(_: Config) -> Result<Self, String> {
+//!         Ok(Blocklist)
+//!     }
+//!     fn connect(&self, conn: &Connection) -> Verdict {
+//!         match dns::a("2.0.0.192.zen.example") {
+//!             Ok(a) if !a.is_empty() => Verdict::reject_with(554, "5.7.1", &conn.peer_ip),
+//!             _ => Verdict::Continue,
+//!         }
+//!     }
 //! }
+//!
+//! // In a #[test] of the plugin crate:
+//! let host = testing::FakeHost::new();
+//! host.dns_a("2.0.0.192.zen.example", &["127.0.0.2"]);
+//! let plugin = Blocklist::init(testing::config("{}")).unwrap();
+//! assert!(plugin.connect(&testing::connection("192.0.2.1")).is_refusal());
 //! ```
 
 use std::cell::RefCell;

@@ -38,7 +38,7 @@ fn unquote(local: &str) -> String {
 /// True if `addr`'s domain is one of ours.
 pub fn is_local_domain(settings: &LocalSettings, addr: &Address) -> bool {
     let d = addr.domain_lower();
-    settings.domains.iter().any(|l| *l == d)
+    settings.domains.contains(&d)
 }
 
 /// Resolves a RCPT path against the local settings.
@@ -67,7 +67,7 @@ pub fn resolve(settings: &LocalSettings, path: &Path) -> Resolution {
     if base.is_empty() {
         return Resolution::UnknownUser;
     }
-    if settings.users.iter().any(|u| *u == base) || settings.catch_all {
+    if settings.users.contains(&base) || settings.catch_all {
         Resolution::Local(base)
     } else {
         Resolution::UnknownUser

@@ -561,10 +561,8 @@ impl kv::Host for HostState {
         };
         // A counter is at most 8 + 20 bytes; room is checked for a new one.
         let exists = matches!(space.tree.contains_key(key.as_bytes()), Ok(true));
-        if !exists {
-            if let Err(e) = self.kv_room(&space, (key.len() + 28) as u64) {
-                return Ok(Err(e));
-            }
+        if !exists && let Err(e) = self.kv_room(&space, (key.len() + 28) as u64) {
+            return Ok(Err(e));
         }
         let now = now_millis();
         let mut result = 0;

@@ -442,15 +442,15 @@ impl PluginHost {
         })?;
         self.apply_manifest(spec, &bytes)?;
         let digest = hex(&Sha256::digest(&bytes));
-        if let Some(expected) = &spec.sha256 {
-            if *expected != digest {
-                return Err(PluginError::Digest {
-                    name,
-                    path: spec.path.clone(),
-                    expected: expected.clone(),
-                    actual: digest,
-                });
-            }
+        if let Some(expected) = &spec.sha256
+            && *expected != digest
+        {
+            return Err(PluginError::Digest {
+                name,
+                path: spec.path.clone(),
+                expected: expected.clone(),
+                actual: digest,
+            });
         }
         sign::check(&bytes, spec)?;
         let component = self.compile_cached(spec, &bytes, &digest)?;

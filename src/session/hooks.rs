@@ -127,10 +127,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut data = data;
         // A quarantine verdict at rcpt holds the whole message, unless the
         // mail-from hook already chose its fate; the data hook may override.
-        if let Some(reason) = self.plugins.take_quarantine() {
-            if tx.disposition == Disposition::Deliver {
-                tx.disposition = Disposition::Quarantine(reason);
-            }
+        if let Some(reason) = self.plugins.take_quarantine()
+            && tx.disposition == Disposition::Deliver
+        {
+            tx.disposition = Disposition::Quarantine(reason);
         }
         if self.plugins.wants(crate::config::HookName::Data) {
             let msg = MessageData::new(data);

@@ -221,10 +221,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             } else {
                 scanned = buf.len().saturating_sub(1);
             }
-            if let Some(rx) = shutdown.as_deref() {
-                if *rx.borrow() {
-                    return Err(Stop::Shutdown);
-                }
+            if let Some(rx) = shutdown.as_deref()
+                && *rx.borrow()
+            {
+                return Err(Stop::Shutdown);
             }
             self.fill(timeout, shutdown.as_deref_mut(), LINE_READ)
                 .await?;

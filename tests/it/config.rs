@@ -81,14 +81,13 @@ fn documented_paths(example: &str) -> std::collections::HashSet<String> {
         if let Some(h) = l.strip_prefix('[') {
             table = h.trim_matches(['[', ']']).to_string();
             paths.insert(table.clone());
-        } else if let Some((key, _)) = l.split_once(" =") {
-            if !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                paths.insert(format!("{table}.{key}").trim_start_matches('.').to_string());
-            }
+        } else if let Some((key, _)) = l.split_once(" =")
+            && !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            paths.insert(format!("{table}.{key}").trim_start_matches('.').to_string());
         }
     }
     paths
