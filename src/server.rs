@@ -210,7 +210,6 @@ pub async fn serve(
             })
             .collect(),
     );
-    info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
 
     let limiter = ConnLimiter::new(&settings.limits);
     let sessions = TaskTracker::new();
@@ -232,6 +231,9 @@ pub async fn serve(
         warn!(file = %pid_file.display(), error = %e, "cannot write the pid file (`wasmtp plugin reload` needs it)");
     }
     let reloader = tokio::spawn(reload_plugins(ctx.clone(), reload.clone()));
+    // Last: whoever waits for this line (an operator, a test, `plugin
+    // reload`) finds the listeners accepting and the pid file written.
+    info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
     stop.await;
     reloader.abort();
     let _ = std::fs::remove_file(&pid_file);
