@@ -11,6 +11,7 @@ mod ops_cmd;
 mod plugin_cmd;
 mod share_cmd;
 mod user_cmd;
+mod watch_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,9 @@ enum Cmd {
         /// (NAME=ADDR, repeatable), e.g. `--listen mx=127.0.0.1:0`.
         #[arg(long, value_name = "NAME=ADDR")]
         listen: Vec<String>,
+        /// Reload the plugins whenever one of their files changes (development).
+        #[arg(long)]
+        watch_plugins: bool,
     },
     /// Validate a config file without starting (the embedded default without FILE).
     CheckConfig {
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             config,
             log_format,
             listen,
+            watch_plugins,
         } => {
             let mut settings = match load(config.as_ref()) {
                 Ok(s) => s,
@@ -155,7 +160,7 @@ fn main() -> ExitCode {
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
             );
-            match serve(settings) {
+            match serve(settings, watch_plugins) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -199,7 +204,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
     // Mail, queue and keys are the server's user's alone. Delivery and the
     // queue also set 0600/0700 explicitly; the mask covers what libraries
     // create (sled's files) and is set before any thread exists.
@@ -210,7 +215,12 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
-        let reload = reload_on_sighup();
+        let (reloads, reload) = reload_on_sighup();
+        let _watcher = if watch_plugins {
+            Some(watch_cmd::watch_plugins(&settings, reloads)?)
+        } else {
+            None
+        };
         // Installed before anything listens, so an early SIGTERM is never
         // the default (fatal) action.
         use tokio::signal::unix::{SignalKind, signal};
@@ -229,17 +239,22 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP bumps a counter; subscribers (certificates today) reload when it
-/// changes. Clone the receiver to hook more reloadable state in.
-fn reload_on_sighup() -> tokio::sync::watch::Receiver<u64> {
+/// SIGHUP bumps a counter; subscribers (certificates, plugins) reload when
+/// it changes. The sender is returned too, for other triggers
+/// (`--watch-plugins`).
+fn reload_on_sighup() -> (
+    tokio::sync::watch::Sender<u64>,
+    tokio::sync::watch::Receiver<u64>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let sender = tx.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
             tx.send_modify(|n| *n += 1);
         }
     });
-    rx
+    (sender, rx)
 }

@@ -333,3 +333,39 @@ fn a_panic_in_init_is_explained_at_load() {
     assert!(err.contains("plugin trap: init trapped"), "{err}");
     assert!(err.contains("fixture-trap: deliberate panic"), "{err}");
 }
+
+#[test]
+fn watch_plugins_reloads_when_a_plugin_file_changes() {
+    // A plugin file the test owns: spam-score first.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.wasm");
+    std::fs::copy(plugin_wasm("spam_score.wasm"), &file).unwrap();
+    let cfg = format!(
+        "[[plugin]]\nname = \"p\"\npath = \"{}\"\nhooks = [\"data\"]\n",
+        file.display()
+    );
+    let s = Server::start_with_args(&cfg, &["--watch-plugins"]);
+    s.wait_for_log("watching plugin files for changes", 1);
+    let send = |to: &str| {
+        let mut c = Client::greeted(s.addr);
+        c.cmd("EHLO client.test", 250);
+        let r = c.send_message("a@example.test", &[to], b"Subject: w\r\n\r\nhello\r\n");
+        assert_eq!(r.code, 250, "{r:?}");
+        String::from_utf8(s.wait_for_mail(to.split('@').next().unwrap(), 1).remove(0)).unwrap()
+    };
+    assert!(send("before@example.test").contains("X-Spam-Score"));
+    // "Rebuild" the plugin: another component lands at the same path
+    // (written beside it and renamed, as a build does).
+    let next = dir.path().join("p.wasm.new");
+    std::fs::copy(plugin_wasm("attachment_guard.wasm"), &next).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    s.wait_for_log("a plugin file changed: reloading", 1);
+    s.wait_for_log("plugin set swapped in", 1);
+    let after = send("after@example.test");
+    assert!(
+        !after.contains("X-Spam-Score"),
+        "{after}\n{}",
+        s.dump_logs()
+    );
+    assert_eq!(s.log_lines("a plugin file changed: reloading").len(), 1);
+}

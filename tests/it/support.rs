@@ -24,6 +24,8 @@ pub struct Server {
     child: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
     extra: String,
+    /// More `serve` arguments.
+    args: Vec<String>,
 }
 
 /// Extra config adding a submission and a submissions listener on port 0.
@@ -46,6 +48,11 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
 impl Server {
     /// Starts with the test config plus `extra` TOML.
     pub fn start(extra: &str) -> Server {
+        Server::start_with_args(extra, &[])
+    }
+
+    /// As `start`, with more `serve` arguments.
+    pub fn start_with_args(extra: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             dir,
@@ -55,6 +62,7 @@ impl Server {
             child: None,
             logs: Arc::default(),
             extra: extra.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -66,6 +74,7 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&cfg)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
