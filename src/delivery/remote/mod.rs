@@ -118,7 +118,7 @@ impl Outbound {
         &self,
         msg: &QueuedMessage,
         rcpts: &[usize],
-        body: &[u8],
+        body: &sled::IVec,
         done: &mut (dyn FnMut(Vec<(usize, Outcome)>) + Send),
     ) {
         let max = self.inner.settings.max_received;
@@ -151,7 +151,9 @@ impl Outbound {
         if !outcomes.is_empty() {
             done(outcomes);
         }
-        let body: Arc<[u8]> = Arc::from(body);
+        // The stored body is shared (sled's IVec is reference counted), not
+        // copied, by the destinations' tasks.
+        let body = body.clone();
         let msg = Arc::new(msg.clone());
         let mut running = tokio::task::JoinSet::new();
         for (_, (dest, batch)) in groups {
