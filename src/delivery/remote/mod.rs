@@ -251,10 +251,11 @@ impl Outbound {
         };
         let conn = &mut leased.conn;
         let peer = conn.peer().clone();
-        let outcomes = match self.check(conn, msg, batch, body) {
+        let facts = Facts::of(msg, batch, body);
+        let outcomes = match self.check(conn, &facts) {
             Some(refusal) => vec![refusal; n],
             None => {
-                let env = envelope(conn, msg, batch, body);
+                let env = envelope(conn, msg, batch, &facts);
                 let fates = conn.send(&env, body).await;
                 fates.iter().map(|f| classify::fate(&peer, f)).collect()
             }
@@ -264,23 +265,16 @@ impl Outbound {
     }
 
     /// Refuses before sending what this server cannot take.
-    fn check(
-        &self,
-        conn: &Conn,
-        msg: &QueuedMessage,
-        batch: &Batch,
-        body: &[u8],
-    ) -> Option<Outcome> {
+    fn check(&self, conn: &Conn, facts: &Facts) -> Option<Outcome> {
         let caps = conn.caps();
         let peer = conn.peer();
-        let size = body.len() as u64;
-        if caps.too_big(size) {
-            return Some(classify::too_big(peer, size, caps.size.unwrap_or(0)));
+        if caps.too_big(facts.size) {
+            return Some(classify::too_big(peer, facts.size, caps.size.unwrap_or(0)));
         }
-        if needs_smtputf8(msg, batch, body) && !caps.smtputf8 {
+        if facts.smtputf8 && !caps.smtputf8 {
             return Some(classify::needs_smtputf8(peer));
         }
-        if message::has_8bit(body) && !caps.eight_bit_mime && !caps.smtputf8 {
+        if facts.eight_bit && !caps.eight_bit_mime && !caps.smtputf8 {
             return Some(classify::needs_8bitmime(peer));
         }
         None
@@ -406,21 +400,35 @@ impl Outbound {
     }
 }
 
-/// True when the transaction needs SMTPUTF8: a non-ASCII address in the
-/// envelope, or a message that came in with SMTPUTF8.
-fn needs_smtputf8(msg: &QueuedMessage, batch: &Batch, body: &[u8]) -> bool {
-    !msg.return_path().is_ascii()
-        || batch.addresses.iter().any(|a| !a.is_ascii())
-        || message::received_with_smtputf8(body)
+/// What a transaction needs from the server, found once per transaction
+/// (the 8-bit scan reads the whole body).
+struct Facts {
+    size: u64,
+    eight_bit: bool,
+    /// A non-ASCII address in the envelope, or a message that came in with
+    /// SMTPUTF8.
+    smtputf8: bool,
+}
+
+impl Facts {
+    fn of(msg: &QueuedMessage, batch: &Batch, body: &[u8]) -> Facts {
+        Facts {
+            size: body.len() as u64,
+            eight_bit: message::has_8bit(body),
+            smtputf8: !msg.return_path().is_ascii()
+                || batch.addresses.iter().any(|a| !a.is_ascii())
+                || message::received_with_smtputf8(body),
+        }
+    }
 }
 
 /// The envelope for this server: parameters only for extensions it offers.
-fn envelope<'a>(conn: &Conn, msg: &'a QueuedMessage, batch: &Batch, body: &[u8]) -> Envelope<'a> {
+fn envelope<'a>(conn: &Conn, msg: &'a QueuedMessage, batch: &Batch, facts: &Facts) -> Envelope<'a> {
     let caps = conn.caps();
     let mail = MailArgs {
-        size: caps.size.map(|_| body.len() as u64),
-        eight_bit: caps.eight_bit_mime && message::has_8bit(body),
-        smtputf8: caps.smtputf8 && needs_smtputf8(msg, batch, body),
+        size: caps.size.map(|_| facts.size),
+        eight_bit: caps.eight_bit_mime && facts.eight_bit,
+        smtputf8: caps.smtputf8 && facts.smtputf8,
         ret: msg.ret.filter(|_| caps.dsn),
         envid: msg.envid.as_deref().filter(|_| caps.dsn),
     };
