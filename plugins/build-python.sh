@@ -1,29 +1,23 @@
 #!/usr/bin/env bash
 # Builds the Python example plugin(s) in plugins/python/ into plugins/target/python/*.wasm with
-# componentize-py 0.25.1 (installed from PyPI when missing). They target the `plugin-basic` world
-# (log + notes only): componentize-py imports every interface of its world whether used or not.
-# --stub-wasi replaces all WASI imports with traps, so the component imports only wasmtp:plugin.
-# Each plugin's wasmtp-plugin.json (its manifest) is then embedded with `wasmtp plugin
-# embed-manifest`: $WASMTP if set, else the repository's wasmtp built by cargo (debug, the build
-# the tests use).
+# the SDK's build script (sdk/python/build.sh: componentize-py 0.25.1 from PyPI in a virtual
+# environment, the `plugin-basic` world, --stub-wasi, manifest embedded with `wasmtp plugin
+# embed-manifest`), after running each plugin's native tests under plain python3.
+# The venv lives in plugins/target/py-venv (ignored, reused by reruns). The wasmtp used for
+# embedding is $WASMTP if set, else the repository's debug build (the build the tests use).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-want="0.25.1"
-if ! componentize-py --version 2>/dev/null | grep -q "$want"; then
-    python3 -m pip install --quiet "componentize-py==$want"
+root="$here/.."
+export WASMTP_PY_VENV="${WASMTP_PY_VENV:-$here/target/py-venv}"
+if [ -z "${WASMTP:-}" ]; then
+    cargo build -q --locked --bin wasmtp --manifest-path "$root/Cargo.toml"
+    export WASMTP="$root/target/debug/wasmtp"
 fi
-out="$here/target/python"
-mkdir -p "$out"
 for dir in "$here"/python/*/; do
     name="$(basename "$dir")"
-    wasm="$out/${name//-/_}.wasm"
-    echo "componentize-py: $name -> $wasm"
-    (cd "$dir" && componentize-py -d "$here/../wit" -w plugin-basic componentize --stub-wasi app -o "$wasm")
-    if [ -f "$dir/wasmtp-plugin.json" ]; then
-        if [ -z "${WASMTP:-}" ]; then
-            cargo build -q --locked --bin wasmtp --manifest-path "$here/../Cargo.toml"
-            WASMTP="$here/../target/debug/wasmtp"
-        fi
-        "$WASMTP" plugin embed-manifest "$wasm" "$dir/wasmtp-plugin.json"
+    if compgen -G "$dir/test_*.py" >/dev/null; then
+        bash "$root/sdk/python/build.sh" test --sdk "$root/sdk/python" --wit "$root/wit" "$dir"
     fi
+    bash "$root/sdk/python/build.sh" --sdk "$root/sdk/python" --wit "$root/wit" \
+        --out "$here/target/python/${name//-/_}.wasm" "$dir"
 done
