@@ -10,7 +10,8 @@
 # (wasmtp-plugin/), the WIT (wit/plugin.wit), the manifest (wasmtp-plugin.json) and the pinned
 # toolchain (package.json + package-lock.json); --sdk DIR and --wit DIR take the SDK (with its
 # package files) and the WIT from elsewhere (the wasmtp repository's own plugins do). The
-# component is written to DIR/target/NAME.wasm (NAME from the manifest, - as _) unless --out.
+# component is written to DIR/NAME.wasm (NAME from the manifest) unless --out; then, when
+# DIR/tests holds cases and this wasmtp has `plugin test`, they are replayed against it.
 #
 # componentize-js comes from npm at the exact version package-lock.json pins (`npm ci`, only when
 # the lock changed), into $WASMTP_JS_TOOLS (default: DIR itself, i.e. DIR/node_modules).
@@ -56,6 +57,8 @@ if [ "$sdk" != "$dir" ]; then
     tar -C "$dir" --exclude=./.wasmtp --exclude=./node_modules --exclude=./target -cf - . \
         | tar -C "$src" -xf -
     cp -R "$sdk/wasmtp-plugin" "$src/"
+    # ES modules for node (the native tests): the SDK's package.json says "type": "module".
+    [ -e "$src/package.json" ] || cp "$sdk/package.json" "$src/"
 fi
 
 if [ "$mode" = "test" ]; then
@@ -78,7 +81,7 @@ if ! cmp -s "$tools/package-lock.json" "$stamp"; then
 fi
 
 name="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).name)' "$dir/wasmtp-plugin.json")"
-out="${out:-$dir/target/${name//-/_}.wasm}"
+out="${out:-$dir/$name.wasm}"
 mkdir -p "$(dirname "$out")"
 echo "componentize-js: $dir -> $out (world $world)" >&2
 "$tools/node_modules/.bin/componentize-js" "$src/app.js" --wit "$wit" --world-name "$world" \
@@ -89,3 +92,6 @@ if [ -z "$wasmtp" ]; then
     exit 1
 fi
 "$wasmtp" plugin embed-manifest "$out" "$dir/wasmtp-plugin.json"
+if compgen -G "$dir/tests/*.toml" >/dev/null && "$wasmtp" plugin test --help >/dev/null 2>&1; then
+    "$wasmtp" plugin test "$out" "$dir/tests"
+fi

@@ -9,7 +9,8 @@
 # DIR holds app.py (which assigns `Hooks = YourPlugin.export()`), the SDK (wasmtp_plugin/), the
 # WIT (wit/plugin.wit) and the manifest (wasmtp-plugin.json); --sdk DIR and --wit DIR take the
 # SDK and the WIT from elsewhere (the wasmtp repository's own plugins do). The component is written to
-# DIR/target/NAME.wasm (NAME from the manifest, - as _) unless --out says otherwise.
+# DIR/NAME.wasm (NAME from the manifest) unless --out says otherwise; then, when DIR/tests
+# holds cases and this wasmtp has `plugin test`, they are replayed against it.
 #
 # componentize-py 0.25.1 comes from PyPI into a virtual environment, never the global Python:
 # $WASMTP_PY_VENV, else ~/.cache/wasmtp/componentize-py-0.25.1 (shared by every plugin). The
@@ -63,7 +64,7 @@ if [ "$mode" = "test" ]; then
 fi
 
 name="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["name"])' "$dir/wasmtp-plugin.json")"
-out="${out:-$dir/target/${name//-/_}.wasm}"
+out="${out:-$dir/$name.wasm}"
 mkdir -p "$(dirname "$out")"
 echo "componentize-py: $dir -> $out (world $world)" >&2
 (cd "$dir" && "$cpy" -d "$wit" -w "$world" componentize --stub-wasi -p "$dir" -p "$sdk" app -o "$out" >/dev/null)
@@ -73,3 +74,6 @@ if [ -z "$wasmtp" ]; then
     exit 1
 fi
 "$wasmtp" plugin embed-manifest "$out" "$dir/wasmtp-plugin.json"
+if compgen -G "$dir/tests/*.toml" >/dev/null && "$wasmtp" plugin test --help >/dev/null 2>&1; then
+    "$wasmtp" plugin test "$out" "$dir/tests"
+fi

@@ -14,6 +14,7 @@ mod outbound;
 mod plugin_hooks;
 mod plugin_limits;
 mod plugin_platform;
+mod plugin_sdks;
 mod plugins;
 mod protocol;
 mod relay;

@@ -114,8 +114,10 @@ impl Server {
         self.addrs.clear();
         let mut first = None;
         loop {
+            // Generous: a JavaScript or Python component (12-18 MB) takes a debug build of the
+            // host tens of seconds to compile on a busy 2-core machine.
             let got = rx
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(Duration::from_secs(180))
                 .unwrap_or_else(|_| {
                     panic!(
                         "server did not start; log:\n{}",
@@ -629,7 +631,7 @@ pub fn read_all(mut r: impl Read) -> String {
 
 /// Absolute path of a built plugin component (`scripts/test` builds them).
 pub fn plugin_wasm(file: &str) -> String {
-    let dir = if file.starts_with("python/") {
+    let dir = if file.starts_with("python/") || file.starts_with("js/") {
         "plugins/target"
     } else {
         "plugins/target/wasm32-wasip2/release"
