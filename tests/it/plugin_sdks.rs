@@ -124,7 +124,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn template_copies_of_the_sdks_equal_sdk() {
+fn templates_carry_the_sdk_wit_and_build_scripts_of_this_repository() {
     // The templates carry the SDK, the WIT and the build script (and for JS the pinned
     // toolchain) so a generated project builds outside this repository. sdk/ and wit/ are the one
     // source: the template entries are symlinks to them (build.rs embeds what they point to),
