@@ -134,7 +134,9 @@ impl Signer {
         for k in self.keys.iter().filter(|k| k.domain == domain) {
             match k.signer.sign(message) {
                 Ok(sig) => {
-                    signed.header.extend_from_slice(sig.to_header().as_bytes());
+                    signed
+                        .header
+                        .extend_from_slice(tidy_signature_field(sig.to_header()).as_bytes());
                     signed
                         .signatures
                         .push(format!("{}/{}", k.domain, k.selector));
@@ -147,6 +149,24 @@ impl Signer {
         }
         (!signed.signatures.is_empty()).then_some(signed)
     }
+}
+
+/// mail-auth folds a `b=` value that fills its last line exactly before
+/// the closing `;` (`b=...\r\n\t;`). Verifiers delete the `b=` value but
+/// not all of them the white space around it (dkimpy keeps it, so its
+/// relaxed form becomes `b= ;` against the signed `b=;` and every such
+/// RSA signature fails there). Removing that folding is removing part of
+/// the `b=` tag's surrounding white space, which the signature never
+/// covers (RFC 6376 §3.7), so the field verifies everywhere.
+fn tidy_signature_field(mut field: String) -> String {
+    let Some(before) = field.strip_suffix(";\r\n") else {
+        return field;
+    };
+    let kept = before.trim_end_matches(['\r', '\n', '\t', ' ']).len();
+    if kept < before.len() {
+        field.replace_range(kept..before.len(), "");
+    }
+    field
 }
 
 /// The domain of the first From address, lower-cased.
@@ -266,5 +286,31 @@ fn load_key(path: &std::path::Path) -> Result<(DkimKey, &'static str), String> {
             .map(|k| (DkimKey::Rsa(k), "rsa-sha256"))
             .map_err(|e| unusable(&e)),
         _ => Err(unusable(&"an EC (SEC1) key; DKIM uses RSA or Ed25519")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_before_the_closing_semicolon_is_removed() {
+        let table = [
+            (
+                "DKIM-Signature: a=1; b=QUJD\r\n\t;\r\n",
+                "DKIM-Signature: a=1; b=QUJD;\r\n",
+            ),
+            (
+                "DKIM-Signature: a=1; b=QUJD;\r\n",
+                "DKIM-Signature: a=1; b=QUJD;\r\n",
+            ),
+            (
+                "DKIM-Signature: a=1;\r\n\tb=QU\r\n\tJD \r\n ;\r\n",
+                "DKIM-Signature: a=1;\r\n\tb=QU\r\n\tJD;\r\n",
+            ),
+        ];
+        for (field, want) in table {
+            assert_eq!(tidy_signature_field(field.to_string()), want);
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use hickory_resolver::net::NetError;
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
@@ -238,8 +239,9 @@ impl Verifier {
             match dkim {
                 Some(list) if !list.is_empty() => {
                     for d in list {
+                        let d = body_hash_mismatch_fails(d);
                         pieces.push(piece(
-                            AuthenticationResults::new(aid).with_dkim_result(d, ""),
+                            AuthenticationResults::new(aid).with_dkim_result(&d, ""),
                         ));
                         summary.push(("dkim", dkim_word(d.result())));
                     }
@@ -282,6 +284,20 @@ impl Verifier {
             ),
             summary,
         }
+    }
+}
+
+/// mail-auth calls a signature whose body hash does not match `neutral`;
+/// RFC 6376 §6.1.3 makes it a PERMFAIL, which RFC 8601 §2.7.1 reports as
+/// `fail` (the body changed after signing), and a DMARC or spam policy
+/// reading our header must see it as one.
+fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
+    let mismatch = Error::Dkim(DkimError::FailedBodyHashMatch);
+    match (d.result(), d.signature()) {
+        (DkimResult::Neutral(e), Some(sig)) if *e == mismatch => {
+            DkimOutput::fail(mismatch).with_signature(sig)
+        }
+        _ => d.clone(),
     }
 }
 

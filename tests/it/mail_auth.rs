@@ -1,0 +1,540 @@
+//! Mail authentication with real peers on loopback: dnsmasq serves the SPF,
+//! DMARC and DKIM records; Debian's python3-dkim (dkimpy) signs messages
+//! the server verifies and verifies messages the server signed; a second
+//! wasmtp receives what the first one signs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::dns::{DnsServer, SilentDns};
+use crate::support::{BIN, Client, Server, b64, check_config_file, field};
+
+// ------------------------------------------------------------- helpers
+
+/// The Authentication-Results fields of a message's header block,
+/// unfolded (CRLF + white space → one space), in order.
+fn auth_results(msg: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
+    let head = text.split("\n\n").next().unwrap_or_default();
+    let mut fields: Vec<String> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+        } else {
+            fields.push(line.to_string());
+        }
+    }
+    fields
+        .into_iter()
+        .filter_map(|f| {
+            let (name, value) = f.split_once(':')?;
+            name.eq_ignore_ascii_case("Authentication-Results")
+                .then(|| value.trim().to_string())
+        })
+        .collect()
+}
+
+/// Debian's python3 (python3-dkim lives in its dist-packages), else PATH's.
+fn python() -> PathBuf {
+    let debian = Path::new("/usr/bin/python3");
+    if debian.exists() {
+        debian.to_path_buf()
+    } else {
+        crate::support::require_tool("python3")
+    }
+}
+
+/// Runs a dkimpy script with `args`, `stdin` as input; its stdout.
+fn dkimpy(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy (python3-dkim, installed by scripts/test) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Signs stdin with dkimpy: argv = selector domain keyfile.
+const DKIMPY_SIGN: &str = r#"
+import sys, dkim
+sel, dom, keyfile = sys.argv[1:4]
+msg = sys.stdin.buffer.read()
+sig = dkim.sign(msg, sel.encode(), dom.encode(), open(keyfile, 'rb').read(),
+                include_headers=[b'from', b'to', b'subject'], linesep=b'\r\n')
+sys.stdout.buffer.write(sig + msg)
+"#;
+
+/// Verifies every DKIM-Signature of stdin with dkimpy, the TXT records
+/// given as argv pairs (name value) instead of DNS; prints one line per
+/// signature: `d= s= pass|fail`.
+const DKIMPY_VERIFY: &str = r#"
+import sys, dkim
+records = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode().rstrip('.'), '').encode() or None
+msg = sys.stdin.buffer.read()
+d = dkim.DKIM(msg)
+n = sum(1 for h in d.headers if h[0].lower() == b'dkim-signature')
+for i in range(n):
+    ok = d.verify(idx=i, dnsfunc=dnsfunc)
+    print(d.domain.decode(), d.selector.decode(), 'pass' if ok else 'fail')
+"#;
+
+/// `wasmtp dkim keygen`: the key file and the TXT record (name, value).
+fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String, String) {
+    let out = Command::new(BIN)
+        .args(["dkim", "keygen", domain, "--selector", selector])
+        .args(["--algorithm", algorithm, "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("(name "))
+        .unwrap_or_else(|| panic!("no record in {text}"));
+    let (name, value) = line.trim_end_matches(')').split_once(", value ").unwrap();
+    let key = dir.join(format!("{domain}.{selector}.key"));
+    assert!(
+        text.contains(&format!("key = \"{}\"", key.display())),
+        "{text}"
+    );
+    (key, name.to_string(), value.to_string())
+}
+
+/// A dnsmasq option serving `value` as a TXT record at `name`, cut into
+/// strings of 255 characters (dnsmasq splits its argument at commas).
+fn txt(name: &str, value: &str) -> String {
+    let parts: Vec<&str> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!("--txt-record={name},{}", parts.join(","))
+}
+
+/// Sends `body` over the MX listener from `from` to `to`; expects 250.
+fn send(s: &Server, from: &str, to: &str, body: &[u8]) {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let r = c.send_message(from, &[to], body);
+    assert_eq!(r.code, 250, "{}", r.text());
+    c.cmd("QUIT", 221);
+}
+
+/// The one message in `mailbox` and its Authentication-Results.
+fn received(s: &Server, mailbox: &str) -> (Vec<u8>, Vec<String>) {
+    let msg = s.wait_for_mail(mailbox, 1).remove(0);
+    let ar = auth_results(&msg);
+    (msg, ar)
+}
+
+// ------------------------------------------------------------- inbound
+
+#[test]
+fn spf_and_dmarc_pass_fail_and_none_from_a_real_dns_server() {
+    let dns = DnsServer::start(&[
+        &txt("pass.test", "v=spf1 ip4:127.0.0.1 -all"),
+        &txt("_dmarc.pass.test", "v=DMARC1; p=reject"),
+        &txt("fail.test", "v=spf1 ip4:192.0.2.1 -all"),
+        &txt("_dmarc.fail.test", "v=DMARC1; p=quarantine"),
+    ]);
+    let s = Server::start(&dns.config());
+    let cases = [
+        (
+            "pass",
+            "spf=pass",
+            "dmarc=pass header.from=pass.test policy.dmarc=reject",
+        ),
+        ("fail", "spf=fail", "dmarc=fail"),
+        ("none", "spf=none", "dmarc=none"),
+    ];
+    for (name, spf, dmarc) in cases {
+        let from = format!("a@{name}.test");
+        send(
+            &s,
+            &from,
+            &format!("{name}@example.test"),
+            format!("From: <{from}>\r\nSubject: {name}\r\n\r\nhello\r\n").as_bytes(),
+        );
+        let (msg, ar) = received(&s, name);
+        assert_eq!(ar.len(), 1, "{}", String::from_utf8_lossy(&msg));
+        let ar = &ar[0];
+        assert!(ar.starts_with("mx.test;"), "{ar}");
+        assert!(ar.contains(&format!("{spf} ")), "{name}: {ar}");
+        assert!(
+            ar.contains(&format!("smtp.mailfrom={from}")),
+            "{name}: {ar}"
+        );
+        assert!(ar.contains("smtp.helo=client.test"), "{name}: {ar}");
+        assert!(ar.contains(dmarc), "{name}: {ar}");
+        assert!(ar.contains("dkim=none"), "{name}: {ar}");
+        // Ours is on top, above our Received (Maildir's Return-Path and
+        // Delivered-To come before both).
+        let text = String::from_utf8_lossy(&msg);
+        let ours = text.find("Authentication-Results: mx.test;").unwrap();
+        assert!(ours < text.find("Received: ").unwrap(), "{text}");
+    }
+    assert!(dns.log().contains("_dmarc.fail.test"), "{}", dns.log());
+    let log = s.wait_for_log("message authentication", 3);
+    assert!(log.iter().any(|l| l.contains("spf=fail")), "{log:?}");
+}
+
+#[test]
+fn a_dkimpy_signature_passes_and_fails_after_a_body_byte_changes() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, name, value) = keygen(keys.path(), "signer.test", "sel1", "rsa");
+    let dns = DnsServer::start(&[&txt(&name, &value)]);
+    let s = Server::start(&dns.config());
+    let message = b"From: Alice <alice@signer.test>\r\nTo: bob@example.test\r\nSubject: signed\r\n\r\nThe body as signed.\r\n";
+    let signed = dkimpy(
+        DKIMPY_SIGN,
+        &["sel1", "signer.test", key.to_str().unwrap()],
+        message,
+    );
+    send(&s, "alice@signer.test", "good@example.test", &signed);
+    let (_, ar) = received(&s, "good");
+    assert!(
+        ar[0].contains("dkim=pass header.i=@signer.test header.s=sel1"),
+        "{ar:?}"
+    );
+    // Aligned DKIM passes DMARC (no record: none, but the DKIM result stands).
+    // One byte of the body changed after signing: the body hash differs.
+    let tampered = String::from_utf8(signed)
+        .unwrap()
+        .replace("The body as signed.", "The body as signeD.");
+    send(
+        &s,
+        "alice@signer.test",
+        "bad@example.test",
+        tampered.as_bytes(),
+    );
+    let (_, ar) = received(&s, "bad");
+    assert!(
+        ar[0].contains("dkim=fail (body hash did not verify) header.i=@signer.test"),
+        "{ar:?}"
+    );
+    assert!(ar[0].contains("header.i=@signer.test"), "{ar:?}");
+    assert!(dns.log().contains("sel1._domainkey.signer.test"));
+}
+
+#[test]
+fn a_forged_authentication_results_with_our_id_is_removed() {
+    let dns = DnsServer::start(&[]);
+    let s = Server::start(&dns.config());
+    let body = b"Authentication-Results: mx.test; dkim=pass header.d=bank.test\r\n\
+                 Authentication-Results: (comment) MX.TEST;\r\n\tspf=pass smtp.mailfrom=bank.test\r\n\
+                 Authentication-Results: upstream.test; spf=pass\r\n\
+                 From: <a@bank.test>\r\nSubject: forged\r\n\r\nAuthentication-Results: mx.test; in the body\r\n";
+    send(&s, "a@bank.test", "forged@example.test", body);
+    let (msg, ar) = received(&s, "forged");
+    let text = String::from_utf8_lossy(&msg);
+    assert_eq!(ar.len(), 2, "{text}");
+    assert!(
+        ar[0].starts_with("mx.test;") && ar[0].contains("spf=none"),
+        "{text}"
+    );
+    assert_eq!(ar[1], "upstream.test; spf=pass", "{text}");
+    assert!(!text.contains("header.d=bank.test"), "{text}");
+    assert!(
+        text.contains("\nAuthentication-Results: mx.test; in the body"),
+        "{text}"
+    );
+    s.wait_for_log("forged_removed", 1);
+    let l = s.log_lines("message authentication");
+    assert!(l[0].contains("\"forged_removed\":2"), "{l:?}");
+}
+
+#[test]
+fn dns_that_never_answers_gives_temperror_and_the_message_is_accepted() {
+    let silent = SilentDns::start();
+    let s = Server::start(&format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n\n[authentication]\ntimeout = \"3s\"\n",
+        silent.addr
+    ));
+    send(
+        &s,
+        "a@slow.test",
+        "slow@example.test",
+        b"From: <a@slow.test>\r\nSubject: slow\r\n\r\nx\r\n",
+    );
+    let (msg, ar) = received(&s, "slow");
+    assert_eq!(ar.len(), 1, "{}", String::from_utf8_lossy(&msg));
+    assert!(ar[0].contains("spf=temperror"), "{ar:?}");
+    assert!(ar[0].contains("dmarc=temperror"), "{ar:?}");
+}
+
+#[test]
+fn authenticated_submissions_record_auth_and_skip_the_checks() {
+    let s = Server::start("[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n");
+    s.add_user("alice", "pw");
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw")), 235);
+    let r = c.send_message(
+        "alice@example.test",
+        &["sub@example.test"],
+        b"From: <alice@example.test>\r\nSubject: mine\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{}", r.text());
+    let (_, ar) = received(&s, "sub");
+    assert_eq!(ar, vec!["mx.test; auth=pass smtp.auth=alice".to_string()]);
+}
+
+#[test]
+fn the_default_config_delivers_mail_with_authentication_results() {
+    // The embedded default as `wasmtp default-config` prints it, on free
+    // ports and without the admin endpoint (its fixed port could be taken
+    // by another test's server); [authentication] is not in it, so its
+    // defaults apply.
+    let out = Command::new(BIN).arg("default-config").output().unwrap();
+    let default = String::from_utf8(out.stdout).unwrap();
+    assert!(!default.contains("[authentication]"));
+    let cfg = default
+        .replace("127.0.0.1:2525", "127.0.0.1:0")
+        .replace("127.0.0.1:5870", "127.0.0.1:0")
+        .replace("127.0.0.1:4650", "127.0.0.1:0")
+        .replace("listen = \"127.0.0.1:9025\"", "listen = \"\"");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.toml"), cfg).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--log-format", "json", "--config", "default.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+            let _ = tx.send(v);
+        }
+    });
+    let mut mx = None;
+    loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not start");
+        if field(&v, "message") == "listening" && field(&v, "listener") == "mx" {
+            mx = Some(field(&v, "addr").parse::<std::net::SocketAddr>().unwrap());
+        }
+        if field(&v, "message") == "wasmtp ready" {
+            break;
+        }
+    }
+    let mx = mx.expect("mx listener logged");
+    let mut c = Client::greeted(mx);
+    c.cmd("EHLO client.test", 250);
+    let r = c.send_message(
+        "a@example.test",
+        &["someone@localhost"],
+        b"From: <a@example.test>\r\nSubject: hello\r\n\r\nhi\r\n",
+    );
+    assert_eq!(r.code, 250, "{}", r.text());
+    let new = dir.path().join("wasmtp-data/mail/someone/new");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let msg = loop {
+        if let Some(e) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
+            break std::fs::read(e.unwrap().path()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no mail in {}", new.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let ar = auth_results(&msg);
+    assert_eq!(ar.len(), 1, "{}", String::from_utf8_lossy(&msg));
+    // The default hostname is the authserv-id; whatever the machine's DNS
+    // says, each method has a result.
+    assert!(ar[0].starts_with("localhost;"), "{ar:?}");
+    for method in ["spf=", "dkim=", "dmarc="] {
+        assert!(ar[0].contains(method), "{method} missing: {ar:?}");
+    }
+}
+
+// ------------------------------------------------------------- signing
+
+#[test]
+fn mail_signed_on_the_way_out_verifies_with_dkimpy_and_at_the_next_wasmtp() {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa, rsa_name, rsa_value) = keygen(keys.path(), "sender.test", "r1", "rsa");
+    let (ed, ed_name, ed_value) = keygen(keys.path(), "sender.test", "e1", "ed25519");
+    assert!(
+        rsa_value.starts_with("v=DKIM1; k=rsa; p=MII"),
+        "{rsa_value}"
+    );
+    assert!(ed_value.starts_with("v=DKIM1; k=ed25519; p="), "{ed_value}");
+    // The receiving wasmtp verifies through dnsmasq, which publishes both.
+    let dns = DnsServer::start(&[
+        &txt(&rsa_name, &rsa_value),
+        &txt(&ed_name, &ed_value),
+        &txt("_dmarc.sender.test", "v=DMARC1; p=reject"),
+    ]);
+    let next = Server::start(&format!(
+        "{}[local]\ndomains = [\"remote.test\"]\ncatch_all = true\nline_endings = \"crlf\"\n",
+        dns.config()
+    ));
+    let sender = Server::start(&format!(
+        "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n\n\
+         [authentication]\nauthserv_id = \"sender.test\"\n\n\
+         [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
+         [[dkim.sign]]\ndomain = \"sender.test\"\nselector = \"r1\"\nkey = \"{}\"\n\n\
+         [[dkim.sign]]\ndomain = \"sender.test\"\nselector = \"e1\"\nkey = \"{}\"\n",
+        next.addr.port(),
+        rsa.display(),
+        ed.display()
+    ));
+    sender.add_user("alice", "pw");
+    let mut c = Client::greeted(sender.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw")), 235);
+    let r = c.send_message(
+        "alice@sender.test",
+        &["bob@remote.test"],
+        b"From: Alice <alice@sender.test>\r\nTo: <bob@remote.test>\r\nSubject: out\r\n\
+          Date: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@sender.test>\r\n\r\n\
+          Signed  once,\r\nwith trailing space \r\n\r\n\r\n",
+    );
+    assert_eq!(r.code, 250, "{}", r.text());
+    let signed = sender.wait_for_log("DKIM signed", 1);
+    assert!(
+        signed[0].contains("sender.test/r1 sender.test/e1"),
+        "{signed:?}"
+    );
+
+    let msg = next.wait_for_mail("bob", 1).remove(0);
+    let text = String::from_utf8_lossy(&msg).to_string();
+    assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+    // The next hop's verdict (wasmtp, through dnsmasq).
+    let ar = auth_results(&msg);
+    assert!(ar[0].starts_with("mx.test;"), "{ar:?}");
+    assert!(
+        ar[0].contains("dkim=pass header.d=sender.test header.s=r1"),
+        "{ar:?}"
+    );
+    assert!(
+        ar[0].contains("dkim=pass header.d=sender.test header.s=e1"),
+        "{ar:?}"
+    );
+    assert!(
+        ar[0].contains("dmarc=pass header.from=sender.test"),
+        "{ar:?}"
+    );
+    // The sender's own results went along: auth=pass under its id, which
+    // the next hop does not claim.
+    assert!(
+        ar.iter().any(|a| a.contains("auth=pass smtp.auth=alice")),
+        "{ar:?}"
+    );
+    // An independent verifier: dkimpy with the published records.
+    let verdicts = dkimpy(
+        DKIMPY_VERIFY,
+        &[&rsa_name, &rsa_value, &ed_name, &ed_value],
+        &msg,
+    );
+    let verdicts = String::from_utf8(verdicts).unwrap();
+    assert_eq!(
+        verdicts.lines().collect::<Vec<_>>(),
+        ["sender.test r1 pass", "sender.test e1 pass"],
+        "{text}"
+    );
+}
+
+#[test]
+fn unauthenticated_mail_from_outside_is_not_signed() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, _, _) = keygen(keys.path(), "example.test", "s1", "ed25519");
+    let s = Server::start(&format!(
+        "[authentication]\nenable = false\n\n[[dkim.sign]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    ));
+    send(
+        &s,
+        "a@example.test",
+        "in@example.test",
+        b"From: <a@example.test>\r\nSubject: x\r\n\r\nx\r\n",
+    );
+    let msg = s.wait_for_mail("in", 1).remove(0);
+    let text = String::from_utf8_lossy(&msg);
+    assert!(!text.contains("DKIM-Signature"), "{text}");
+    assert!(!text.contains("Authentication-Results"), "{text}");
+    // From a trusted network the same message is signed.
+    drop(s);
+    let s = Server::start(&format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[[dkim.sign]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    ));
+    send(
+        &s,
+        "a@sub.example.test",
+        "in@example.test",
+        b"From: <a@sub.example.test>\r\nSubject: x\r\n\r\nx\r\n",
+    );
+    let msg = s.wait_for_mail("in", 1).remove(0);
+    let text = String::from_utf8_lossy(&msg);
+    assert!(
+        text.contains("\nDKIM-Signature: v=1; a=ed25519-sha256; s=s1; d=example.test;"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_signing_keys_are_config_errors_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |sign: &str| {
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!("[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[dkim.sign]]\n{sign}"),
+        )
+        .unwrap();
+        let out = check_config_file(&file);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = check("domain = \"example.org\"\nselector = \"s\"\nkey = \"/nonexistent/k.pem\"\n");
+    assert!(err.contains("key `dkim.sign[0].key`"), "{err}");
+    assert!(err.contains("cannot read /nonexistent/k.pem"), "{err}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let err = check(&format!(
+        "domain = \"example.org\"\nselector = \"s\"\nkey = \"{}\"\n",
+        junk.display()
+    ));
+    assert!(err.contains("no PEM private key"), "{err}");
+    assert!(err.contains(&junk.display().to_string()), "{err}");
+    let err = check("domain = \"example.org\"\nselector = \"bad selector\"\nkey = \"k\"\n");
+    assert!(err.contains("key `dkim.sign[0].selector`"), "{err}");
+    let err =
+        check("domain = \"example.org\"\nselector = \"s\"\nkey = \"k\"\nheaders = [\"Subject\"]\n");
+    assert!(err.contains("must include From"), "{err}");
+}
