@@ -1,6 +1,6 @@
 //! `Authentication-Results` fields in a received message: the ones that
 //! claim our authserv-id were not written by us (we add ours after this
-//! runs), so RFC 8601 §5 has them removed before ours is prepended; a
+//! runs), so RFC 8601 §5 has them removed before ours is added; a
 //! reader or a plugin trusting "results from mx.example.org" must only
 //! ever see results we computed.
 
@@ -28,6 +28,29 @@ pub fn append_without_ours(out: &mut Vec<u8>, message: &[u8], authserv_id: &str)
     }
     out.extend_from_slice(&message[pos..]);
     removed
+}
+
+/// Where our own fields go: right below the first field of the message,
+/// which is the `Received` field this server wrote (the session starts
+/// every message with it). So `Received` stays the first line, as plugins
+/// and the queue id in it expect, and our results still sit above every
+/// field that came from outside (Postfix places a milter's
+/// Authentication-Results and DKIM-Signature the same way).
+pub fn below_first_field(message: &[u8]) -> usize {
+    if message.is_empty() {
+        return 0;
+    }
+    field_end(message, 0)
+}
+
+/// `message` with `fields` inserted where [`below_first_field`] says.
+pub fn insert_below_first_field(message: Vec<u8>, fields: &[u8]) -> Vec<u8> {
+    let at = below_first_field(&message);
+    let mut out = Vec::with_capacity(message.len() + fields.len());
+    out.extend_from_slice(&message[..at]);
+    out.extend_from_slice(fields);
+    out.extend_from_slice(&message[at..]);
+    out
 }
 
 /// Where the field starting at `start` ends: after its last line,
@@ -165,6 +188,20 @@ mod tests {
              Subject: hi\r\n\
              \r\n\
              Authentication-Results: mx.example.org; in the body stays\r\n"
+        );
+    }
+
+    #[test]
+    fn our_fields_go_below_the_first_one() {
+        let m = b"Received: from a\r\n\tby b\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+        let out = insert_below_first_field(m, b"Authentication-Results: x; none\r\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Received: from a\r\n\tby b\r\nAuthentication-Results: x; none\r\nSubject: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(
+            insert_below_first_field(Vec::new(), b"A: b\r\n"),
+            b"A: b\r\n"
         );
     }
 

@@ -104,7 +104,7 @@ pub struct Signer {
 /// What signing one message did.
 #[derive(Debug, Default)]
 pub struct Signed {
-    /// The DKIM-Signature fields to prepend.
+    /// The DKIM-Signature fields to add (below our Received).
     pub header: Vec<u8>,
     /// `domain/selector` of each signature, for the log.
     pub signatures: Vec<String>,

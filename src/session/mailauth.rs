@@ -11,7 +11,7 @@ use crate::mailauth::Identity;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The message with forged `Authentication-Results` (our authserv-id)
-    /// removed and ours prepended. An authenticated client gets
+    /// removed and ours added below our Received field. An authenticated client gets
     /// `auth=pass` instead of checks. Never refuses: results are data.
     pub(super) async fn authenticate(&mut self, tx: &Transaction, data: Vec<u8>) -> Vec<u8> {
         let verifier = &self.ctx.mailauth.verifier;
@@ -31,9 +31,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 verifier.verify(&id, &data).await
             }
         };
-        let mut out = outcome.header.clone().into_bytes();
-        let forged =
-            crate::mailauth::header::append_without_ours(&mut out, &data, &settings.authserv_id);
+        // Our Received field, our results, then the rest without forged
+        // results (see `header::below_first_field`).
+        let at = crate::mailauth::header::below_first_field(&data);
+        let mut out = Vec::with_capacity(data.len() + outcome.header.len());
+        out.extend_from_slice(&data[..at]);
+        out.extend_from_slice(outcome.header.as_bytes());
+        let forged = crate::mailauth::header::append_without_ours(
+            &mut out,
+            &data[at..],
+            &settings.authserv_id,
+        );
         info!(
             results = %outcome.summary_text(),
             forged_removed = forged,
@@ -54,9 +62,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match signer.sign(&data) {
             Some(signed) => {
                 info!(signatures = %signed.signatures.join(" "), "DKIM signed");
-                let mut out = signed.header;
-                out.extend_from_slice(&data);
-                out
+                crate::mailauth::header::insert_below_first_field(data, &signed.header)
             }
             None => {
                 debug!("not DKIM signed: no [[dkim.sign]] key for the From domain");

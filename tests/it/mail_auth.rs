@@ -190,11 +190,15 @@ fn spf_and_dmarc_pass_fail_and_none_from_a_real_dns_server() {
         assert!(ar.contains("smtp.helo=client.test"), "{name}: {ar}");
         assert!(ar.contains(dmarc), "{name}: {ar}");
         assert!(ar.contains("dkim=none"), "{name}: {ar}");
-        // Ours is on top, above our Received (Maildir's Return-Path and
-        // Delivered-To come before both).
+        // Ours is right below our Received, above the client's fields
+        // (Maildir's Return-Path and Delivered-To come before both).
         let text = String::from_utf8_lossy(&msg);
-        let ours = text.find("Authentication-Results: mx.test;").unwrap();
-        assert!(ours < text.find("Received: ").unwrap(), "{text}");
+        let ours = text.find("\nAuthentication-Results: mx.test;").unwrap();
+        assert!(
+            ours > text.find("\nReceived: from client.test").unwrap(),
+            "{text}"
+        );
+        assert!(ours < text.find("\nFrom: ").unwrap(), "{text}");
     }
     assert!(dns.log().contains("_dmarc.fail.test"), "{}", dns.log());
     let log = s.wait_for_log("message authentication", 3);
@@ -537,4 +541,60 @@ fn bad_signing_keys_are_config_errors_naming_file_and_key() {
     let err =
         check("domain = \"example.org\"\nselector = \"s\"\nkey = \"k\"\nheaders = [\"Subject\"]\n");
     assert!(err.contains("must include From"), "{err}");
+}
+
+#[test]
+fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
+    let keys = tempfile::tempdir().unwrap();
+    let (k1, _, _) = keygen(keys.path(), "example.test", "one", "ed25519");
+    let (k2, _, _) = keygen(keys.path(), "example.test", "two", "rsa");
+    let sign = |selector: &str, key: &Path| {
+        format!(
+            "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[authentication]\nenable = false\n\n\
+             [[dkim.sign]]\ndomain = \"example.test\"\nselector = \"{selector}\"\nkey = \"{}\"\n",
+            key.display()
+        )
+    };
+    let s = Server::start(&sign("one", &k1));
+    let selector_of = |mailbox: &str| {
+        let msg = s.wait_for_mail(mailbox, 1).remove(0);
+        let text = String::from_utf8_lossy(&msg).to_string();
+        let at = text
+            .find("; s=")
+            .unwrap_or_else(|| panic!("not signed: {text}"));
+        text[at + 4..].split(';').next().unwrap().to_string()
+    };
+    let body = b"From: <a@example.test>\r\nSubject: k\r\n\r\nx\r\n";
+    send(&s, "a@example.test", "first@example.test", body);
+    assert_eq!(selector_of("first"), "one");
+    let hup = |s: &Server| {
+        let st = Command::new("kill")
+            .args(["-HUP", &s.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    // The config now names the RSA key under another selector.
+    let cfg = s.dir.path().join("wasmtp.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with_two = text
+        .replace("selector = \"one\"", "selector = \"two\"")
+        .replace(&k1.display().to_string(), &k2.display().to_string());
+    std::fs::write(&cfg, &with_two).unwrap();
+    hup(&s);
+    s.wait_for_log("DKIM signing keys reloaded", 1);
+    send(&s, "a@example.test", "second@example.test", body);
+    assert_eq!(selector_of("second"), "two");
+    // A key that cannot be read: logged with file and key, "two" stays.
+    std::fs::write(
+        &cfg,
+        with_two.replace(&k2.display().to_string(), "/nonexistent/gone.key"),
+    )
+    .unwrap();
+    hup(&s);
+    let failed = s.wait_for_log("DKIM signing keys not reloaded", 1);
+    assert!(failed[0].contains("dkim.sign[0].key"), "{failed:?}");
+    assert!(failed[0].contains("/nonexistent/gone.key"), "{failed:?}");
+    send(&s, "a@example.test", "third@example.test", body);
+    assert_eq!(selector_of("third"), "two");
 }
