@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::dns::{DnsServer, SilentDns};
 use crate::support::{BIN, Client, Server, b64, check_config_file, field};
@@ -134,13 +134,26 @@ fn txt(name: &str, value: &str) -> String {
     format!("--txt-record={name},{}", parts.join(","))
 }
 
-/// Sends `body` over the MX listener from `from` to `to`; expects 250.
-fn send(s: &Server, from: &str, to: &str, body: &[u8]) {
-    let mut c = Client::greeted(s.addr);
+/// Sends `body` to the MX listener at `mx` from `from` to `to`; expects 250.
+fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
+    let mut c = Client::greeted(mx);
     c.cmd("EHLO client.test", 250);
     let r = c.send_message(from, &[to], body);
     assert_eq!(r.code, 250, "{}", r.text());
     c.cmd("QUIT", 221);
+}
+
+/// Lets alice (password "pw") use AUTH PLAIN over plaintext on loopback.
+const PLAIN_AUTH: &str = "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n";
+
+/// Adds user alice, authenticates as her and sends `body`; expects 250.
+fn submit_as_alice(s: &Server, from: &str, to: &str, body: &[u8]) {
+    s.add_user("alice", "pw");
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw")), 235);
+    let r = c.send_message(from, &[to], body);
+    assert_eq!(r.code, 250, "{}", r.text());
 }
 
 /// The one message in `mailbox` and its Authentication-Results.
@@ -173,7 +186,7 @@ fn spf_and_dmarc_pass_fail_and_none_from_a_real_dns_server() {
     for (name, spf, dmarc) in cases {
         let from = format!("a@{name}.test");
         send(
-            &s,
+            s.addr,
             &from,
             &format!("{name}@example.test"),
             format!("From: <{from}>\r\nSubject: {name}\r\n\r\nhello\r\n").as_bytes(),
@@ -217,7 +230,7 @@ fn a_dkimpy_signature_passes_and_fails_after_a_body_byte_changes() {
         &["sel1", "signer.test", key.to_str().unwrap()],
         message,
     );
-    send(&s, "alice@signer.test", "good@example.test", &signed);
+    send(s.addr, "alice@signer.test", "good@example.test", &signed);
     let (_, ar) = received(&s, "good");
     assert!(
         ar[0].contains("dkim=pass header.i=@signer.test header.s=sel1"),
@@ -229,7 +242,7 @@ fn a_dkimpy_signature_passes_and_fails_after_a_body_byte_changes() {
         .unwrap()
         .replace("The body as signed.", "The body as signeD.");
     send(
-        &s,
+        s.addr,
         "alice@signer.test",
         "bad@example.test",
         tampered.as_bytes(),
@@ -251,7 +264,7 @@ fn a_forged_authentication_results_with_our_id_is_removed() {
                  Authentication-Results: (comment) MX.TEST;\r\n\tspf=pass smtp.mailfrom=bank.test\r\n\
                  Authentication-Results: upstream.test; spf=pass\r\n\
                  From: <a@bank.test>\r\nSubject: forged\r\n\r\nAuthentication-Results: mx.test; in the body\r\n";
-    send(&s, "a@bank.test", "forged@example.test", body);
+    send(s.addr, "a@bank.test", "forged@example.test", body);
     let (msg, ar) = received(&s, "forged");
     let text = String::from_utf8_lossy(&msg);
     assert_eq!(ar.len(), 2, "{text}");
@@ -278,7 +291,7 @@ fn dns_that_never_answers_gives_temperror_and_the_message_is_accepted() {
         silent.addr
     ));
     send(
-        &s,
+        s.addr,
         "a@slow.test",
         "slow@example.test",
         b"From: <a@slow.test>\r\nSubject: slow\r\n\r\nx\r\n",
@@ -291,17 +304,13 @@ fn dns_that_never_answers_gives_temperror_and_the_message_is_accepted() {
 
 #[test]
 fn authenticated_submissions_record_auth_and_skip_the_checks() {
-    let s = Server::start("[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n");
-    s.add_user("alice", "pw");
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw")), 235);
-    let r = c.send_message(
+    let s = Server::start(PLAIN_AUTH);
+    submit_as_alice(
+        &s,
         "alice@example.test",
-        &["sub@example.test"],
+        "sub@example.test",
         b"From: <alice@example.test>\r\nSubject: mine\r\n\r\nx\r\n",
     );
-    assert_eq!(r.code, 250, "{}", r.text());
     let (_, ar) = received(&s, "sub");
     assert_eq!(ar, vec!["mx.test; auth=pass smtp.auth=alice".to_string()]);
 }
@@ -355,24 +364,22 @@ fn the_default_config_delivers_mail_with_authentication_results() {
             break;
         }
     }
-    let mx = mx.expect("mx listener logged");
-    let mut c = Client::greeted(mx);
-    c.cmd("EHLO client.test", 250);
-    let r = c.send_message(
+    send(
+        mx.expect("mx listener logged"),
         "a@example.test",
-        &["someone@localhost"],
+        "someone@localhost",
         b"From: <a@example.test>\r\nSubject: hello\r\n\r\nhi\r\n",
     );
-    assert_eq!(r.code, 250, "{}", r.text());
+    // The delivery's log line, then the file it wrote.
+    while field(
+        &rx.recv_timeout(Duration::from_secs(60))
+            .expect("no delivery"),
+        "message",
+    ) != "delivered"
+    {}
     let new = dir.path().join("wasmtp-data/mail/someone/new");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let msg = loop {
-        if let Some(e) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
-            break std::fs::read(e.unwrap().path()).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no mail in {}", new.display());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let file = std::fs::read_dir(&new).unwrap().next().expect("a message");
+    let msg = std::fs::read(file.unwrap().path()).unwrap();
     let _ = child.kill();
     let _ = child.wait();
     let ar = auth_results(&msg);
@@ -408,8 +415,7 @@ fn mail_signed_on_the_way_out_verifies_with_dkimpy_and_at_the_next_wasmtp() {
         dns.config()
     ));
     let sender = Server::start(&format!(
-        "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n\n\
-         [authentication]\nauthserv_id = \"sender.test\"\n\n\
+        "{PLAIN_AUTH}\n[authentication]\nauthserv_id = \"sender.test\"\n\n\
          [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
          [[dkim.sign]]\ndomain = \"sender.test\"\nselector = \"r1\"\nkey = \"{}\"\n\n\
          [[dkim.sign]]\ndomain = \"sender.test\"\nselector = \"e1\"\nkey = \"{}\"\n",
@@ -417,18 +423,14 @@ fn mail_signed_on_the_way_out_verifies_with_dkimpy_and_at_the_next_wasmtp() {
         rsa.display(),
         ed.display()
     ));
-    sender.add_user("alice", "pw");
-    let mut c = Client::greeted(sender.addr);
-    c.cmd("EHLO client.test", 250);
-    c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0pw")), 235);
-    let r = c.send_message(
+    submit_as_alice(
+        &sender,
         "alice@sender.test",
-        &["bob@remote.test"],
+        "bob@remote.test",
         b"From: Alice <alice@sender.test>\r\nTo: <bob@remote.test>\r\nSubject: out\r\n\
           Date: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <1@sender.test>\r\n\r\n\
           Signed  once,\r\nwith trailing space \r\n\r\n\r\n",
     );
-    assert_eq!(r.code, 250, "{}", r.text());
     let signed = sender.wait_for_log("DKIM signed", 1);
     assert!(
         signed[0].contains("sender.test/r1 sender.test/e1"),
@@ -477,37 +479,29 @@ fn mail_signed_on_the_way_out_verifies_with_dkimpy_and_at_the_next_wasmtp() {
 fn unauthenticated_mail_from_outside_is_not_signed() {
     let keys = tempfile::tempdir().unwrap();
     let (key, _, _) = keygen(keys.path(), "example.test", "s1", "ed25519");
-    let s = Server::start(&format!(
-        "[authentication]\nenable = false\n\n[[dkim.sign]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+    let sign = format!(
+        "[[dkim.sign]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
         key.display()
-    ));
-    send(
-        &s,
-        "a@example.test",
-        "in@example.test",
-        b"From: <a@example.test>\r\nSubject: x\r\n\r\nx\r\n",
     );
-    let msg = s.wait_for_mail("in", 1).remove(0);
-    let text = String::from_utf8_lossy(&msg);
-    assert!(!text.contains("DKIM-Signature"), "{text}");
-    assert!(!text.contains("Authentication-Results"), "{text}");
-    // From a trusted network the same message is signed.
-    drop(s);
-    let s = Server::start(&format!(
-        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[[dkim.sign]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
-        key.display()
-    ));
-    send(
-        &s,
+    // The same key, a client outside any trusted network, then one inside:
+    // only the second message is signed (From below the key's domain).
+    let deliver = |extra: &str, from: &str| {
+        let s = Server::start(&format!("{extra}{sign}"));
+        let body = format!("From: <{from}>\r\nSubject: x\r\n\r\nx\r\n");
+        send(s.addr, from, "in@example.test", body.as_bytes());
+        let msg = s.wait_for_mail("in", 1).remove(0);
+        String::from_utf8_lossy(&msg).to_string()
+    };
+    let outside = deliver("[authentication]\nenable = false\n\n", "a@example.test");
+    assert!(!outside.contains("DKIM-Signature"), "{outside}");
+    assert!(!outside.contains("Authentication-Results"), "{outside}");
+    let trusted = deliver(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n",
         "a@sub.example.test",
-        "in@example.test",
-        b"From: <a@sub.example.test>\r\nSubject: x\r\n\r\nx\r\n",
     );
-    let msg = s.wait_for_mail("in", 1).remove(0);
-    let text = String::from_utf8_lossy(&msg);
     assert!(
-        text.contains("\nDKIM-Signature: v=1; a=ed25519-sha256; s=s1; d=example.test;"),
-        "{text}"
+        trusted.contains("\nDKIM-Signature: v=1; a=ed25519-sha256; s=s1; d=example.test;"),
+        "{trusted}"
     );
 }
 
@@ -565,7 +559,7 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
         text[at + 4..].split(';').next().unwrap().to_string()
     };
     let body = b"From: <a@example.test>\r\nSubject: k\r\n\r\nx\r\n";
-    send(&s, "a@example.test", "first@example.test", body);
+    send(s.addr, "a@example.test", "first@example.test", body);
     assert_eq!(selector_of("first"), "one");
     let hup = |s: &Server| {
         let st = Command::new("kill")
@@ -583,7 +577,7 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
     std::fs::write(&cfg, &with_two).unwrap();
     hup(&s);
     s.wait_for_log("DKIM signing keys reloaded", 1);
-    send(&s, "a@example.test", "second@example.test", body);
+    send(s.addr, "a@example.test", "second@example.test", body);
     assert_eq!(selector_of("second"), "two");
     // A key that cannot be read: logged with file and key, "two" stays.
     std::fs::write(
@@ -595,6 +589,6 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
     let failed = s.wait_for_log("DKIM signing keys not reloaded", 1);
     assert!(failed[0].contains("dkim.sign[0].key"), "{failed:?}");
     assert!(failed[0].contains("/nonexistent/gone.key"), "{failed:?}");
-    send(&s, "a@example.test", "third@example.test", body);
+    send(s.addr, "a@example.test", "third@example.test", body);
     assert_eq!(selector_of("third"), "two");
 }
