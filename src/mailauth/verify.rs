@@ -140,6 +140,12 @@ impl Verifier {
             }
             _ => None,
         };
+        if timed_out || dmarc.as_ref().is_some_and(|d| is_timeout(&d.result())) {
+            crate::observe::limit_hit(
+                "authentication.timeout",
+                &format!("client {} helo {}", id.ip, id.helo),
+            );
+        }
         let outcome = self.render(id, &spf, dkim.as_deref(), arc.as_ref(), dmarc.as_ref());
         crate::metrics::auth_verification(started.elapsed());
         for (method, result) in &outcome.summary {
@@ -299,6 +305,10 @@ fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
         }
         _ => d.clone(),
     }
+}
+
+fn is_timeout(r: &DmarcResult) -> bool {
+    matches!(r, DmarcResult::TempError(e) if *e == timeout_error())
 }
 
 fn timeout_error() -> Error {

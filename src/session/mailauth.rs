@@ -11,8 +11,9 @@ use crate::mailauth::Identity;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The message with forged `Authentication-Results` (our authserv-id)
-    /// removed and ours added below our Received field. An authenticated client gets
-    /// `auth=pass` instead of checks. Never refuses: results are data.
+    /// removed and ours added below our Received field. An authenticated
+    /// client gets `auth=pass` instead of checks. Never refuses: results
+    /// are data.
     pub(super) async fn authenticate(&mut self, tx: &Transaction, data: Vec<u8>) -> Vec<u8> {
         let verifier = &self.ctx.mailauth.verifier;
         let settings = verifier.settings();

@@ -286,8 +286,10 @@ fn a_forged_authentication_results_with_our_id_is_removed() {
 #[test]
 fn dns_that_never_answers_gives_temperror_and_the_message_is_accepted() {
     let silent = SilentDns::start();
+    // Each query alone: a temperror after dns.timeout. The whole: cut at
+    // authentication.timeout, which is shorter, so the limit is logged.
     let s = Server::start(&format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n\n[authentication]\ntimeout = \"3s\"\n",
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"30s\"\n\n[authentication]\ntimeout = \"1s\"\n",
         silent.addr
     ));
     send(
@@ -300,6 +302,23 @@ fn dns_that_never_answers_gives_temperror_and_the_message_is_accepted() {
     assert_eq!(ar.len(), 1, "{}", String::from_utf8_lossy(&msg));
     assert!(ar[0].contains("spf=temperror"), "{ar:?}");
     assert!(ar[0].contains("dmarc=temperror"), "{ar:?}");
+    let hit = s.wait_for_log("limit reached", 1);
+    assert!(hit[0].contains("authentication.timeout"), "{hit:?}");
+    // A per-query timeout shorter than the whole: temperror from DNS
+    // itself, no limit.
+    let s = Server::start(&format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\n[authentication]\ntimeout = \"30s\"\n",
+        silent.addr
+    ));
+    send(
+        s.addr,
+        "a@slow.test",
+        "slow@example.test",
+        b"From: <a@slow.test>\r\n\r\nx\r\n",
+    );
+    let (_, ar) = received(&s, "slow");
+    assert!(ar[0].contains("spf=temperror"), "{ar:?}");
+    assert!(s.log_lines("limit reached").is_empty());
 }
 
 #[test]
