@@ -170,7 +170,8 @@ impl SessionHarness {
              [local]\ndomains = [\"example.test\"]\ncatch_all = true\n\n\
              [limits]\nmax_message_size = \"64KiB\"\n\n\
              [auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n\n\
-             [timeouts]\ncommand = \"5s\"\ndata = \"5s\"\n",
+             [timeouts]\ncommand = \"5s\"\ndata = \"5s\"\n\n\
+             [authentication]\nenable = false\n",
             data_dir.display()
         );
         let settings = Arc::new(
@@ -195,6 +196,7 @@ impl SessionHarness {
             .expect("queue");
             let tls = crate::tls::Tls::start(&settings.tls, &settings.hostname).expect("tls");
             let settings_budget = settings.limits.max_bytes_in_flight;
+            let mailauth = Arc::new(crate::mailauth::MailAuth::new(&settings).expect("resolver"));
             crate::session::ServerCtx {
                 users: Arc::new(crate::users::UserDb::new(
                     settings.auth.users_file.clone(),
@@ -210,6 +212,7 @@ impl SessionHarness {
                 queue,
                 plugins,
                 tls: Arc::new(tls),
+                mailauth,
                 budget: crate::session::body::Budget::new(settings_budget),
             }
         });

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmtp::config::{LogFormat, Settings};
 
+mod dkim_cmd;
 mod ops_cmd;
 mod plugin_cmd;
 mod share_cmd;
@@ -70,6 +71,11 @@ enum Cmd {
         #[command(flatten)]
         common: ops_cmd::Common,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim_cmd::DkimCmd,
+    },
     /// Plugin files and the running server's plugins.
     #[command(alias = "plugins")]
     Plugin {
@@ -123,6 +129,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Plugin { command } => report(plugin_cmd::run(command)),
+        Cmd::Dkim { command } => report(dkim_cmd::run(command)),
         Cmd::User { config, cmd } => {
             let run = load(config.as_ref())
                 .map_err(anyhow::Error::from)

@@ -142,6 +142,18 @@ fn describe() {
         "Queue commands run through the admin endpoint, by action."
     );
     g!("wasmtp_start_time_seconds", "Unix time the server started.");
+    c!(
+        "wasmtp_auth_results_total",
+        "Mail authentication results of received messages, by method (spf, spf_helo, dkim, arc, dmarc, auth) and result."
+    );
+    h!(
+        "wasmtp_auth_verification_duration_seconds",
+        "Time to verify one received message (SPF, DKIM, ARC, DMARC)."
+    );
+    c!(
+        "wasmtp_dkim_signatures_total",
+        "DKIM signatures added to accepted messages, by signing domain."
+    );
 }
 
 /// An accepted TCP connection, or one refused by a connection limit.
@@ -269,4 +281,21 @@ pub fn admin_action(action: &'static str) {
 /// The start time, once.
 pub fn started(unix_secs: i64) {
     gauge!("wasmtp_start_time_seconds").set(unix_secs as f64);
+}
+
+/// One method's result in a received message's Authentication-Results
+/// (`method`: spf, spf_helo, dkim, arc, dmarc, auth; `result` as in the
+/// header: pass, fail, softfail, neutral, none, temperror, permerror).
+pub fn auth_result(method: &'static str, result: &'static str) {
+    counter!("wasmtp_auth_results_total", "method" => method, "result" => result).increment(1);
+}
+
+/// One message's verification took `took`.
+pub fn auth_verification(took: Duration) {
+    histogram!("wasmtp_auth_verification_duration_seconds").record(took.as_secs_f64());
+}
+
+/// A DKIM signature was added for `domain` (a configured signing domain).
+pub fn dkim_signed(domain: &str) {
+    counter!("wasmtp_dkim_signatures_total", "domain" => domain.to_string()).increment(1);
 }

@@ -55,6 +55,9 @@ pub enum ServerError {
         /// OS error; part of the message, not a chained source, so it is printed once.
         error: std::io::Error,
     },
+    /// The resolver for mail authentication could not be built from `[dns]`.
+    #[error("cannot set up the DNS resolver for [authentication] from [dns]: {0}")]
+    Resolver(hickory_resolver::net::NetError),
 }
 
 /// Counts open connections in total and per client: an IPv4 address, or an
@@ -183,7 +186,15 @@ pub async fn serve(
             settings.limits.ipv6_prefix,
         )),
         budget: crate::session::body::Budget::new(settings.limits.max_bytes_in_flight),
+        mailauth: Arc::new(
+            crate::mailauth::MailAuth::new(&settings).map_err(ServerError::Resolver)?,
+        ),
     });
+    tokio::spawn(crate::mailauth::reload_keys(
+        ctx.mailauth.clone(),
+        settings.source.clone(),
+        reload.clone(),
+    ));
 
     let mut listeners = Vec::new();
     for l in &settings.listeners {

@@ -104,6 +104,12 @@ pub struct RawConfig {
     /// `[admin]`
     #[serde(default)]
     pub admin: crate::admin::RawAdmin,
+    /// `[authentication]`
+    #[serde(default)]
+    pub authentication: crate::mailauth::RawAuthentication,
+    /// `[dkim]`
+    #[serde(default)]
+    pub dkim: crate::mailauth::sign::RawDkim,
 }
 
 /// `[[plugin]]`
@@ -650,6 +656,10 @@ pub struct Settings {
     pub outbound: crate::delivery::remote::config::OutboundSettings,
     /// The admin endpoint.
     pub admin: crate::admin::AdminSettings,
+    /// Inbound verification (`[authentication]`).
+    pub authentication: crate::mailauth::AuthSettings,
+    /// DKIM signing keys (`[[dkim.sign]]`).
+    pub dkim: crate::mailauth::sign::Signer,
 }
 
 impl Settings {
@@ -907,6 +917,9 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
         .map_err(|(key, m)| err(&key, m))?;
     let admin = crate::admin::resolve(raw.admin).map_err(|(key, m)| err(&key, m))?;
+    let authentication =
+        crate::mailauth::resolve(raw.authentication, &hostname).map_err(|(key, m)| err(&key, m))?;
+    let dkim = crate::mailauth::sign::resolve(raw.dkim).map_err(|(key, m)| err(&key, m))?;
 
     let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;
     let mut plugins: Vec<PluginSpec> = Vec::new();
@@ -1021,6 +1034,8 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         relay,
         outbound,
         admin,
+        authentication,
+        dkim,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -132,8 +132,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         reply
     }
 
-    /// Runs the data-time plugins, then queues.
+    /// Verifies, runs the data-time plugins, signs, then queues.
     async fn queue_checked(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
+        let data = self.authenticate(&tx, data).await;
         let (tx, data) = match self.data_hooks(tx, data).await {
             Ok(x) => x,
             Err(reply) => {
@@ -141,6 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return reply;
             }
         };
+        let data = self.dkim_sign(data);
         let id = tx.id.clone().unwrap_or_else(new_queue_id);
         let now = now_secs();
         let msg = QueuedMessage {

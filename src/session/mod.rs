@@ -12,6 +12,7 @@ mod data;
 mod envelope;
 pub mod hooks;
 pub mod io;
+mod mailauth;
 pub mod starttls;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct ServerCtx {
     pub auth_throttle: Arc<crate::auth::Throttle>,
     /// The budget on message bytes held in memory (`limits.max_bytes_in_flight`).
     pub budget: body::Budget,
+    /// Inbound verification and DKIM signing keys.
+    pub mailauth: Arc<crate::mailauth::MailAuth>,
 }
 
 /// Facts about the connection.

@@ -9,6 +9,7 @@ mod dns;
 mod dsn;
 mod durability;
 mod hostile;
+mod mail_auth;
 mod ops;
 mod outbound;
 mod plugin_hooks;

@@ -246,7 +246,8 @@ fn submit(s: &Server, to: &[&str], body: &[u8]) {
 }
 
 /// The data an upstream got is the stored message: one `Received:` field
-/// (ours) in front of exactly the bytes submitted (unstuffed).
+/// (ours) and our `Authentication-Results:` in front of exactly the bytes
+/// submitted (unstuffed).
 fn assert_exact(data: &[u8], submitted_wire: &[u8]) {
     let mut body = Vec::new();
     for line in submitted_wire.split_inclusive(|&b| b == b'\n') {
@@ -260,9 +261,13 @@ fn assert_exact(data: &[u8], submitted_wire: &[u8]) {
     let prefix = String::from_utf8_lossy(&data[..data.len() - body.len()]).into_owned();
     assert!(prefix.starts_with("Received: from client.test"), "{prefix}");
     assert!(prefix.contains("by mx.test (wasmtp)"), "{prefix}");
-    let continuation = prefix.split("\r\n").skip(1).filter(|l| !l.is_empty());
+    let fields: Vec<&str> = prefix
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with('\t'))
+        .collect();
+    assert_eq!(fields.len(), 2, "{prefix}");
     assert!(
-        continuation.clone().all(|l| l.starts_with('\t')),
+        fields[1].starts_with("Authentication-Results: mx.test;"),
         "{prefix}"
     );
 }
