@@ -820,15 +820,23 @@ impl Mismatch {
         let mut out = format!("  {}:\n", self.item);
         let exp: Vec<&str> = self.expected.lines().collect();
         let got: Vec<&str> = self.got.lines().collect();
+        let same_items = exp.iter().all(|l| got.contains(l)) && got.iter().all(|l| exp.contains(l));
+        if same_items && !exp.is_empty() {
+            // Only the order (or a repetition) differs: show both lists whole.
+            out.push_str("    (the same items in another order)\n");
+            out.extend(exp.iter().map(|l| format!("    - {l}\n")));
+            out.extend(got.iter().map(|l| format!("    + {l}\n")));
+            return out;
+        }
+        if exp.is_empty() {
+            out.push_str("    - (nothing)\n");
+        }
         for l in &exp {
             let mark = if got.contains(l) { ' ' } else { '-' };
             out.push_str(&format!("    {mark} {l}\n"));
         }
         for l in got.iter().filter(|l| !exp.contains(l)) {
             out.push_str(&format!("    + {l}\n"));
-        }
-        if exp.is_empty() {
-            out.push_str("    - (nothing)\n");
         }
         if got.is_empty() {
             out.push_str("    + (nothing)\n");
