@@ -208,14 +208,14 @@ fn trust_policy_at_load() {
 }
 
 /// Debian's docker-registry on a free loopback port, storing in a temp dir.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         let bin = require_tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -263,7 +263,7 @@ impl Drop for Registry {
     }
 }
 
-fn pinned_sha256(out: &str) -> String {
+pub(crate) fn pinned_sha256(out: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix("sha256 = \""))
         .and_then(|l| l.strip_suffix('"'))
