@@ -591,17 +591,16 @@ fn apply_envelope_mods(env: &mut wit::Envelope, mods: &[Modification]) {
     for m in mods {
         match m {
             Modification::SetSender(s) => env.sender = s.clone(),
-            Modification::AddRecipient(a) => {
+            Modification::AddRecipient(a)
                 if !env
                     .recipients
                     .iter()
-                    .any(|r| r.address.eq_ignore_ascii_case(a))
-                {
-                    env.recipients.push(wit::Recipient {
-                        address: a.clone(),
-                        params: Vec::new(),
-                    });
-                }
+                    .any(|r| r.address.eq_ignore_ascii_case(a)) =>
+            {
+                env.recipients.push(wit::Recipient {
+                    address: a.clone(),
+                    params: Vec::new(),
+                });
             }
             Modification::RemoveRecipient(a) => env
                 .recipients
@@ -717,7 +716,7 @@ pub fn compare(expect: &Expect, got: &Replay) -> Vec<Mismatch> {
         };
         let Some(s) = find(hook, rcpt) else {
             diff(
-                format!("{name}"),
+                name,
                 "a call".into(),
                 "not run (no plugin on this hook, or the transaction ended before it)".into(),
             );

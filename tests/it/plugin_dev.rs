@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::signing::{Registry, pinned_sha256};
-use crate::support::{BIN, Client, Server, plugin_wasm, queue_id};
+use crate::signing::{Registry, deliver_one, pinned_sha256};
+use crate::support::{BIN, Server, plugin_wasm};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -141,13 +141,7 @@ fn a_new_rust_plugin_is_built_tested_signed_pulled_and_changes_a_message() {
         "{}",
         s.dump_logs()
     );
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    queue_id(&c.send_message(
-        "a@example.test",
-        &["u@example.test"],
-        b"Subject: hi\r\n\r\nhello\r\n",
-    ));
+    deliver_one(&s);
     let msg = String::from_utf8(s.wait_for_mail("u", 1).remove(0)).unwrap();
     assert!(
         msg.contains("\nX-tag-it: from 127.0.0.1 helo client.test\n")

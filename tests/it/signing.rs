@@ -263,6 +263,17 @@ impl Drop for Registry {
     }
 }
 
+/// One message from `a@example.test` (EHLO client.test) to `u@example.test`, queued.
+pub(crate) fn deliver_one(s: &Server) {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    queue_id(&c.send_message(
+        "a@example.test",
+        &["u@example.test"],
+        b"Subject: hi\r\n\r\nhello\r\n",
+    ));
+}
+
 pub(crate) fn pinned_sha256(out: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix("sha256 = \""))
@@ -307,15 +318,7 @@ fn push_pull_and_serve_a_signed_plugin_from_a_registry() {
     assert_eq!(s.log_lines("plugin signature verified").len(), 1);
     let cached = s.data().join("plugins").join(format!("{pin}.wasm"));
     assert_eq!(std::fs::read(&cached).unwrap(), signed);
-    let deliver = |s: &Server| {
-        let mut c = Client::greeted(s.addr);
-        c.cmd("EHLO client.test", 250);
-        queue_id(&c.send_message(
-            "a@example.test",
-            &["u@example.test"],
-            b"Subject: hi\r\n\r\nhello\r\n",
-        ));
-    };
+    let deliver = deliver_one;
     deliver(&s);
     let msg = String::from_utf8(s.wait_for_mail("u", 1).remove(0)).unwrap();
     assert!(msg.contains("\nX-Spam-Score: "), "{msg}");
