@@ -37,7 +37,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         (None, true) => anyhow::bail!(
             "no plugins: give .wasm files (or builtin:NAME) or --config with [[plugin]] tables"
         ),
-        (Some(c), true) => Settings::load(c)?,
+        (Some(c), true) => {
+            let mut s = Settings::load(c)?;
+            // Compiled plugins are cached with the user's, not in the server's data dir (pulled
+            // OCI plugins keep their paths there).
+            s.data_dir = cache_dir();
+            s
+        }
         (None, false) => chain_settings(&plugins)?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
