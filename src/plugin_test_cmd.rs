@@ -83,6 +83,16 @@ fn run_cases(
         let LoadedCase {
             case, input, fakes, ..
         } = case;
+        if let Some(unknown) = case
+            .kv
+            .keys()
+            .find(|k| !settings.plugins.iter().any(|p| &p.name == *k))
+        {
+            anyhow::bail!(
+                "{}: [kv.{unknown}]: no plugin named {unknown:?} in the chain",
+                path.display()
+            );
+        }
         let host = offline_host(settings, fakes)?;
         replay::seed_kv(&host, &case).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let got = rt.block_on(replay::replay(&host, &input, &settings.hostname));

@@ -298,3 +298,46 @@ fn case_examples_in_the_docs_parse() {
     }
     assert!(blocks >= 1, "no ```toml case blocks in docs/plugins.md");
 }
+
+#[test]
+fn a_bad_case_is_refused_naming_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let greylist = plugin_wasm("greylist.wasm");
+    let run = |name: &str, case: &str| {
+        std::fs::write(tmp.path().join(name), case).unwrap();
+        let out = wasmtp(tmp.path(), &["test", &greylist, name]);
+        assert!(!out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let typo = run(
+        "typo.toml",
+        "message_text = \"Subject: x\\n\\nx\\n\"\n[expect.dta]\nverdict = \"continue\"\n",
+    );
+    assert!(
+        typo.contains("typo.toml: key expect") && typo.contains("unknown field `dta`"),
+        "{typo}"
+    );
+    let kv = run(
+        "kv.toml",
+        "message_text = \"Subject: x\\n\\nx\\n\"\n[kv.greylst]\nk = \"v\"\n",
+    );
+    assert!(
+        kv.contains("kv.toml: [kv.greylst]: no plugin named \"greylst\" in the chain"),
+        "{kv}"
+    );
+    let dns = run(
+        "dns.toml",
+        "message_text = \"Subject: x\\n\\nx\\n\"\n[dns.\"example.org\"]\nmx = [\"mx.example.org\"]\n",
+    );
+    assert!(
+        dns.contains(
+            "dns.toml: dns.\"example.org\": mx \"mx.example.org\": expected \"PREFERENCE HOST\""
+        ),
+        "{dns}"
+    );
+    let no_message = run("empty.toml", "");
+    assert!(
+        no_message.contains("empty.toml: no message"),
+        "{no_message}"
+    );
+}
