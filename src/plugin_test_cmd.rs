@@ -32,6 +32,8 @@ pub struct TestArgs {
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     wasmtp::observe::init(wasmtp::config::LogFormat::Human, "warn");
     let (plugins, cases) = split(&args.files)?;
+    // A server config's [local] decides which added recipients count, as in the server.
+    let mut local = None;
     let settings = match (&args.config, plugins.is_empty()) {
         (Some(_), false) => anyhow::bail!("give plugin files or --config, not both"),
         (None, true) => anyhow::bail!(
@@ -39,6 +41,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         ),
         (Some(c), true) => {
             let mut s = Settings::load(c)?;
+            local = Some(s.local.clone());
             // Compiled plugins are cached with the user's, not in the server's data dir (pulled
             // OCI plugins keep their paths there).
             s.data_dir = cache_dir();
@@ -64,17 +67,23 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
-            let got = rt.block_on(replay::replay(&host, &input, &settings.hostname));
+            let got = rt.block_on(replay::replay(
+                &host,
+                &input,
+                &settings.hostname,
+                local.as_ref(),
+            ));
             print!("{}", got.to_text());
             Ok(())
         }
-        (None, false) => run_cases(&rt, &settings, &cases),
+        (None, false) => run_cases(&rt, &settings, local.as_ref(), &cases),
     }
 }
 
 fn run_cases(
     rt: &tokio::runtime::Runtime,
     settings: &Settings,
+    local: Option<&wasmtp::config::LocalSettings>,
     cases: &[PathBuf],
 ) -> anyhow::Result<()> {
     let mut failed = 0;
@@ -95,7 +104,7 @@ fn run_cases(
         }
         let host = offline_host(settings, fakes)?;
         replay::seed_kv(&host, &case).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let got = rt.block_on(replay::replay(&host, &input, &settings.hostname));
+        let got = rt.block_on(replay::replay(&host, &input, &settings.hostname, local));
         let mismatches = replay::compare(&case.expect, &got);
         let about = case
             .description

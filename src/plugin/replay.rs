@@ -20,8 +20,10 @@ use super::fake::{FakeName, Fakes};
 use super::message::MessageData;
 use super::run::{Decision, Modification, Route};
 use super::{PluginHost, PluginSession, TxView};
-use crate::config::HookName;
+use crate::config::{HookName, LocalSettings};
+use crate::delivery::local::{Resolution, resolve};
 use crate::smtp::Reply;
+use crate::smtp::address::parse_path;
 
 /// The clock of a case that does not set one: 2026-01-01T00:00:00Z.
 pub const DEFAULT_CLOCK_MS: u64 = 1_767_225_600_000;
@@ -351,12 +353,20 @@ pub fn seed_kv(host: &PluginHost, case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one transaction through the host's current set.
-pub async fn replay(host: &Arc<PluginHost>, input: &Input, hostname: &str) -> Replay {
+/// Runs one transaction through the host's current set. With `local` (a server config's
+/// `[local]`), a recipient a plugin adds is kept only when it is local, as the session does;
+/// without, every added recipient is kept.
+pub async fn replay(
+    host: &Arc<PluginHost>,
+    input: &Input,
+    hostname: &str,
+    local: Option<&LocalSettings>,
+) -> Replay {
     let mut r = Runner {
         session: PluginSession::new(host.clone(), input.conn.session_id.clone()),
         host: host.clone(),
         hostname: hostname.to_string(),
+        local: local.cloned(),
         steps: Vec::new(),
     };
     let (result, sender, recipients) = r.transaction(input).await;
@@ -372,6 +382,7 @@ struct Runner {
     session: PluginSession,
     host: Arc<PluginHost>,
     hostname: String,
+    local: Option<LocalSettings>,
     steps: Vec<Step>,
 }
 
@@ -448,7 +459,7 @@ impl Runner {
             mods.extend(m);
             disposition = fate(&d).or(disposition);
         }
-        apply_envelope_mods(&mut env, &mods);
+        apply_envelope_mods(&mut env, &mods, self.local.as_ref());
         let list = |env: &wit::Envelope| env.recipients.iter().map(|r| r.address.clone()).collect();
         match disposition {
             Some(Decision::Discard) => return ("discarded".into(), env.sender.clone(), list(&env)),
@@ -585,17 +596,29 @@ fn fate(d: &Decision) -> Option<Decision> {
     matches!(d, Decision::Discard | Decision::Quarantine(_)).then(|| d.clone())
 }
 
-/// Sender and recipient modifications, as the session applies them before deliver (the session
-/// also ignores an added recipient that is not local; here every added one is kept).
-fn apply_envelope_mods(env: &mut wit::Envelope, mods: &[Modification]) {
+/// Sender and recipient modifications, as the session applies them before deliver: an added
+/// recipient that `local` does not resolve to a mailbox is ignored (there is no relaying for
+/// plugin-added recipients).
+fn apply_envelope_mods(
+    env: &mut wit::Envelope,
+    mods: &[Modification],
+    local: Option<&LocalSettings>,
+) {
+    let is_local = |a: &str| {
+        local.is_none_or(|l| match parse_path(&format!("<{a}>")) {
+            Ok((path, "")) => matches!(resolve(l, &path), Resolution::Local(_)),
+            _ => false,
+        })
+    };
     for m in mods {
         match m {
             Modification::SetSender(s) => env.sender = s.clone(),
             Modification::AddRecipient(a)
-                if !env
-                    .recipients
-                    .iter()
-                    .any(|r| r.address.eq_ignore_ascii_case(a)) =>
+                if is_local(a)
+                    && !env
+                        .recipients
+                        .iter()
+                        .any(|r| r.address.eq_ignore_ascii_case(a)) =>
             {
                 env.recipients.push(wit::Recipient {
                     address: a.clone(),
