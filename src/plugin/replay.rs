@@ -390,7 +390,6 @@ type Outcome = (String, String, Vec<String>);
 
 impl Runner {
     async fn transaction(&mut self, input: &Input) -> Outcome {
-        let mut conn = input.conn.clone();
         let refused = |hook: HookName| {
             (
                 format!("refused at {}", hook.as_str()),
@@ -398,22 +397,9 @@ impl Runner {
                 Vec::new(),
             )
         };
-        if self.session.wants(HookName::Connect) {
-            let t = self.timer();
-            let d = self.session.connect(&conn).await;
-            if self.record(HookName::Connect, None, &d, &[], t) {
-                return refused(HookName::Connect);
-            }
-        }
-        // EHLO starts afresh, as in the session.
-        self.session.end_tx();
-        conn.helo = Some(input.helo.clone());
-        if self.session.wants(HookName::Ehlo) {
-            let t = self.timer();
-            let d = self.session.ehlo(&conn, &input.helo).await;
-            if self.record(HookName::Ehlo, None, &d, &[], t) {
-                return refused(HookName::Ehlo);
-            }
+        let mut conn = input.conn.clone();
+        if let Some(hook) = self.greet(&mut conn, input).await {
+            return refused(hook);
         }
         let mut env = wit::Envelope {
             sender: input.sender.clone(),
@@ -460,40 +446,63 @@ impl Runner {
             disposition = fate(&d).or(disposition);
         }
         apply_envelope_mods(&mut env, &mods, self.local.as_ref());
-        let list = |env: &wit::Envelope| env.recipients.iter().map(|r| r.address.clone()).collect();
-        match disposition {
-            Some(Decision::Discard) => return ("discarded".into(), env.sender.clone(), list(&env)),
-            Some(_) => return ("quarantined".into(), env.sender.clone(), list(&env)),
-            None => {}
-        }
-        if self.session.wants(HookName::Deliver) {
+        let result = match disposition {
+            Some(Decision::Discard) => "discarded",
+            Some(_) => "quarantined",
+            None => {
+                self.deliver(&conn, &env).await;
+                "accepted"
+            }
+        };
+        self.session.end_tx();
+        let rcpts = env.recipients.iter().map(|r| r.address.clone()).collect();
+        (result.into(), env.sender, rcpts)
+    }
+
+    /// connect, then ehlo (which starts afresh, as in the session); the hook that refused.
+    async fn greet(&mut self, conn: &mut wit::Connection, input: &Input) -> Option<HookName> {
+        if self.session.wants(HookName::Connect) {
             let t = self.timer();
-            let routes = self
-                .session
-                .deliver(TxView {
-                    conn: &conn,
-                    env: &env,
-                })
-                .await;
-            let routes = env
-                .recipients
-                .iter()
-                .zip(routes)
-                .map(|(r, route)| (r.address.clone(), route_text(&route)))
-                .collect();
-            self.steps.push(Step {
-                hook: HookName::Deliver.as_str(),
-                rcpt: None,
-                verdict: "routes".into(),
-                reply: None,
-                reason: None,
-                modifications: Vec::new(),
-                routes,
-                timings: self.elapsed(t),
-            });
+            let d = self.session.connect(conn).await;
+            if self.record(HookName::Connect, None, &d, &[], t) {
+                return Some(HookName::Connect);
+            }
         }
         self.session.end_tx();
-        ("accepted".into(), env.sender.clone(), list(&env))
+        conn.helo = Some(input.helo.clone());
+        if self.session.wants(HookName::Ehlo) {
+            let t = self.timer();
+            let d = self.session.ehlo(conn, &input.helo).await;
+            if self.record(HookName::Ehlo, None, &d, &[], t) {
+                return Some(HookName::Ehlo);
+            }
+        }
+        None
+    }
+
+    /// The deliver hook on the final envelope: a route per recipient.
+    async fn deliver(&mut self, conn: &wit::Connection, env: &wit::Envelope) {
+        if !self.session.wants(HookName::Deliver) {
+            return;
+        }
+        let t = self.timer();
+        let routes = self.session.deliver(TxView { conn, env }).await;
+        let routes = env
+            .recipients
+            .iter()
+            .zip(routes)
+            .map(|(r, route)| (r.address.clone(), route_text(&route)))
+            .collect();
+        self.steps.push(Step {
+            hook: HookName::Deliver.as_str(),
+            rcpt: None,
+            verdict: "routes".into(),
+            reply: None,
+            reason: None,
+            modifications: Vec::new(),
+            routes,
+            timings: self.elapsed(t),
+        });
     }
 
     /// The rcpt hook per recipient; returns a quarantine reason given at rcpt.
