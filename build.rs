@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    embed_templates();
     println!("cargo::rustc-check-cfg=cfg(wasmtp_builtin)");
     println!("cargo::rerun-if-env-changed=WASMTP_NO_BUILTIN_PLUGINS");
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -102,4 +103,79 @@ fn has_rlib(dir: &Path) -> bool {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
     })
+}
+
+/// Embeds every file under templates/<lang>/ for `wasmtp plugin new` (src/plugin_new_cmd.rs):
+/// writes `$OUT_DIR/templates.rs` with `TEMPLATES: &[(lang, path, executable, bytes)]` and the
+/// SDK version the templates depend on. A language directory added later is picked up by the
+/// next build (cargo watches the whole tree).
+fn embed_templates() {
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let templates = root.join("templates");
+    println!("cargo::rerun-if-changed=templates");
+    println!("cargo::rerun-if-changed=plugins/Cargo.toml");
+    let mut files = Vec::new();
+    if templates.is_dir() {
+        collect(&templates, &mut files);
+    }
+    files.sort();
+    let mut out = String::from("/// (language, path in the project, executable, contents)\n");
+    out.push_str("pub const TEMPLATES: &[(&str, &str, bool, &[u8])] = &[\n");
+    for file in &files {
+        let rel = file.strip_prefix(&templates).expect("under templates/");
+        let mut parts = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let lang = parts.next().expect("a language directory");
+        let path: Vec<String> = parts.collect();
+        if path.is_empty() {
+            continue; // a file directly under templates/
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let exec = std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        out.push_str(&format!(
+            "    ({lang:?}, {:?}, {exec}, include_bytes!({:?})),\n",
+            path.join("/"),
+            file.display().to_string()
+        ));
+    }
+    out.push_str("];\n");
+    // The SDKs are versioned with the plugins workspace (plugins/Cargo.toml [workspace.package]).
+    let version = std::fs::read_to_string(root.join("plugins/Cargo.toml"))
+        .ok()
+        .and_then(|s| {
+            let after = s.split("[workspace.package]").nth(1)?.to_string();
+            let line = after
+                .lines()
+                .find(|l| l.trim_start().starts_with("version"))?;
+            Some(line.split('"').nth(1)?.to_string())
+        })
+        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").expect("cargo sets it"));
+    out.push_str(&format!(
+        "/// The version of the plugin SDKs (`{{{{sdk_version}}}}`).\npub const SDK_VERSION: &str = {version:?};\n"
+    ));
+    let dest =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("templates.rs");
+    std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            // Build output of a template tried in place is not part of it.
+            let name = entry.file_name();
+            if matches!(
+                name.to_str(),
+                Some("target" | "node_modules" | "__pycache__")
+            ) {
+                continue;
+            }
+            collect(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
 }

@@ -10,6 +10,8 @@ use wasmtp::config::{LogFormat, Settings};
 mod dkim_cmd;
 mod ops_cmd;
 mod plugin_cmd;
+mod plugin_new_cmd;
+mod plugin_test_cmd;
 mod share_cmd;
 mod user_cmd;
 mod watch_cmd;

@@ -44,12 +44,19 @@ pub enum PluginCmd {
     /// Signing and sharing: keygen, sign, verify, push, pull.
     #[command(flatten)]
     Share(crate::share_cmd::ShareCmd),
+    /// Write a new plugin project from a built-in template (rust, python, js, ...).
+    New(crate::plugin_new_cmd::NewArgs),
+    /// Replay cases offline through one plugin or a chain (no server, no network); print a diff
+    /// and exit non-zero when a case's expectations are not met.
+    Test(crate::plugin_test_cmd::TestArgs),
 }
 
 /// Runs one verb.
 pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
     match cmd {
         PluginCmd::Share(cmd) => return crate::share_cmd::run(cmd),
+        PluginCmd::New(args) => return crate::plugin_new_cmd::run(args),
+        PluginCmd::Test(args) => return crate::plugin_test_cmd::run(args),
         PluginCmd::Inspect { file, json } => {
             let report = wasmtp::plugin::inspect::inspect(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

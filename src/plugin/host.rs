@@ -27,6 +27,8 @@ pub struct Shared {
     resolver: OnceCell<Result<TokioResolver, String>>,
     pub(crate) limits: PluginLimits,
     logs: Mutex<HashMap<Arc<str>, LogWindow>>,
+    /// `wasmtp plugin test`: a fixed clock and DNS answers from the case instead of the system's.
+    fakes: Option<Arc<super::fake::Fakes>>,
 }
 
 /// One plugin's kv namespace and the bytes it holds (keys plus stored
@@ -84,7 +86,30 @@ impl Shared {
             resolver: OnceCell::new(),
             limits: limits.clone(),
             logs: Mutex::default(),
+            fakes: None,
         }
+    }
+
+    /// The same, answering `clock` and `dns` from `fakes` (offline replay, no network).
+    pub(crate) fn with_fakes(mut self, fakes: super::fake::Fakes) -> Shared {
+        self.fakes = Some(Arc::new(fakes));
+        self
+    }
+
+    /// Stores `value` under `key` in `plugin`'s kv namespace, as `kv.set` without a ttl would
+    /// (a replayed case's kv contents).
+    pub(crate) fn seed_kv(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let space = self.kv_space(plugin)?;
+        let raw = kv_encode(value, None, now_millis());
+        let prev = space
+            .tree
+            .insert(key.as_bytes(), raw.as_slice())
+            .map_err(|e| e.to_string())?;
+        space.adjust(
+            prev.map_or(0, |v| (key.len() + v.len()) as u64),
+            (key.len() + raw.len()) as u64,
+        );
+        Ok(())
     }
 
     /// The namespace of `plugin`; the first open purges expired entries and
@@ -605,7 +630,11 @@ impl kv::Host for HostState {
 impl clock::Host for HostState {
     fn now(&mut self) -> wasmtime::Result<u64> {
         self.check(Grant::Clock)?;
-        Ok(now_millis())
+        Ok(self
+            .shared
+            .fakes
+            .as_ref()
+            .map_or_else(now_millis, |f| f.now_ms))
     }
 }
 
@@ -643,6 +672,9 @@ async fn lookup(
         let name = name.as_str();
         if name.is_empty() || name.len() > 253 {
             return Err(dns::DnsError::InvalidName);
+        }
+        if let Some(fakes) = &shared.fakes {
+            return fakes.answer(name, rtype);
         }
         let resolver = match shared.resolver().await {
             Ok(r) => r,

@@ -12,12 +12,14 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod fake;
 pub mod host;
 pub mod inspect;
 pub mod limits;
 pub mod manifest;
 pub mod message;
 pub mod oci;
+pub mod replay;
 pub mod run;
 pub mod sign;
 pub mod wasi;
@@ -250,6 +252,22 @@ pub struct PluginHost {
 impl PluginHost {
     /// Creates the engine and loads the configured plugins.
     pub fn new(settings: &Settings, db: sled::Db) -> Result<Arc<PluginHost>, PluginError> {
+        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits);
+        PluginHost::start(settings, shared)
+    }
+
+    /// The same for `wasmtp plugin test`: `clock` and `dns` answer from `fakes`, nothing else
+    /// differs (same loading, same calls).
+    pub fn offline(
+        settings: &Settings,
+        db: sled::Db,
+        fakes: fake::Fakes,
+    ) -> Result<Arc<PluginHost>, PluginError> {
+        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits);
+        PluginHost::start(settings, shared.with_fakes(fakes))
+    }
+
+    fn start(settings: &Settings, shared: host::Shared) -> Result<Arc<PluginHost>, PluginError> {
         let engine_err = |e: wasmtime::Error| PluginError::Link {
             name: "(engine)".into(),
             detail: format!("{e:#}"),
@@ -281,11 +299,7 @@ impl PluginHost {
                 generation: 0,
             })),
             stats: Default::default(),
-            shared: Arc::new(host::Shared::new(
-                db,
-                &settings.dns,
-                &settings.plugin_limits,
-            )),
+            shared: Arc::new(shared),
         };
         let set = host.load_set(&settings.plugins, 1)?;
         host.prune_cache(&set);

@@ -208,14 +208,14 @@ fn trust_policy_at_load() {
 }
 
 /// Debian's docker-registry on a free loopback port, storing in a temp dir.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         let bin = require_tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -263,7 +263,18 @@ impl Drop for Registry {
     }
 }
 
-fn pinned_sha256(out: &str) -> String {
+/// One message from `a@example.test` (EHLO client.test) to `u@example.test`, queued.
+pub(crate) fn deliver_one(s: &Server) {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    queue_id(&c.send_message(
+        "a@example.test",
+        &["u@example.test"],
+        b"Subject: hi\r\n\r\nhello\r\n",
+    ));
+}
+
+pub(crate) fn pinned_sha256(out: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix("sha256 = \""))
         .and_then(|l| l.strip_suffix('"'))
@@ -307,15 +318,7 @@ fn push_pull_and_serve_a_signed_plugin_from_a_registry() {
     assert_eq!(s.log_lines("plugin signature verified").len(), 1);
     let cached = s.data().join("plugins").join(format!("{pin}.wasm"));
     assert_eq!(std::fs::read(&cached).unwrap(), signed);
-    let deliver = |s: &Server| {
-        let mut c = Client::greeted(s.addr);
-        c.cmd("EHLO client.test", 250);
-        queue_id(&c.send_message(
-            "a@example.test",
-            &["u@example.test"],
-            b"Subject: hi\r\n\r\nhello\r\n",
-        ));
-    };
+    let deliver = deliver_one;
     deliver(&s);
     let msg = String::from_utf8(s.wait_for_mail("u", 1).remove(0)).unwrap();
     assert!(msg.contains("\nX-Spam-Score: "), "{msg}");
