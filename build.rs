@@ -113,6 +113,9 @@ fn embed_templates() {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let templates = root.join("templates");
     println!("cargo::rerun-if-changed=templates");
+    // templates/python and templates/js link to the SDKs and the WIT: watch what they point at.
+    println!("cargo::rerun-if-changed=sdk");
+    println!("cargo::rerun-if-changed=wit");
     println!("cargo::rerun-if-changed=plugins/Cargo.toml");
     let mut files = Vec::new();
     if templates.is_dir() {
