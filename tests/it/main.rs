@@ -11,6 +11,7 @@ mod durability;
 mod hostile;
 mod ops;
 mod outbound;
+mod perf;
 mod plugin_hooks;
 mod plugin_limits;
 mod plugin_platform;
