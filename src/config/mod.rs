@@ -171,7 +171,7 @@ pub struct RawPluginLimits {
     /// Modifications one call may return.
     pub max_modifications: Option<AtLeast<1>>,
     /// Plugin instances the pooling allocator holds; 0 turns pooling off.
-    /// Default: `limits.max_connections` x the number of plugins.
+    /// Default: `limits.max_connections` x the number of plugins, at most 10,000.
     pub pool_instances: Option<usize>,
     /// Address space reserved per linear memory (pooled or not).
     pub memory_reservation: Option<ByteSize>,
@@ -1022,9 +1022,11 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             n.0.min(u32::MAX as usize) as u32
         }),
         max_modifications: pl.max_modifications.map_or(d.max_modifications, |n| n.0),
+        // Each slot reserves `memory_reservation` of address space (4 GiB by
+        // default): 10,000 of them is 40 TiB of the 128 TiB a process has.
         pool_instances: pl
             .pool_instances
-            .unwrap_or(limits.max_connections * plugins.len().max(1)),
+            .unwrap_or((limits.max_connections * plugins.len().max(1)).min(10_000)),
         memory_reservation: pl.memory_reservation.map_or(d.memory_reservation, |b| b.0),
     };
     if plugin_limits.memory_reservation < 64 * 1024 {
