@@ -64,6 +64,28 @@ fn six() -> String {
     .concat()
 }
 
+/// rate-limit (counting every client), router and spam-score, as in
+/// `scripts/bench`; `rest` is added to each `[[plugin]]` table.
+fn three(rest: &str) -> String {
+    let p = |name: &str, file: &str, keys: &str| {
+        format!("[[plugin]]\nname = \"{name}\"\npath = \"{WASM}/{file}\"\n{rest}{keys}\n")
+    };
+    [
+        p(
+            "rate-limit",
+            "rate_limit.wasm",
+            "hooks = [\"connect\", \"mail-from\"]\ngrants = [\"kv\"]\n[plugin.config]\nexempt = []\nmax_connections = 100000000\nmax_messages = 100000000",
+        ),
+        p(
+            "router",
+            "router.wasm",
+            "hooks = [\"rcpt\", \"deliver\"]\n[plugin.config]\nlocal_domains = [\"example.test\"]",
+        ),
+        p("spam-score", "spam_score.wasm", "hooks = [\"data\"]"),
+    ]
+    .concat()
+}
+
 /// A decision, after checking it is not what a failed call turns into (the
 /// plugins here keep the default `on_error = "tempfail"`): a bench of calls
 /// that trap or time out would measure the wrong thing.
@@ -143,45 +165,43 @@ fn bench(c: &mut Criterion) {
     });
     no_failures(&one);
 
-    let all = host(&six());
-    c.bench_function("transaction, six plugins, 10 KiB message", |b| {
-        b.iter(|| {
-            let mut s = PluginSession::new(all.clone(), "bench".into());
-            rt.block_on(async {
-                ok(s.connect(&conn).await);
-                ok(s.ehlo(&conn, "client.test").await);
-                ok(s.mail_from(&conn, "a@example.test", &vec![]).await.0);
-                s.begin_tx();
-                ok(s.rcpt(
-                    TxView {
-                        conn: &conn,
-                        env: &env,
-                    },
-                    &env.recipients[0],
-                )
-                .await
-                .0);
-                ok(s.data(
-                    TxView {
-                        conn: &conn,
-                        env: &env,
-                    },
-                    &msg,
-                )
-                .await
-                .0);
-                let routes = s
-                    .deliver(TxView {
-                        conn: &conn,
-                        env: &env,
-                    })
-                    .await;
-                assert_eq!(routes.len(), env.recipients.len());
-                s.end_tx();
-            })
-        })
-    });
-    no_failures(&all);
+    let mut whole = |name: &str, plugins: &str| {
+        let h = host(plugins);
+        c.bench_function(name, |b| {
+            b.iter(|| rt.block_on(transaction(&h, &conn, &env, &msg)))
+        });
+        no_failures(&h);
+    };
+    whole("transaction, six plugins, 10 KiB message", &six());
+    whole("transaction, three plugins, 10 KiB message", &three(""));
+    whole(
+        "transaction, three plugins, no pool",
+        &format!("[plugin_limits]\npool_instances = 0\n{}", three("")),
+    );
+    whole(
+        "transaction, three plugins, warm reuse",
+        &three("reuse = 1000\n"),
+    );
+}
+
+/// connect, ehlo, mail-from, rcpt, data, deliver and the end of the
+/// transaction, through every plugin of `host`; panics if a call failed.
+async fn transaction(
+    host: &Arc<PluginHost>,
+    conn: &wit::Connection,
+    env: &wit::Envelope,
+    msg: &Arc<MessageData>,
+) {
+    let mut s = PluginSession::new(host.clone(), "bench".into());
+    let tx = || TxView { conn, env };
+    ok(s.connect(conn).await);
+    ok(s.ehlo(conn, "client.test").await);
+    ok(s.mail_from(conn, "a@example.test", &vec![]).await.0);
+    ok(s.rcpt(tx(), &env.recipients[0]).await.0);
+    ok(s.data(tx(), msg).await.0);
+    let routes = s.deliver(tx()).await;
+    assert_eq!(routes.len(), env.recipients.len());
+    s.end_tx();
 }
 
 criterion_group! {

@@ -113,6 +113,10 @@ fn describe() {
         "Plugin calls by plugin and hook."
     );
     c!(
+        "wasmtp_plugin_instances_total",
+        "Plugin instances a transaction got, by plugin and source (pool, on-demand, warm)."
+    );
+    c!(
         "wasmtp_plugin_verdicts_total",
         "Plugin verdicts by plugin, hook and verdict (continue, accept, reject, tempfail, disconnect, discard, quarantine; routes and notified for deliver and notification hooks)."
     );
@@ -261,6 +265,14 @@ pub fn plugin_call(plugin: &str, hook: &'static str, result: &'static str, micro
     }
     histogram!("wasmtp_plugin_call_duration_seconds", "plugin" => p, "hook" => hook)
         .record(micros as f64 / 1e6);
+}
+
+/// A transaction got an instance of `plugin`: a fresh one from the `pool`,
+/// a fresh `on-demand` one (no pool, or the pool was full), or a `warm` one
+/// kept from an earlier transaction (`reuse`).
+pub fn plugin_instance(plugin: &str, source: &'static str) {
+    counter!("wasmtp_plugin_instances_total", "plugin" => plugin.to_string(), "source" => source)
+        .increment(1);
 }
 
 /// The plugin set generation (set at scrape time).

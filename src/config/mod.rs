@@ -138,6 +138,9 @@ pub struct RawPlugin {
     pub timeouts: std::collections::BTreeMap<HookName, Dur>,
     /// Linear memory cap per instance.
     pub memory: Option<ByteSize>,
+    /// Transactions one warm instance serves before it is dropped; 0 (the
+    /// default): a fresh instance per transaction.
+    pub reuse: Option<u32>,
     /// The plugin's own settings, handed to its `init` as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
@@ -173,6 +176,11 @@ pub struct RawPluginLimits {
     pub log_lines_per_second: Option<AtLeast<1>>,
     /// Modifications one call may return.
     pub max_modifications: Option<AtLeast<1>>,
+    /// Plugin instances the pooling allocator holds; 0 turns pooling off.
+    /// Default: `limits.max_connections` x the number of plugins, at most 10,000.
+    pub pool_instances: Option<usize>,
+    /// Address space reserved per linear memory (pooled or not).
+    pub memory_reservation: Option<ByteSize>,
 }
 
 /// A hook point, named as in the WIT contract.
@@ -291,6 +299,9 @@ pub struct PluginSpec {
     pub memory: u64,
     /// Config handed to `init`, as JSON.
     pub config_json: String,
+    /// Transactions one warm instance serves before it is dropped (0: a
+    /// fresh instance per transaction).
+    pub reuse: u32,
     /// The OCI reference `path` is pulled from, if any.
     pub oci: Option<String>,
     /// Whose signatures count (`[plugin_trust]`).
@@ -327,6 +338,10 @@ pub struct PluginLimits {
     pub log_lines_per_second: u32,
     /// Modifications per call.
     pub max_modifications: usize,
+    /// Instances the pooling allocator holds (0: no pool).
+    pub pool_instances: usize,
+    /// Address space reserved per linear memory, in bytes.
+    pub memory_reservation: u64,
 }
 
 impl Default for PluginLimits {
@@ -340,6 +355,8 @@ impl Default for PluginLimits {
             kv_sweep_interval: Duration::from_secs(600),
             log_lines_per_second: 100,
             max_modifications: 100,
+            pool_instances: 1000,
+            memory_reservation: 4 << 30,
         }
     }
 }
@@ -997,6 +1014,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             timeouts,
             memory: p.memory.map_or(64 * 1024 * 1024, |b| b.0),
             config_json: serde_json::to_string(&config).expect("TOML table converts to JSON"),
+            reuse: p.reuse.unwrap_or(0),
         });
     }
     let dns = DnsSettings {
@@ -1017,7 +1035,19 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             n.0.min(u32::MAX as usize) as u32
         }),
         max_modifications: pl.max_modifications.map_or(d.max_modifications, |n| n.0),
+        // Each slot reserves `memory_reservation` of address space (4 GiB by
+        // default): 10,000 of them is 40 TiB of the 128 TiB a process has.
+        pool_instances: pl
+            .pool_instances
+            .unwrap_or((limits.max_connections * plugins.len().max(1)).min(10_000)),
+        memory_reservation: pl.memory_reservation.map_or(d.memory_reservation, |b| b.0),
     };
+    if plugin_limits.memory_reservation < 64 * 1024 {
+        return Err(err(
+            "plugin_limits.memory_reservation",
+            "must be at least 64KiB (one WebAssembly page)".into(),
+        ));
+    }
     if plugin_limits.kv_sweep_interval.is_zero() {
         return Err(err(
             "plugin_limits.kv_sweep_interval",

@@ -1,5 +1,11 @@
 //! Maildir delivery (https://cr.yp.to/proto/maildir.html): write into
-//! `tmp/`, fsync, rename into `new/`, fsync the directory.
+//! `tmp/`, rename into `new/`, then make both durable with one `syncfs` of
+//! the mail filesystem that concurrent deliveries share (group sync, as
+//! the queue's group commit): a delivery returns, and the queue drops the
+//! copy, only after a `syncfs` that started after its rename has finished.
+//! One sync covers every copy written meanwhile, instead of an fsync of
+//! each file and of `new/` per copy (a fifth of the server's samples at
+//! 1 KiB).
 //!
 //! Mail is private to the server's user: directories are created 0700 and
 //! files 0600 whatever the umask, and the `tmp/` file is created
@@ -159,14 +165,15 @@ fn write_converted(w: &mut impl Write, data: &[u8], endings: LineEndings) -> io:
     w.write_all(&data[start..])
 }
 
-/// Writes and syncs the `tmp/` file.
+/// Writes the `tmp/` file (made durable by the group sync).
 fn write_tmp(copy: &MaildirCopy<'_>, tmp: &Path) -> Result<(), MaildirError> {
     let f = at("creating", tmp, create_tmp(tmp))?;
     let written = (|| {
         let mut w = io::BufWriter::with_capacity(64 * 1024, f);
         write_converted(&mut w, copy.prefix, copy.line_endings)?;
         write_converted(&mut w, copy.body, copy.line_endings)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
     })();
     at("writing", tmp, written)
 }
@@ -184,10 +191,81 @@ pub fn deliver(copy: &MaildirCopy<'_>) -> Result<PathBuf, MaildirError> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    // The rename is only durable once the directory entry is.
+    // The file and the rename are only durable once synced.
     let new = copy.dir.join("new");
-    at("syncing", &new, File::open(&new).and_then(|d| d.sync_all()))?;
+    at("syncing", &new, group_sync(&new))?;
     Ok(dest)
+}
+
+/// The group sync of one filesystem: `started` counts syncs begun, `done`
+/// the last one finished (with its error, if it failed).
+#[derive(Default)]
+struct SyncState {
+    started: u64,
+    done: u64,
+    running: bool,
+    failed: Option<(u64, io::ErrorKind, String)>,
+}
+
+type Group = std::sync::Arc<(std::sync::Mutex<SyncState>, std::sync::Condvar)>;
+
+/// Groups by device: a sync of one filesystem says nothing about another.
+static GROUPS: std::sync::Mutex<Vec<(u64, Group)>> = std::sync::Mutex::new(Vec::new());
+
+/// Returns once a `syncfs` of `dir`'s filesystem that started after this
+/// call has finished: either this thread runs it, or it waits for one that
+/// another delivery started after it arrived.
+fn group_sync(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let d = File::open(dir)?;
+    let dev = d.metadata()?.dev();
+    let group = {
+        let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        match groups.iter().find(|(g, _)| *g == dev) {
+            Some((_, g)) => g.clone(),
+            None => {
+                let g = Group::default();
+                groups.push((dev, g.clone()));
+                g
+            }
+        }
+    };
+    let (lock, cv) = &*group;
+    let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+    // A sync already running may have missed this delivery's writes.
+    let need = st.started + 1;
+    loop {
+        if st.done >= need {
+            return match &st.failed {
+                Some((n, kind, msg)) if *n >= need => Err(io::Error::new(*kind, msg.clone())),
+                _ => Ok(()),
+            };
+        }
+        if !st.running {
+            st.running = true;
+            st.started += 1;
+            let mine = st.started;
+            drop(st);
+            // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
+            let r = if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            };
+            st = lock.lock().unwrap_or_else(|e| e.into_inner());
+            st.running = false;
+            st.done = mine;
+            if let Err(e) = &r {
+                st.failed = Some((mine, e.kind(), e.to_string()));
+            }
+            cv.notify_all();
+            if mine >= need {
+                return r;
+            }
+            continue;
+        }
+        st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 #[cfg(test)]

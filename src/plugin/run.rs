@@ -2,8 +2,14 @@
 //!
 //! Each plugin gets a fresh instance the first time a hook needs it, and
 //! every instance is dropped at the next transaction boundary (EHLO, RSET,
-//! end of DATA) and whenever a call fails: no state leaks between
-//! messages, and a trapped instance never runs again. Every call has a
+//! end of DATA, end of session) and whenever a call fails: no state leaks
+//! between messages, and a trapped instance never runs again. Fresh
+//! instances come from the pooling allocator (copy-on-write memory images,
+//! no mmap/munmap per transaction), or on demand when the pool is full.
+//! A plugin configured with `reuse = N` instead hands its instance back at
+//! the boundary to a warm list, so the next transaction (of any session)
+//! skips instantiation and `init`; it is dropped after N transactions, and
+//! after any failed call as before. Every call has a
 //! deadline (epoch interruption makes the guest yield to tokio every tick;
 //! `tokio::time::timeout` cuts it off) and a memory cap. Plugins run in
 //! configured order; the first decisive verdict wins.
@@ -56,9 +62,12 @@ pub struct TxView<'a> {
     pub env: &'a wit::Envelope,
 }
 
-struct Live {
+/// A live instance with its store.
+pub(crate) struct Live {
     store: Store<HostState>,
     plugin: Plugin,
+    /// Transactions it has finished (counts towards `reuse`).
+    uses: u32,
 }
 
 enum Call<'a> {
@@ -142,8 +151,20 @@ impl PluginSession {
     pub fn end_tx(&mut self) {
         self.notes.lock().expect("notes lock").end_tx();
         self.quarantine = None;
-        for l in &mut self.live {
-            *l = None;
+        self.release();
+    }
+
+    /// Drops every live instance, or hands it to its plugin's warm list
+    /// when the plugin has `reuse` left for it.
+    fn release(&mut self) {
+        for (slot, p) in self.live.iter_mut().zip(&self.set.plugins) {
+            let Some(mut live) = slot.take() else {
+                continue;
+            };
+            live.uses += 1;
+            if live.uses < p.spec.reuse {
+                p.warm.lock().expect("warm lock").push(live);
+            }
         }
     }
 
@@ -344,23 +365,33 @@ impl PluginSession {
         result.map_err(|_| ())
     }
 
+    /// Runs `call` in the plugin's live instance (a new one if it has
+    /// none). The instance is out of its slot during the call, so a call
+    /// cut off at its deadline drops it with the future.
     async fn invoke(
         &mut self,
         i: usize,
         p: &Arc<LoadedPlugin>,
         call: &Call<'_>,
     ) -> Result<Ret, CallError> {
-        if self.live[i].is_none() {
-            let live = instantiate(
-                self.host.clone(),
-                self.notes.clone(),
-                p.clone(),
-                self.session_id.clone(),
-            )
-            .await?;
-            self.live[i] = Some(live);
-        }
-        let live = self.live[i].as_mut().expect("instance just created");
+        let mut live = match self.live[i].take() {
+            Some(live) => live,
+            None => {
+                instantiate(
+                    self.host.clone(),
+                    self.notes.clone(),
+                    p.clone(),
+                    self.session_id.clone(),
+                )
+                .await?
+            }
+        };
+        let ret = Self::call_live(&mut live, call).await;
+        self.live[i] = Some(live);
+        ret
+    }
+
+    async fn call_live(live: &mut Live, call: &Call<'_>) -> Result<Ret, CallError> {
         live.store.data_mut().output.take();
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let hooks = live.plugin.wasmtp_plugin_hooks();
@@ -417,47 +448,110 @@ impl PluginSession {
     }
 }
 
-/// A fresh instance of `p` with its config applied (`init`). Takes owned
-/// handles so the future does not borrow the session (stores are not Sync).
+/// An instance of `p` for a transaction: a warm one if the plugin has
+/// `reuse` and one is waiting, else a fresh one with its config applied
+/// (`init`), from the pool or, when the pool is full, on demand. Takes
+/// owned handles so the future does not borrow the session (stores are
+/// not Sync).
 async fn instantiate(
     host: Arc<PluginHost>,
     notes: Arc<Mutex<Notes>>,
     p: Arc<LoadedPlugin>,
     session_id: String,
 ) -> Result<Live, CallError> {
-    {
-        let state = HostState::new(
-            p.spec.name.as_str().into(),
-            p.spec.grants.clone(),
-            p.spec.memory,
-            notes,
-            host.shared().clone(),
-        );
-        let mut store = Store::new(host.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-        let plugin = p
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-        match plugin
-            .wasmtp_plugin_hooks()
-            .call_init(&mut store, &p.spec.config_json)
-            .await
-        {
-            Ok(Ok(())) => Ok(Live { store, plugin }),
-            Ok(Err(msg)) => Err(CallError::Trap(format!("init refused its config: {msg}"))),
-            Err(e) => Err(CallError::Trap(with_output(
-                &format!("init: {e:#}"),
-                store.data_mut().output.take().as_deref(),
-            ))),
+    let plugin = p.spec.name.as_str();
+    if p.spec.reuse > 0 {
+        let warm = p.warm.lock().expect("warm lock").pop();
+        if let Some(mut live) = warm {
+            // The only per-session state in the store: the notes handle.
+            live.store.data_mut().notes = notes;
+            crate::metrics::plugin_instance(plugin, "warm");
+            return Ok(live);
         }
-        .inspect_err(
-            |_| debug!(session = %session_id, plugin = %p.spec.name, "instantiation failed"),
-        )
     }
+    let (engine, on_demand) = host.engines(&p);
+    let fresh = match fresh(engine, &p.pre, &host, notes.clone(), &p).await {
+        Err(Fresh::PoolFull(e)) => {
+            let (engine, pre) = on_demand
+                .zip(p.fallback.as_ref())
+                .ok_or_else(|| CallError::Trap(e.clone()))?;
+            limit_hit(
+                "plugin_limits.pool_instances",
+                &format!("plugin {plugin}: the instance pool is full ({e}); allocating on demand"),
+            );
+            crate::metrics::plugin_instance(plugin, "on-demand");
+            fresh(engine, pre, &host, notes, &p).await
+        }
+        r => {
+            let source = if on_demand.is_some() {
+                "pool"
+            } else {
+                "on-demand"
+            };
+            crate::metrics::plugin_instance(plugin, source);
+            r
+        }
+    };
+    fresh.map_err(|e| {
+        debug!(session = %session_id, plugin, "instantiation failed");
+        match e {
+            Fresh::PoolFull(e) => CallError::Trap(e),
+            Fresh::Failed(e) => e,
+        }
+    })
+}
+
+/// Why a fresh instance could not be made.
+enum Fresh {
+    /// The pooling allocator has no free slot (try on demand).
+    PoolFull(String),
+    /// Anything else: a trap, or `init` refused.
+    Failed(CallError),
+}
+
+/// A new instance of `pre` on `engine`, `init` run.
+async fn fresh(
+    engine: &wasmtime::Engine,
+    pre: &super::bindings::PluginPre<HostState>,
+    host: &PluginHost,
+    notes: Arc<Mutex<Notes>>,
+    p: &LoadedPlugin,
+) -> Result<Live, Fresh> {
+    let state = HostState::new(
+        p.spec.name.as_str().into(),
+        p.spec.grants.clone(),
+        p.spec.memory,
+        notes,
+        host.shared().clone(),
+    );
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+    let plugin = pre.instantiate_async(&mut store).await.map_err(|e| {
+        if super::pool_full(&e) {
+            Fresh::PoolFull(format!("{e:#}"))
+        } else {
+            Fresh::Failed(CallError::Trap(format!("{e:#}")))
+        }
+    })?;
+    match plugin
+        .wasmtp_plugin_hooks()
+        .call_init(&mut store, &p.spec.config_json)
+        .await
+    {
+        Ok(Ok(())) => Ok(Live {
+            store,
+            plugin,
+            uses: 0,
+        }),
+        Ok(Err(msg)) => Err(CallError::Trap(format!("init refused its config: {msg}"))),
+        Err(e) => Err(CallError::Trap(with_output(
+            &format!("init: {e:#}"),
+            store.data_mut().output.take().as_deref(),
+        ))),
+    }
+    .map_err(Fresh::Failed)
 }
 
 /// A trap's text with what the guest printed before it (a panic message names the cause; the
@@ -466,6 +560,13 @@ pub(crate) fn with_output(trap: &str, output: Option<&str>) -> String {
     match output {
         Some(out) => format!("{trap}; guest output: {out}"),
         None => trap.to_string(),
+    }
+}
+
+impl Drop for PluginSession {
+    /// The end of the session is a transaction boundary too.
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

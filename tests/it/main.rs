@@ -12,6 +12,7 @@ mod hostile;
 mod mail_auth;
 mod ops;
 mod outbound;
+mod perf;
 mod plugin_dev;
 mod plugin_hooks;
 mod plugin_limits;

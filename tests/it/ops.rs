@@ -375,7 +375,11 @@ fn queue_commands_on_mail_held_by_a_tempfailing_upstream() {
         dsn.contains("Subject: hold"),
         "the message comes back: {dsn}"
     );
-    assert_eq!(listed(&s, &[]).len(), 0);
+    // The DSN is readable in the Maildir once renamed into new/; the queue
+    // drops it after the sync that makes it durable.
+    wait_until(&s, "the DSN to leave the queue", || {
+        listed(&s, &[]).is_empty()
+    });
     assert_eq!(up.wait_accepted(2, &s).len(), 2);
 
     // A finished message is gone for the CLI too.

@@ -1,0 +1,220 @@
+//! The plugin host's instance lifecycle (pool, on-demand fallback, warm
+//! reuse) and its compile cache, seen through SMTP, the log and the cache
+//! directory. The probe fixture counts its calls in guest memory and
+//! reports the count, so a transcript shows which instance answered.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::support::*;
+
+/// `RCPT TO:<count.tempfail@...>`: the probe reports `calls=N` in a 451.
+fn count(c: &mut Client) -> String {
+    c.cmd("RCPT TO:<count.tempfail@example.test>", 451).text()
+}
+
+/// One transaction: MAIL, one counted RCPT, RSET; the count it saw.
+fn transaction(c: &mut Client) -> String {
+    c.cmd("MAIL FROM:<a@example.test>", 250);
+    let n = count(c);
+    c.cmd("RSET", 250);
+    n
+}
+
+fn greeted(s: &Server) -> Client {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    c
+}
+
+#[test]
+fn without_reuse_no_guest_state_reaches_the_next_transaction() {
+    let s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "on_error = \"reject\"\n[plugin.config]\nrcpt = [\"@\"]",
+    ));
+    let mut clients = [greeted(&s), greeted(&s)];
+    for i in [0, 1, 0, 1] {
+        assert_eq!(transaction(&mut clients[i]), "4.7.1 calls=1");
+    }
+    let [mut a, _] = clients;
+    // Within one transaction the instance is kept.
+    a.cmd("MAIL FROM:<a@example.test>", 250);
+    assert_eq!(count(&mut a), "4.7.1 calls=1");
+    assert_eq!(count(&mut a), "4.7.1 calls=2");
+}
+
+#[test]
+fn with_reuse_guest_state_survives_up_to_n_transactions_and_not_a_trap() {
+    let s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "on_error = \"reject\"\nreuse = 3\n[plugin.config]\nrcpt = [\"@\"]",
+    ));
+    let (mut a, mut b) = (greeted(&s), greeted(&s));
+    // One warm instance serves three transactions, across sessions: that is
+    // what `reuse` gives up.
+    assert_eq!(transaction(&mut a), "4.7.1 calls=1");
+    assert_eq!(transaction(&mut b), "4.7.1 calls=2");
+    assert_eq!(transaction(&mut a), "4.7.1 calls=3");
+    // After three it is recycled: a fresh instance.
+    assert_eq!(transaction(&mut b), "4.7.1 calls=1");
+    assert_eq!(transaction(&mut a), "4.7.1 calls=2");
+    // A trap drops the instance at once, warm or not.
+    b.cmd("MAIL FROM:<a@example.test>", 250);
+    let r = b.cmd("RCPT TO:<trap@example.test>", 550);
+    assert!(r.text().starts_with("5.7.0"), "{r:?}");
+    assert_eq!(count(&mut b), "4.7.1 calls=1");
+    b.cmd("RSET", 250);
+    assert_eq!(transaction(&mut a), "4.7.1 calls=2");
+    s.wait_for_log("plugin trapped", 1);
+}
+
+#[test]
+fn a_full_pool_allocates_on_demand_instead_of_failing() {
+    // A pool of one instance: the second live instance does not fit.
+    let s = Server::start(&format!(
+        "[plugin_limits]\npool_instances = 1\n\n{}",
+        probe_toml(
+            "probe",
+            &["rcpt"],
+            "on_error = \"reject\"\n[plugin.config]\nrcpt = [\"@\"]"
+        )
+    ));
+    let loaded = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(loaded.contains("\"pooled\":true"), "{loaded}");
+    let (mut a, mut b) = (greeted(&s), greeted(&s));
+    a.cmd("MAIL FROM:<a@example.test>", 250);
+    assert_eq!(count(&mut a), "4.7.1 calls=1");
+    // `a` holds the pool's only slot; `b` is still answered by the plugin.
+    b.cmd("MAIL FROM:<a@example.test>", 250);
+    assert_eq!(count(&mut b), "4.7.1 calls=1");
+    assert_eq!(count(&mut b), "4.7.1 calls=2");
+    let hit = s.wait_for_log("limit reached", 1).remove(0);
+    assert!(
+        hit.contains("plugin_limits.pool_instances") && hit.contains("probe"),
+        "{hit}"
+    );
+    // Once `a` gives its slot back, the pool serves again.
+    a.cmd("RSET", 250);
+    b.cmd("RSET", 250);
+    assert_eq!(transaction(&mut b), "4.7.1 calls=1");
+    assert_eq!(s.log_lines("plugin_limits.pool_instances").len(), 1);
+}
+
+/// The compiled artifacts in `dir`: (file name, inode).
+fn artifacts(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().ino(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn compile_cache_hits_misses_and_misses_when_the_engine_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}\n{}",
+                dir.path().join("data").display(),
+                probe_toml("probe", &["rcpt"], "")
+            ),
+        )
+        .unwrap();
+    };
+    let cache = dir.path().join("data/plugin-cache");
+    let check = || {
+        let out = check_config_file(&cfg);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let digest = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtp"))
+            .args(["plugin", "digest", &plugin_wasm("fixture_probe.wasm")])
+            .output()
+            .unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(digest.len(), 64, "{digest}");
+
+    // Miss: compiled and written, named by the component's digest.
+    write("");
+    check();
+    let first = artifacts(&cache);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.starts_with(&format!("{digest}-")), "{first:?}");
+    // Hit: the same file is read, not written again (a write replaces it
+    // with a new file through a rename, so its inode would change).
+    check();
+    assert_eq!(artifacts(&cache), first);
+    // A pool changes the allocator, not the code: still a hit.
+    write("[plugin_limits]\npool_instances = 0");
+    check();
+    assert_eq!(artifacts(&cache), first);
+    // Another memory reservation changes the compiled code: a miss, a file
+    // with another engine hash, and the old artifact pruned.
+    write("[plugin_limits]\nmemory_reservation = \"1GiB\"");
+    check();
+    let second = artifacts(&cache);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(second[0].0.starts_with(&format!("{digest}-")), "{second:?}");
+    assert_ne!(second[0].0, first[0].0);
+
+    // The server says which it was.
+    let s = Server::start(&probe_toml("probe", &["rcpt"], ""));
+    let miss = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(miss.contains("\"cache\":\"miss\""), "{miss}");
+    let mut s = s;
+    s.signal_and_wait("TERM");
+    s.start_again();
+    let hit = s.wait_for_log("plugin loaded", 2).remove(1);
+    assert!(hit.contains("\"cache\":\"hit\""), "{hit}");
+}
+
+#[test]
+fn a_reload_that_takes_away_a_used_grant_is_refused_and_the_old_set_serves() {
+    // The probe imports kv: its code can call it. With the grant removed the
+    // new set is refused at load (naming the import), so no instance ever
+    // runs with a capability its config does not grant, and the running set
+    // keeps its grant.
+    let s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "[plugin.config]\nrcpt = [\"kv-incr:n\", \"tempfail\"]",
+    ));
+    let mut c = in_transaction(&s);
+    assert_eq!(c.cmd("RCPT TO:<x@example.test>", 451).text(), "4.7.1 n=1");
+    let cfg = s.config_file();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let ungranted = text.replace("grants = [\"kv\", \"clock\"]", "grants = [\"clock\"]");
+    assert_ne!(text, ungranted);
+    std::fs::write(&cfg, ungranted).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let failed = s.wait_for_log("plugin reload failed", 1).remove(0);
+    assert!(
+        failed.contains("probe") && failed.contains(r#"needs the \"kv\" grant"#),
+        "{failed}"
+    );
+    let mut d = in_transaction(&s);
+    assert_eq!(d.cmd("RCPT TO:<x@example.test>", 451).text(), "4.7.1 n=2");
+}
