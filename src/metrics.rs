@@ -142,6 +142,14 @@ fn describe() {
         "Queue commands run through the admin endpoint, by action."
     );
     g!("wasmtp_start_time_seconds", "Unix time the server started.");
+    g!(
+        "wasmtp_kv_backend_up",
+        "1 while the shared kv backend (Redis) answers, 0 during an outage, by role (kv, connections)."
+    );
+    c!(
+        "wasmtp_kv_backend_errors_total",
+        "Calls to the shared kv backend (Redis) that failed for an outage or timeout, by role and op."
+    );
 }
 
 /// An accepted TCP connection, or one refused by a connection limit.
@@ -269,4 +277,14 @@ pub fn admin_action(action: &'static str) {
 /// The start time, once.
 pub fn started(unix_secs: i64) {
     gauge!("wasmtp_start_time_seconds").set(unix_secs as f64);
+}
+
+/// Whether the shared kv backend answers (set on every call's outcome).
+pub fn kv_backend_up(role: &'static str, up: bool) {
+    gauge!("wasmtp_kv_backend_up", "role" => role).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A call to the shared kv backend failed (outage or timeout).
+pub fn kv_error(role: &'static str, op: &'static str) {
+    counter!("wasmtp_kv_backend_errors_total", "role" => role, "op" => op).increment(1);
 }

@@ -104,6 +104,9 @@ pub struct RawConfig {
     /// `[admin]`
     #[serde(default)]
     pub admin: crate::admin::RawAdmin,
+    /// `[kv]`
+    #[serde(default)]
+    pub kv: crate::plugin::kv::RawKv,
 }
 
 /// `[[plugin]]`
@@ -650,6 +653,8 @@ pub struct Settings {
     pub outbound: crate::delivery::remote::config::OutboundSettings,
     /// The admin endpoint.
     pub admin: crate::admin::AdminSettings,
+    /// Where the plugins' kv namespaces live.
+    pub kv: crate::plugin::kv::KvSettings,
 }
 
 impl Settings {
@@ -907,6 +912,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let outbound = crate::delivery::remote::config::resolve(raw.outbound, &hostname)
         .map_err(|(key, m)| err(&key, m))?;
     let admin = crate::admin::resolve(raw.admin).map_err(|(key, m)| err(&key, m))?;
+    let kv = crate::plugin::kv::resolve(raw.kv).map_err(|(key, m)| err(&key, m))?;
 
     let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;
     let mut plugins: Vec<PluginSpec> = Vec::new();
@@ -1021,6 +1027,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         relay,
         outbound,
         admin,
+        kv,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -14,6 +14,7 @@ pub mod builtin;
 pub mod cache;
 pub mod host;
 pub mod inspect;
+pub mod kv;
 pub mod limits;
 pub mod manifest;
 pub mod message;
@@ -42,7 +43,11 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "plugin",
-        imports: { "wasmtp:plugin/dns": async | trappable, default: trappable },
+        imports: {
+            "wasmtp:plugin/dns": async | trappable,
+            "wasmtp:plugin/kv": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: { "wasmtp:plugin/types.message": super::message::MessageRes },
     });
@@ -285,6 +290,7 @@ impl PluginHost {
                 db,
                 &settings.dns,
                 &settings.plugin_limits,
+                &settings.kv,
             )),
         };
         let set = host.load_set(&settings.plugins, 1)?;

@@ -18,6 +18,7 @@ mod plugins;
 mod protocol;
 mod relay;
 mod routing;
+mod scale;
 mod signing;
 mod storage;
 mod support;
