@@ -713,8 +713,9 @@ impl ClusterConns {
         })
     }
 
-    /// A slot for a connection from `ip`, `Ok(None)` when Redis failed (let
-    /// in), `Err(())`-free: a full network is `Err(network)`.
+    /// A slot for a connection from `ip`; `Ok(None)` when Redis did not
+    /// answer (the client is let in); `Err(network)` when the network is
+    /// at the limit across the cluster.
     pub async fn acquire(&self, ip: IpAddr) -> Result<Option<ClusterSlot>, String> {
         let net = crate::auth::Cidr::client(ip, self.ipv6_prefix).to_string();
         let key = format!("{}{net}", self.prefix);

@@ -97,6 +97,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends `kill -SIG` (STOP stalls it with its sockets open, CONT resumes).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     /// Starts it again on the same port.
     pub fn start_again(&mut self) {
         assert!(self.spawn(), "redis-server did not start again");
@@ -253,6 +264,32 @@ fn redis_outage_nodes_keep_serving_and_state_returns() {
     let (code, text) = mail_from(a);
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("4.7.1 Message rate exceeded"), "{text}");
+}
+
+#[test]
+fn a_stalled_redis_fails_kv_calls_within_the_timeout() {
+    let redis = RedisServer::start();
+    // kv.timeout (200ms) is inside the plugin's deadline (2s): the plugin
+    // itself sees the error and applies its documented behaviour (fail
+    // open: 250), rather than timing out into on_error (tempfail: 451).
+    let cfg = kv_redis(&redis)
+        + &rate_limit(1).replace(
+            "hooks = ",
+            "on_error = \"tempfail\"\ntimeout = \"2s\"\nhooks = ",
+        );
+    let s = Server::start(&cfg);
+    assert_eq!(mail_from(s.addr).0, 250);
+    assert_eq!(mail_from(s.addr).0, 451);
+    redis.signal("STOP");
+    let (code, text) = mail_from(s.addr);
+    assert_eq!(code, 250, "{text}");
+    s.wait_for_log("kv backend unreachable", 1);
+    s.wait_for_log("rate-limit: kv error, letting", 1);
+    redis.signal("CONT");
+    s.wait_for_log("kv backend reachable again", 1);
+    // The count survived the stall: still over the limit.
+    let (code, text) = mail_from(s.addr);
+    assert_eq!(code, 451, "{text}");
 }
 
 #[test]
