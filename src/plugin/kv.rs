@@ -32,6 +32,9 @@ pub struct RawKv {
     pub backend: Option<KvBackendName>,
     /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS.
     pub url: Option<String>,
+    /// PEM file of the CA that signed a `rediss://` server's certificate
+    /// (default: the system's roots).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Deadline of one kv call (connecting included) on Redis.
     pub timeout: Option<Dur>,
     /// Prefix of every key this server writes in Redis.
@@ -57,6 +60,8 @@ pub struct KvSettings {
     pub backend: KvBackendName,
     /// The Redis URL (backend = redis).
     pub url: Option<String>,
+    /// PEM roots for `rediss://` instead of the system's.
+    pub tls_ca: Option<Vec<u8>>,
     /// Deadline of one Redis call.
     pub timeout: Duration,
     /// Prefix of every key in Redis.
@@ -70,6 +75,7 @@ impl Default for KvSettings {
         KvSettings {
             backend: KvBackendName::Sled,
             url: None,
+            tls_ca: None,
             timeout: Duration::from_millis(250),
             key_prefix: "wasmtp:".into(),
             cluster_max_connections_per_ip: 0,
@@ -80,9 +86,30 @@ impl Default for KvSettings {
 /// Resolves `[kv]`; errors name the key.
 pub fn resolve(raw: RawKv) -> Result<KvSettings, (String, String)> {
     let d = KvSettings::default();
+    let tls_ca = match &raw.tls_ca_file {
+        None => None,
+        Some(f)
+            if !raw
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://")) =>
+        {
+            return Err((
+                "kv.tls_ca_file".into(),
+                format!("{}: only used with a rediss:// url", f.display()),
+            ));
+        }
+        Some(f) => Some(std::fs::read(f).map_err(|e| {
+            (
+                "kv.tls_ca_file".to_string(),
+                format!("{}: {e}", f.display()),
+            )
+        })?),
+    };
     let s = KvSettings {
         backend: raw.backend.unwrap_or(d.backend),
         url: raw.url,
+        tls_ca,
         timeout: raw.timeout.map_or(d.timeout, |t| t.0),
         key_prefix: raw.key_prefix.unwrap_or(d.key_prefix),
         cluster_max_connections_per_ip: raw.cluster_max_connections_per_ip.unwrap_or(0),
@@ -97,9 +124,9 @@ pub fn resolve(raw: RawKv) -> Result<KvSettings, (String, String)> {
                 "backend = \"redis\" needs a url such as \"redis://127.0.0.1:6379/0\"".into(),
             ));
         }
-        (KvBackendName::Redis, Some(url)) => {
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(("kv.url".into(), format!("not a Redis URL: {e}")));
+        (KvBackendName::Redis, Some(_)) => {
+            if let Err(e) = client(&s) {
+                return Err(("kv.url".into(), format!("not a usable Redis URL: {e}")));
             }
         }
         (KvBackendName::Sled, Some(_)) => {
@@ -115,6 +142,21 @@ pub fn resolve(raw: RawKv) -> Result<KvSettings, (String, String)> {
         ));
     }
     Ok(s)
+}
+
+/// The client for `settings.url`, with `tls_ca` as the only roots when set.
+fn client(settings: &KvSettings) -> redis::RedisResult<redis::Client> {
+    let url = settings.url.as_deref().unwrap_or_default();
+    match &settings.tls_ca {
+        None => redis::Client::open(url),
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+    }
 }
 
 /// Why a kv call failed: the plugin sees the text either way.
@@ -442,7 +484,7 @@ return n
 /// backoff, bounds every call by `kv.timeout`, and reports outages once
 /// (a log line and `wasmtp_kv_backend_up`) and recoveries once.
 pub struct Redis {
-    client: redis::Client,
+    client: Result<redis::Client, String>,
     conn: OnceCell<ConnectionManager>,
     timeout: Duration,
     /// The URL without its password, for logs.
@@ -455,13 +497,14 @@ impl Redis {
     /// A connection for `role` (`kv`, `connections`), not opened yet.
     /// `kv::resolve` checked the URL.
     pub fn new(settings: &KvSettings, role: &'static str) -> Arc<Redis> {
-        let url = settings.url.clone().unwrap_or_default();
-        let client = redis::Client::open(url.as_str())
-            .or_else(|_| redis::Client::open("redis://127.0.0.1:6379"))
-            .expect("a fixed URL parses");
-        let shown = {
-            let i = &client.get_connection_info();
-            format!("{} db {}", i.addr(), i.redis_settings().db())
+        // `kv::resolve` refuses a bad URL; one built in code fails every call.
+        let client = client(settings).map_err(|e| e.to_string());
+        let shown = match &client {
+            Ok(c) => {
+                let i = c.get_connection_info();
+                format!("{} db {}", i.addr(), i.redis_settings().db())
+            }
+            Err(e) => format!("(bad url: {e})"),
         };
         let redis = Arc::new(Redis {
             client,
@@ -487,7 +530,14 @@ impl Redis {
                     .set_response_timeout(Some(self.timeout))
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(2));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+                let client = self.client.clone().map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "bad kv.url",
+                        e,
+                    ))
+                })?;
+                ConnectionManager::new_lazy_with_config(client, cfg)
             })
             .await?;
         Ok(c.clone())

@@ -4,10 +4,11 @@
 //! body against both backends.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::outbound::free_port;
 use crate::support::{Client, Server, plugin_toml, probe_toml, require_tool};
 
 /// A redis-server child on a loopback port; stopped on drop.
@@ -15,24 +16,47 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// More redis-server arguments; `{port}` and `{dir}` are filled in.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts on a free port, waiting for its `Ready to accept connections`.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&["--port", "{port}"])
+    }
+
+    /// TLS only (`rediss://`), with a password: a certificate for
+    /// 127.0.0.1 generated into its directory (`ca.pem`, also its CA).
+    pub fn start_tls(password: &str) -> RedisServer {
+        RedisServer::start_with(&[
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            "{dir}/ca.pem",
+            "--tls-key-file",
+            "{dir}/key.pem",
+            "--tls-ca-cert-file",
+            "{dir}/ca.pem",
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ])
+    }
+
+    fn start_with(args: &[&str]) -> RedisServer {
         let mut r = RedisServer {
             port: 0,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        std::fs::write(r.dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(r.dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
         for _ in 0..5 {
             r.port = free_port();
             if r.spawn() {
@@ -59,8 +83,10 @@ impl RedisServer {
                 "--logfile",
                 "",
             ])
-            .arg("--port")
-            .arg(self.port.to_string())
+            .args(self.args.iter().map(|a| {
+                a.replace("{port}", &self.port.to_string())
+                    .replace("{dir}", &self.dir.path().display().to_string())
+            }))
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -380,6 +406,33 @@ fn kv_semantics(kv: &str) {
     assert!(set.elapsed() >= Duration::from_secs(1));
     // Expired counts as 0 and the new key has no TTL.
     assert_eq!(probe(&s, "kv-add:c:1:.kv-counter:c"), "c=1 c=1");
+}
+
+#[test]
+fn rediss_with_a_password_a_database_and_a_private_ca() {
+    let redis = RedisServer::start_tls("s3cret");
+    let ca = redis.dir.path().join("ca.pem");
+    let node = |url: String| {
+        Server::start(&format!(
+            "[kv]\nbackend = \"redis\"\nurl = \"{url}\"\ntls_ca_file = \"{}\"\n\n{}",
+            ca.display(),
+            probe_toml(
+                "p",
+                &["mail-from"],
+                "[plugin.config]\nmail-from = [\"@\"]\n"
+            )
+        ))
+    };
+    let port = redis.port;
+    let db3 = node(format!("rediss://:s3cret@127.0.0.1:{port}/3"));
+    assert_eq!(probe(&db3, "kv-set:k=v:.kv-get:k"), "k=v");
+    // The same plugin's key is not in database 0.
+    let db0 = node(format!("rediss://:s3cret@127.0.0.1:{port}/0"));
+    assert_eq!(probe(&db0, "kv-get:k"), "k=none");
+    // A wrong password is an error the plugin sees, not a hang or a crash.
+    let wrong = node(format!("rediss://:nope@127.0.0.1:{port}/3"));
+    let r = probe(&wrong, "kv-get:k");
+    assert!(r.starts_with("k=error:"), "{r}");
 }
 
 #[test]

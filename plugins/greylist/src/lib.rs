@@ -6,6 +6,7 @@
 //! warning is logged. `on_kv_error = "tempfail"` answers `451 4.3.0` instead.
 
 use serde::Deserialize;
+use wasmtp_plugin_sdk::kv::OnKvError;
 use wasmtp_plugin_sdk::net::{IpNet, domain_of, ip_in, network_of, parse_nets};
 use wasmtp_plugin_sdk::{Config, Connection, Envelope, Outcome, Plugin, Recipient, Verdict};
 use wasmtp_plugin_sdk::{clock, kv, log};
@@ -34,17 +35,6 @@ struct Settings {
     skip_authenticated: bool,
     /// What a kv error means: `accept` (fail open, the default) or `tempfail` (fail closed).
     on_kv_error: OnKvError,
-}
-
-/// What the plugin answers when the kv store fails.
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-enum OnKvError {
-    /// Let the recipient through (fail open).
-    #[default]
-    Accept,
-    /// Answer 451 4.3.0 (fail closed).
-    Tempfail,
 }
 
 impl Default for Settings {

@@ -7,6 +7,7 @@
 //! `451 4.3.0` at mail-from, so no client passes uncounted.
 
 use serde::Deserialize;
+use wasmtp_plugin_sdk::kv::OnKvError;
 use wasmtp_plugin_sdk::net::{IpNet, ip_in, network_of, parse_nets};
 use wasmtp_plugin_sdk::{Config, Connection, Outcome, Params, Plugin, Reply, Verdict, kv, log};
 
@@ -30,17 +31,6 @@ struct Settings {
     exempt_authenticated: bool,
     /// What a kv error means: `accept` (fail open, the default) or `tempfail` (fail closed).
     on_kv_error: OnKvError,
-}
-
-/// What the plugin answers when the kv store fails.
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-enum OnKvError {
-    /// Let the client through uncounted (fail open).
-    #[default]
-    Accept,
-    /// Ask the client to come back later (fail closed).
-    Tempfail,
 }
 
 /// How one count came out.
