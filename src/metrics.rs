@@ -158,6 +158,14 @@ fn describe() {
         "wasmtp_dkim_signatures_total",
         "DKIM signatures added to accepted messages, by signing domain."
     );
+    g!(
+        "wasmtp_kv_backend_up",
+        "1 while the shared kv backend (Redis) answers, 0 during an outage, by role (kv, connections)."
+    );
+    c!(
+        "wasmtp_kv_backend_errors_total",
+        "Calls to the shared kv backend (Redis) that failed for an outage or timeout, by role and op."
+    );
 }
 
 /// An accepted TCP connection, or one refused by a connection limit.
@@ -310,4 +318,14 @@ pub fn auth_verification(took: Duration) {
 /// A DKIM signature was added for `domain` (a configured signing domain).
 pub fn dkim_signed(domain: &str) {
     counter!("wasmtp_dkim_signatures_total", "domain" => domain.to_string()).increment(1);
+}
+
+/// Whether the shared kv backend answers (set on every call's outcome).
+pub fn kv_backend_up(role: &'static str, up: bool) {
+    gauge!("wasmtp_kv_backend_up", "role" => role).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A call to the shared kv backend failed (outage or timeout).
+pub fn kv_error(role: &'static str, op: &'static str) {
+    counter!("wasmtp_kv_backend_errors_total", "role" => role, "op" => op).increment(1);
 }

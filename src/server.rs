@@ -223,6 +223,13 @@ pub async fn serve(
     );
 
     let limiter = ConnLimiter::new(&settings.limits);
+    // Connections per client network across the nodes sharing `[kv]`'s Redis.
+    let cluster = crate::plugin::kv::ClusterConns::new(
+        &settings.kv,
+        settings.limits.ipv6_prefix,
+        settings.timeouts.session,
+    )
+    .map(Arc::new);
     let sessions = TaskTracker::new();
     let accepts = TaskTracker::new();
     for (listener, sock) in listeners {
@@ -231,6 +238,7 @@ pub async fn serve(
             sock,
             ctx: ctx.clone(),
             limiter: limiter.clone(),
+            cluster: cluster.clone(),
             sessions: sessions.clone(),
             shutdown: shutdown_rx.clone(),
         };
@@ -280,6 +288,7 @@ struct AcceptLoop {
     sock: TcpListener,
     ctx: Arc<ServerCtx>,
     limiter: Arc<ConnLimiter>,
+    cluster: Option<Arc<crate::plugin::kv::ClusterConns>>,
     sessions: TaskTracker,
     shutdown: watch::Receiver<bool>,
 }
@@ -319,8 +328,14 @@ impl AcceptLoop {
                         deadline: tokio::time::Instant::now() + self.ctx.settings.timeouts.session,
                     };
                     let (ctx, shutdown) = (self.ctx.clone(), self.shutdown.clone());
+                    let cluster = self.cluster.clone();
                     self.sessions.spawn(
                         async move {
+                            let Ok(_slot) = cluster_slot(cluster, peer.ip()).await else {
+                                let write = ctx.settings.timeouts.write;
+                                let reply = Reply::too_many_from_ip(&ctx.settings.hostname);
+                                return refuse(stream, reply, write).await;
+                            };
                             let _open = crate::metrics::session_open();
                             debug!("connected");
                             serve_connection(stream, ctx, info, shutdown).await;
@@ -337,6 +352,18 @@ impl AcceptLoop {
                 }
             }
         }
+    }
+}
+
+/// A slot in the cluster-wide count of the client's network when
+/// `kv.cluster_max_connections_per_ip` is set; Err when it is full.
+async fn cluster_slot(
+    cluster: Option<Arc<crate::plugin::kv::ClusterConns>>,
+    ip: IpAddr,
+) -> Result<Option<crate::plugin::kv::ClusterSlot>, String> {
+    match cluster {
+        Some(cluster) => cluster.acquire(ip).await,
+        None => Ok(None),
     }
 }
 

@@ -110,6 +110,9 @@ pub struct RawConfig {
     /// `[dkim]`
     #[serde(default)]
     pub dkim: crate::mailauth::sign::RawDkim,
+    /// `[kv]`
+    #[serde(default)]
+    pub kv: crate::plugin::kv::RawKv,
 }
 
 /// `[[plugin]]`
@@ -677,6 +680,8 @@ pub struct Settings {
     pub authentication: crate::mailauth::AuthSettings,
     /// DKIM signing keys (`[[dkim.sign]]`).
     pub dkim: crate::mailauth::sign::Signer,
+    /// Where the plugins' kv namespaces live.
+    pub kv: crate::plugin::kv::KvSettings,
 }
 
 impl Settings {
@@ -937,6 +942,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let authentication =
         crate::mailauth::resolve(raw.authentication, &hostname).map_err(|(key, m)| err(&key, m))?;
     let dkim = crate::mailauth::sign::resolve(raw.dkim).map_err(|(key, m)| err(&key, m))?;
+    let kv = crate::plugin::kv::resolve(raw.kv).map_err(|(key, m)| err(&key, m))?;
 
     let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;
     let mut plugins: Vec<PluginSpec> = Vec::new();
@@ -1066,6 +1072,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         admin,
         authentication,
         dkim,
+        kv,
         source: name.to_string(),
         hostname,
         data_dir,

@@ -4,7 +4,6 @@
 //! checks the grant again and traps if it is missing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +13,7 @@ use tokio::sync::OnceCell;
 use wasmtime::component::ResourceTable;
 
 use super::bindings::wasmtp::plugin::{clock, dns, kv, log, notes, types};
+use super::kv::{KvBackend, KvError, KvSettings};
 use super::limits::InstanceLimits;
 use crate::config::{DnsSettings, Grant, PluginLimits};
 use crate::observe::{escape, limit_hit};
@@ -21,52 +21,13 @@ use crate::observe::{escape, limit_hit};
 /// What every instance of every plugin shares: the kv store, the resolver,
 /// the limits and each plugin's log budget.
 pub struct Shared {
-    db: sled::Db,
-    kv_spaces: Mutex<HashMap<String, Arc<KvSpace>>>,
+    kv: Arc<dyn KvBackend>,
     dns: DnsSettings,
     resolver: OnceCell<Result<TokioResolver, String>>,
     pub(crate) limits: PluginLimits,
     logs: Mutex<HashMap<Arc<str>, LogWindow>>,
     /// `wasmtp plugin test`: a fixed clock and DNS answers from the case instead of the system's.
     fakes: Option<Arc<super::fake::Fakes>>,
-}
-
-/// One plugin's kv namespace and the bytes it holds (keys plus stored
-/// values), counted so the quota check needs no scan.
-struct KvSpace {
-    tree: sled::Tree,
-    used: AtomicU64,
-}
-
-impl KvSpace {
-    fn adjust(&self, old: u64, new: u64) {
-        if new >= old {
-            self.used.fetch_add(new - old, Ordering::Relaxed);
-        } else {
-            let _ = self
-                .used
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                    Some(u.saturating_sub(old - new))
-                });
-        }
-    }
-
-    /// Removes every expired entry; returns how many went.
-    fn purge(&self, now: u64) -> u64 {
-        let mut removed = 0;
-        for (k, v) in self.tree.iter().flatten() {
-            if kv_decode(&v, now).is_none()
-                && matches!(
-                    self.tree.compare_and_swap(&k, Some(&v), None::<&[u8]>),
-                    Ok(Ok(()))
-                )
-            {
-                self.adjust((k.len() + v.len()) as u64, 0);
-                removed += 1;
-            }
-        }
-        removed
-    }
 }
 
 /// Log lines one plugin wrote in the current second.
@@ -78,10 +39,14 @@ struct LogWindow {
 }
 
 impl Shared {
-    pub(crate) fn new(db: sled::Db, dns: &DnsSettings, limits: &PluginLimits) -> Shared {
+    pub(crate) fn new(
+        db: sled::Db,
+        dns: &DnsSettings,
+        limits: &PluginLimits,
+        kv: &KvSettings,
+    ) -> Shared {
         Shared {
-            db,
-            kv_spaces: Mutex::default(),
+            kv: super::kv::open(kv, db, limits),
             dns: dns.clone(),
             resolver: OnceCell::new(),
             limits: limits.clone(),
@@ -97,72 +62,21 @@ impl Shared {
     }
 
     /// Stores `value` under `key` in `plugin`'s kv namespace, as `kv.set` without a ttl would
-    /// (a replayed case's kv contents).
-    pub(crate) fn seed_kv(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        let space = self.kv_space(plugin)?;
-        let raw = kv_encode(value, None, now_millis());
-        let prev = space
-            .tree
-            .insert(key.as_bytes(), raw.as_slice())
-            .map_err(|e| e.to_string())?;
-        space.adjust(
-            prev.map_or(0, |v| (key.len() + v.len()) as u64),
-            (key.len() + raw.len()) as u64,
-        );
-        Ok(())
-    }
-
-    /// The namespace of `plugin`; the first open purges expired entries and
-    /// counts the bytes left.
-    fn kv_space(&self, plugin: &str) -> Result<Arc<KvSpace>, String> {
-        let mut spaces = self.kv_spaces.lock().expect("kv lock");
-        if let Some(t) = spaces.get(plugin) {
-            return Ok(t.clone());
-        }
-        let tree = self
-            .db
-            .open_tree(format!("kv:{plugin}"))
-            .map_err(|e| e.to_string())?;
-        let space = Arc::new(KvSpace {
-            tree,
-            used: AtomicU64::new(0),
-        });
-        space.purge(now_millis());
-        let used: u64 = space
-            .tree
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum();
-        space.used.store(used, Ordering::Relaxed);
-        spaces.insert(plugin.to_string(), space.clone());
-        Ok(space)
-    }
-
-    /// Removes expired kv entries of every plugin namespace in the store
-    /// (also of plugins no longer configured); run every
-    /// `plugin_limits.kv_sweep_interval`.
-    pub(crate) fn sweep_kv(&self) {
-        let names: Vec<String> = self
-            .db
-            .tree_names()
-            .iter()
-            .filter_map(|n| {
-                std::str::from_utf8(n)
-                    .ok()?
-                    .strip_prefix("kv:")
-                    .map(String::from)
+    /// (a replayed case's kv contents), through the configured backend.
+    pub(crate) async fn seed_kv(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.kv
+            .set(plugin, key, value.to_vec(), None)
+            .await
+            .map_err(|e| match e {
+                KvError::Limit { key, detail } => format!("{key}: {detail}"),
+                KvError::Failed(m) => m,
             })
-            .collect();
-        for name in names {
-            let Ok(space) = self.kv_space(&name) else {
-                continue;
-            };
-            let removed = space.purge(now_millis());
-            if removed > 0 {
-                tracing::info!(plugin = %escape(&name), removed, "expired kv entries purged");
-            }
-        }
+    }
+
+    /// Removes expired kv entries (sled; Redis expires keys itself); run
+    /// every `plugin_limits.kv_sweep_interval`.
+    pub(crate) fn sweep_kv(&self) {
+        self.kv.sweep();
     }
 
     /// Whether `plugin` may write another log line this second. The first
@@ -446,20 +360,6 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// kv values are stored as 8 bytes of expiry (unix ms, 0 = none) + value.
-fn kv_decode(raw: &[u8], now: u64) -> Option<&[u8]> {
-    let (exp, value) = raw.split_at_checked(8)?;
-    let exp = u64::from_be_bytes(exp.try_into().ok()?);
-    (exp == 0 || exp > now).then_some(value)
-}
-
-fn kv_encode(value: &[u8], ttl: Option<u32>, now: u64) -> Vec<u8> {
-    let exp = ttl.map_or(0, |t| now + u64::from(t) * 1000);
-    let mut v = exp.to_be_bytes().to_vec();
-    v.extend_from_slice(value);
-    v
-}
-
 impl HostState {
     /// Checks a kv key against `plugin_limits.max_kv_key`.
     fn kv_key_ok(&mut self, key: &str) -> Result<(), String> {
@@ -473,51 +373,23 @@ impl HostState {
         Ok(())
     }
 
-    /// Checks that growing the namespace by `grow` bytes stays inside
-    /// `plugin_limits.max_kv_size`; purges expired entries once before
-    /// refusing.
-    fn kv_room(&mut self, space: &KvSpace, grow: u64) -> Result<(), String> {
-        let max = self.shared.limits.max_kv_size;
-        let fits = |s: &KvSpace| s.used.load(Ordering::Relaxed).saturating_add(grow) <= max;
-        if grow == 0 || fits(space) {
-            return Ok(());
-        }
-        space.purge(now_millis());
-        if fits(space) {
-            return Ok(());
-        }
-        Err(self.hit(
-            "plugin_limits.max_kv_size",
-            format!("the kv namespace is full ({max} bytes)"),
-        ))
+    /// The answer the plugin sees; a bound the backend hit is reported
+    /// once per instance.
+    fn kv_answer<T>(&mut self, r: Result<T, KvError>) -> Result<T, String> {
+        r.map_err(|e| match e {
+            KvError::Limit { key, detail } => self.hit(key, detail),
+            KvError::Failed(e) => e,
+        })
     }
 }
 
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
         self.check(Grant::Kv)?;
-        let space = match self.shared.kv_space(&self.plugin) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        let raw = match space.tree.get(key.as_bytes()) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        if let Some(v) = kv_decode(&raw, now_millis()) {
-            return Ok(Ok(Some(v.to_vec())));
-        }
-        // Expired: purge on access (unless someone rewrote it meanwhile).
-        if let Ok(Ok(())) = space
-            .tree
-            .compare_and_swap(key.as_bytes(), Some(&raw), None::<&[u8]>)
-        {
-            space.adjust((key.len() + raw.len()) as u64, 0);
-        }
-        Ok(Ok(None))
+        let r = self.shared.kv.get(&self.plugin, &key).await;
+        Ok(self.kv_answer(r))
     }
-    fn set(
+    async fn set(
         &mut self,
         key: String,
         value: Vec<u8>,
@@ -535,42 +407,15 @@ impl kv::Host for HostState {
             );
             return Ok(Err(e));
         }
-        let space = match self.shared.kv_space(&self.plugin) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        let raw = kv_encode(&value, ttl, now_millis());
-        let new = (key.len() + raw.len()) as u64;
-        let old = match space.tree.get(key.as_bytes()) {
-            Ok(v) => v.map_or(0, |v| (key.len() + v.len()) as u64),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        if let Err(e) = self.kv_room(&space, new.saturating_sub(old)) {
-            return Ok(Err(e));
-        }
-        Ok(match space.tree.insert(key.as_bytes(), raw) {
-            Ok(prev) => {
-                space.adjust(prev.map_or(0, |v| (key.len() + v.len()) as u64), new);
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        })
+        let r = self.shared.kv.set(&self.plugin, &key, value, ttl).await;
+        Ok(self.kv_answer(r))
     }
-    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
         self.check(Grant::Kv)?;
-        let space = match self.shared.kv_space(&self.plugin) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(match space.tree.remove(key.as_bytes()) {
-            Ok(prev) => {
-                space.adjust(prev.map_or(0, |v| (key.len() + v.len()) as u64), 0);
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        })
+        let r = self.shared.kv.delete(&self.plugin, &key).await;
+        Ok(self.kv_answer(r))
     }
-    fn incr(
+    async fn incr(
         &mut self,
         key: String,
         delta: i64,
@@ -580,50 +425,8 @@ impl kv::Host for HostState {
         if let Err(e) = self.kv_key_ok(&key) {
             return Ok(Err(e));
         }
-        let space = match self.shared.kv_space(&self.plugin) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        // A counter is at most 8 + 20 bytes; room is checked for a new one.
-        let exists = matches!(space.tree.contains_key(key.as_bytes()), Ok(true));
-        if !exists && let Err(e) = self.kv_room(&space, (key.len() + 28) as u64) {
-            return Ok(Err(e));
-        }
-        let now = now_millis();
-        let mut result = 0;
-        let mut old_len = 0;
-        let r = space.tree.update_and_fetch(key.as_bytes(), |old| {
-            old_len = old.map_or(0, <[u8]>::len);
-            let (current, exp) = match old {
-                Some(raw) if kv_decode(raw, now).is_some() => {
-                    let v = kv_decode(raw, now).unwrap_or_default();
-                    let n = std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .unwrap_or(0);
-                    (n, raw[..8].to_vec())
-                }
-                _ => (
-                    0,
-                    ttl.map_or(0, |t| now + u64::from(t) * 1000)
-                        .to_be_bytes()
-                        .to_vec(),
-                ),
-            };
-            result = current.saturating_add(delta);
-            let mut v = exp;
-            v.extend_from_slice(result.to_string().as_bytes());
-            Some(v)
-        });
-        Ok(match r {
-            Ok(new) => {
-                let k = key.len();
-                let old = if old_len == 0 { 0 } else { k + old_len };
-                space.adjust(old as u64, (k + new.map_or(0, |v| v.len())) as u64);
-                Ok(result)
-            }
-            Err(e) => Err(e.to_string()),
-        })
+        let r = self.shared.kv.incr(&self.plugin, &key, delta, ttl).await;
+        Ok(self.kv_answer(r))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod fake;
 pub mod host;
 pub mod inspect;
+pub mod kv;
 pub mod limits;
 pub mod manifest;
 pub mod message;
@@ -44,7 +45,11 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "plugin",
-        imports: { "wasmtp:plugin/dns": async | trappable, default: trappable },
+        imports: {
+            "wasmtp:plugin/dns": async | trappable,
+            "wasmtp:plugin/kv": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: { "wasmtp:plugin/types.message": super::message::MessageRes },
     });
@@ -275,7 +280,7 @@ pub struct PluginHost {
 impl PluginHost {
     /// Creates the engines and loads the configured plugins.
     pub fn new(settings: &Settings, db: sled::Db) -> Result<Arc<PluginHost>, PluginError> {
-        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits);
+        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits, &settings.kv);
         PluginHost::start(settings, shared)
     }
 
@@ -286,7 +291,7 @@ impl PluginHost {
         db: sled::Db,
         fakes: fake::Fakes,
     ) -> Result<Arc<PluginHost>, PluginError> {
-        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits);
+        let shared = host::Shared::new(db, &settings.dns, &settings.plugin_limits, &settings.kv);
         PluginHost::start(settings, shared.with_fakes(fakes))
     }
 

@@ -342,11 +342,12 @@ pub struct Replay {
 }
 
 /// Seeds a host's kv from a case.
-pub fn seed_kv(host: &PluginHost, case: &Case) -> Result<(), String> {
+pub async fn seed_kv(host: &PluginHost, case: &Case) -> Result<(), String> {
     for (plugin, entries) in &case.kv {
         for (key, value) in entries {
             host.shared()
                 .seed_kv(plugin, key, &kv_bytes(value)?)
+                .await
                 .map_err(|e| format!("kv.{plugin}.{key}: {e}"))?;
         }
     }

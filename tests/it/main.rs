@@ -22,6 +22,7 @@ mod plugins;
 mod protocol;
 mod relay;
 mod routing;
+mod scale;
 mod signing;
 mod storage;
 mod support;

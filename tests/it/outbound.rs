@@ -272,7 +272,7 @@ fn assert_exact(data: &[u8], submitted_wire: &[u8]) {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -41,3 +41,16 @@ pub fn incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> Result<i64, Stri
     #[cfg(fake_host)]
     return crate::testing::with_state(|s| s.kv_incr(key, delta, ttl_seconds));
 }
+
+/// What a plugin answers when a kv call fails, as a config value (`on_kv_error = "accept"` or
+/// `"tempfail"`). With the server's kv on a shared Redis (`[kv] backend = "redis"`) a call can
+/// fail because Redis is down or slow; the plugin decides whether mail flows on meanwhile.
+#[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum OnKvError {
+    /// Fail open: let the client through (and log a warning).
+    #[default]
+    Accept,
+    /// Fail closed: answer a temporary failure, so the client retries later.
+    Tempfail,
+}

@@ -2,9 +2,11 @@
 //! sender, recipient) triplet is answered 451; a retry after `delay_secs` (and within
 //! `retry_window_secs`) passes and the triplet is remembered for `pass_ttl_secs`, so legitimate
 //! senders that retry are delayed once. State lives in kv (per triplet), the time from the clock.
-//! Store errors fail open.
+//! Store errors (a shared Redis down or slow) fail open by default: the recipient passes and a
+//! warning is logged. `on_kv_error = "tempfail"` answers `451 4.3.0` instead.
 
 use serde::Deserialize;
+use wasmtp_plugin_sdk::kv::OnKvError;
 use wasmtp_plugin_sdk::net::{IpNet, domain_of, ip_in, network_of, parse_nets};
 use wasmtp_plugin_sdk::{Config, Connection, Envelope, Outcome, Plugin, Recipient, Verdict};
 use wasmtp_plugin_sdk::{clock, kv, log};
@@ -31,6 +33,8 @@ struct Settings {
     ipv6_prefix: u8,
     /// Whether authenticated sessions skip greylisting.
     skip_authenticated: bool,
+    /// What a kv error means: `accept` (fail open, the default) or `tempfail` (fail closed).
+    on_kv_error: OnKvError,
 }
 
 impl Default for Settings {
@@ -45,6 +49,7 @@ impl Default for Settings {
             ipv4_prefix: 24,
             ipv6_prefix: 64,
             skip_authenticated: true,
+            on_kv_error: OnKvError::Accept,
         }
     }
 }
@@ -132,6 +137,11 @@ impl Plugin for Greylist {
         );
         match self.check(&key) {
             Ok(verdict) => verdict.into(),
+            Err(e) if self.s.on_kv_error == OnKvError::Tempfail => {
+                log::warn(&format!("greylist: kv error, deferring {key}: {e}"));
+                Verdict::tempfail_with(451, "4.3.0", "Greylisting unavailable, try again later")
+                    .into()
+            }
             Err(e) => {
                 log::warn(&format!("greylist: kv error, letting {key} through: {e}"));
                 Outcome::CONTINUE
@@ -222,5 +232,10 @@ mod tests {
         host.fail_kv(Some("down"));
         let p = Greylist::init(Config::empty()).unwrap();
         assert_eq!(rcpt(&p, "192.0.2.1", "a@x", "b@y"), Verdict::Continue);
+        let closed = Greylist::init(testing::config(r#"{"on_kv_error": "tempfail"}"#)).unwrap();
+        assert!(matches!(
+            rcpt(&closed, "192.0.2.1", "a@x", "b@y"),
+            Verdict::Tempfail(_)
+        ));
     }
 }

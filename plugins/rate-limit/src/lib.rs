@@ -2,9 +2,12 @@
 //! window, using fixed-window counters in the plugin's kv namespace (`kv::incr` with a TTL).
 //!
 //! Connections are counted at `connect`, messages at `mail-from` (each MAIL FROM starts one).
-//! Store errors fail open: the client is let through and a warning is logged.
+//! Store errors (a shared Redis down or slow) fail open by default: the client is let through and
+//! a warning is logged. `on_kv_error = "tempfail"` fails closed instead: `421 4.3.0` at connect,
+//! `451 4.3.0` at mail-from, so no client passes uncounted.
 
 use serde::Deserialize;
+use wasmtp_plugin_sdk::kv::OnKvError;
 use wasmtp_plugin_sdk::net::{IpNet, ip_in, network_of, parse_nets};
 use wasmtp_plugin_sdk::{Config, Connection, Outcome, Params, Plugin, Reply, Verdict, kv, log};
 
@@ -26,6 +29,16 @@ struct Settings {
     exempt: Vec<String>,
     /// Whether authenticated sessions are exempt from the message limit.
     exempt_authenticated: bool,
+    /// What a kv error means: `accept` (fail open, the default) or `tempfail` (fail closed).
+    on_kv_error: OnKvError,
+}
+
+/// How one count came out.
+enum Count {
+    Within,
+    Over,
+    /// The store failed and `on_kv_error = "tempfail"`.
+    Unknown,
 }
 
 impl Default for Settings {
@@ -38,6 +51,7 @@ impl Default for Settings {
             ipv6_prefix: 64,
             exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             exempt_authenticated: true,
+            on_kv_error: OnKvError::Accept,
         }
     }
 }
@@ -48,10 +62,10 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    /// Counts one event of `kind` for the client; true when it is over `limit`.
-    fn over_limit(&self, kind: &str, conn: &Connection, limit: u32) -> bool {
+    /// Counts one event of `kind` for the client against `limit`.
+    fn count(&self, kind: &str, conn: &Connection, limit: u32) -> Count {
         if limit == 0 || ip_in(&conn.peer_ip, &self.exempt) {
-            return false;
+            return Count::Within;
         }
         let s = &self.settings;
         let key = format!(
@@ -59,13 +73,21 @@ impl RateLimit {
             network_of(&conn.peer_ip, s.ipv4_prefix, s.ipv6_prefix)
         );
         match kv::incr(&key, 1, Some(s.window_secs)) {
-            Ok(count) => count > i64::from(limit),
+            Ok(count) if count > i64::from(limit) => Count::Over,
+            Ok(_) => Count::Within,
+            Err(e) if s.on_kv_error == OnKvError::Tempfail => {
+                log::warn(&format!(
+                    "rate-limit: kv error, deferring {}: {e}",
+                    conn.peer_ip
+                ));
+                Count::Unknown
+            }
             Err(e) => {
                 log::warn(&format!(
                     "rate-limit: kv error, letting {} through: {e}",
                     conn.peer_ip
                 ));
-                false
+                Count::Within
             }
         }
     }
@@ -82,33 +104,48 @@ impl Plugin for RateLimit {
     }
 
     fn connect(&self, conn: &Connection) -> Verdict {
-        if self.over_limit("conn", conn, self.settings.max_connections) {
-            log::info(&format!(
-                "rate-limit: too many connections from {}",
-                conn.peer_ip
-            ));
-            return Verdict::Disconnect(Some(Reply::new(
+        match self.count("conn", conn, self.settings.max_connections) {
+            Count::Within => Verdict::Continue,
+            Count::Over => {
+                log::info(&format!(
+                    "rate-limit: too many connections from {}",
+                    conn.peer_ip
+                ));
+                Verdict::Disconnect(Some(Reply::new(
+                    421,
+                    "4.7.0",
+                    "Too many connections from your network, try again later",
+                )))
+            }
+            Count::Unknown => Verdict::Disconnect(Some(Reply::new(
                 421,
-                "4.7.0",
-                "Too many connections from your network, try again later",
-            )));
+                "4.3.0",
+                "Rate limit state unavailable, try again later",
+            ))),
         }
-        Verdict::Continue
     }
 
     fn mail_from(&self, conn: &Connection, _sender: &str, _params: &Params) -> Outcome {
         if self.settings.exempt_authenticated && conn.authenticated.is_some() {
             return Outcome::CONTINUE;
         }
-        if self.over_limit("msg", conn, self.settings.max_messages) {
-            log::info(&format!(
-                "rate-limit: too many messages from {}",
-                conn.peer_ip
-            ));
-            return Verdict::tempfail_with(451, "4.7.1", "Message rate exceeded, try again later")
-                .into();
+        match self.count("msg", conn, self.settings.max_messages) {
+            Count::Within => Outcome::CONTINUE,
+            Count::Over => {
+                log::info(&format!(
+                    "rate-limit: too many messages from {}",
+                    conn.peer_ip
+                ));
+                Verdict::tempfail_with(451, "4.7.1", "Message rate exceeded, try again later")
+                    .into()
+            }
+            Count::Unknown => Verdict::tempfail_with(
+                451,
+                "4.3.0",
+                "Rate limit state unavailable, try again later",
+            )
+            .into(),
         }
-        Outcome::CONTINUE
     }
 }
 
@@ -187,6 +224,24 @@ mod tests {
         assert_eq!(p.connect(&c), Verdict::Continue);
         assert_eq!(p.connect(&c), Verdict::Continue);
         assert!(host.logs().iter().any(|(_, l)| l.contains("store down")));
+    }
+
+    #[test]
+    fn store_errors_fail_closed_when_configured() {
+        let host = FakeHost::new();
+        host.fail_kv(Some("store down"));
+        let p = plugin(r#"{"max_connections": 1, "on_kv_error": "tempfail"}"#);
+        let c = testing::connection("192.0.2.1");
+        assert!(matches!(
+            p.connect(&c),
+            Verdict::Disconnect(Some(Reply {
+                code: Some(421),
+                ..
+            }))
+        ));
+        assert!(p.mail_from(&c, "a@b", &vec![]).verdict.is_refusal());
+        host.fail_kv(None);
+        assert_eq!(p.connect(&c), Verdict::Continue);
     }
 
     #[test]
