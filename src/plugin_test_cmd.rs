@@ -103,7 +103,8 @@ fn run_cases(
             );
         }
         let host = offline_host(settings, fakes)?;
-        rt.block_on(replay::seed_kv(&host, &case)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        rt.block_on(replay::seed_kv(&host, &case))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let got = rt.block_on(replay::replay(&host, &input, &settings.hostname, local));
         let mismatches = replay::compare(&case.expect, &got);
         let about = case

@@ -63,7 +63,12 @@ impl Shared {
 
     /// Stores `value` under `key` in `plugin`'s kv namespace, as `kv.set` without a ttl would
     /// (a replayed case's kv contents), through the configured backend.
-    pub(crate) async fn seed_kv(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
+    pub(crate) async fn seed_kv(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), String> {
         self.kv
             .set(plugin, key, value.to_vec(), None)
             .await

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::signing::{Registry, pinned_sha256};
 use crate::support::{BIN, Client, Server, field, plugin_toml, queue_id, read_all};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -205,7 +206,9 @@ fn build_sh(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A generated project, outside the repository: its native tests pass, it builds into
-/// `NAME.wasm` with its manifest, and a server running it adds the header to a message.
+/// `NAME.wasm` with its manifest, its case passes `wasmtp plugin test`, and once signed, pushed
+/// to a real OCI registry and pulled by reference, a server running it adds the header to a
+/// message.
 fn generated_project_works(lang: &str, name: &str, dir: &Path) {
     let tests = build_sh(dir, &["test"]);
     let passed = match lang {
@@ -224,10 +227,41 @@ fn generated_project_works(lang: &str, name: &str, dir: &Path) {
         .unwrap_or_else(|_| panic!("{}", read_all(&inspect.stderr[..])));
     assert_eq!(v["manifest"]["name"], name, "{v}");
 
+    // Its own case passes offline through `wasmtp plugin test`.
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .current_dir(dir)
+            .arg("plugin")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", read_all(&out.stdout[..]), read_all(&out.stderr[..]));
+        assert!(out.status.success(), "plugin {args:?}: {text}");
+        text
+    };
+    let wasm_name = format!("{name}.wasm");
+    let replay = run(&["test", &wasm_name, "tests/"]);
+    assert!(
+        replay.contains(&format!("case(s) passed (chain: {name})")),
+        "{replay}"
+    );
+
+    // Signed, pushed to a real registry and pulled by a server that requires the signature.
+    let registry = Registry::start();
+    run(&["keygen", "author"]);
+    run(&["sign", &wasm_name, "--key", "author"]);
+    let reference = format!("{}/plugins/{name}:0.1.0", registry.addr);
+    let pin = pinned_sha256(&run(&["push", &wasm_name, &reference]));
     let s = Server::start(&format!(
-        "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n",
-        wasm.display()
+        "[plugin_trust]\ntrusted_keys = [\"{}\"]\nrequire_signature = true\n\n[[plugin]]\nname = \"{name}\"\noci = \"{reference}\"\nsha256 = \"{pin}\"\n",
+        dir.join("author.pub").display()
     ));
+    assert_eq!(
+        s.log_lines("plugin signature verified").len(),
+        1,
+        "{}",
+        s.dump_logs()
+    );
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);
     queue_id(&c.send_message(
