@@ -584,3 +584,80 @@ impl dns::Host for HostState {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One instance's host state with `grants`, on a throwaway store and the default config.
+    fn state(grants: Vec<Grant>) -> HostState {
+        let settings = crate::config::Settings::parse(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n",
+            "grants.toml",
+        )
+        .expect("minimal config");
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("temp store");
+        let shared = Arc::new(Shared::new(
+            db,
+            &settings.dns,
+            &settings.plugin_limits,
+            &settings.kv,
+        ));
+        let notes = Arc::new(Mutex::new(Notes::new(&settings.plugin_limits)));
+        HostState::new("p".into(), grants, 1 << 24, notes, shared)
+    }
+
+    fn denied<T: std::fmt::Debug>(r: wasmtime::Result<T>, what: &str) {
+        let e = r.expect_err(what);
+        assert!(format!("{e}").contains("without the grant"), "{what}: {e}");
+    }
+
+    /// The import check at load refuses a plugin that imports an ungranted interface; every call
+    /// checks the grant again, so a host function reached some other way still traps.
+    #[tokio::test]
+    async fn every_capability_call_checks_its_grant() {
+        let mut none = state(vec![]);
+        denied(kv::Host::get(&mut none, "k".into()).await, "kv get");
+        denied(
+            kv::Host::set(&mut none, "k".into(), b"v".to_vec(), None).await,
+            "kv set",
+        );
+        denied(kv::Host::delete(&mut none, "k".into()).await, "kv delete");
+        denied(
+            kv::Host::incr(&mut none, "k".into(), 1, None).await,
+            "kv incr",
+        );
+        denied(clock::Host::now(&mut none), "clock");
+        denied(
+            dns::Host::txt(&mut none, "example.test".into()).await,
+            "dns txt",
+        );
+
+        // With the grants the same calls go through (kv and clock need no network).
+        let mut granted = state(vec![Grant::Kv, Grant::Clock]);
+        kv::Host::set(&mut granted, "k".into(), b"v".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let got = kv::Host::get(&mut granted, "k".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            kv::Host::incr(&mut granted, "n".into(), 2, None)
+                .await
+                .unwrap(),
+            Ok(2)
+        );
+        assert!(clock::Host::now(&mut granted).unwrap() > 1_700_000_000_000);
+        // A kv grant is not a dns grant.
+        denied(
+            dns::Host::txt(&mut granted, "example.test".into()).await,
+            "dns txt",
+        );
+    }
+}
