@@ -131,10 +131,105 @@ pub(super) fn open_index(dir: &Path, cache: u64) -> Result<Index, OpenError> {
     }
 }
 
+/// The file a clean stop leaves in the queue directory: the number of index
+/// entries, all flushed, each with its message file. Removed at start.
+pub(super) const CLEAN_STOP: &str = "clean-stop";
+
+/// The entry count a clean stop recorded, if the last stop was clean.
+pub(super) fn clean_stop(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join(CLEAN_STOP)).ok()?;
+    text.trim().strip_prefix("entries=")?.parse().ok()
+}
+
+/// After a clean stop index and files agree exactly; if they do not now,
+/// the index lost (or gained) entries while the server was down, as when
+/// sled silently recovers only a prefix of a damaged log. Returns why.
+pub(super) fn lost_since_clean_stop(dir: &Path, report: &Report) -> Option<String> {
+    let entries = clean_stop(dir)?;
+    let now = report.records + report.corrupt_records.len();
+    (now != entries || !report.recovered.is_empty() || !report.dropped.is_empty()).then(|| {
+        format!(
+            "the index changed while the server was stopped: {entries} entries at the clean stop, {now} now, {} message files without an entry, {} entries without a file",
+            report.recovered.len(),
+            report.dropped.len()
+        )
+    })
+}
+
+/// Where a copy of the store is taken before sled opens it after a clean
+/// stop: sled cuts a damaged log short as it opens it, so the store as
+/// found can only be kept from before.
+const BEFORE_OPEN: &str = "store-before-open";
+/// Largest store copied before opening (sled's files; bodies are in the
+/// message files, so a queue's store is envelopes and plugin kv data).
+/// A larger one is copied after opening, as sled left it.
+const MAX_COPY: u64 = 256 << 20;
+
+/// After a clean stop: a copy of sled's files in `store-before-open/`
+/// (None if there is no store or it is larger than `MAX_COPY`).
+pub(super) fn copy_before_open(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let to = dir.join(BEFORE_OPEN);
+    if to.exists() {
+        // Left by a start that did not finish.
+        std::fs::remove_dir_all(&to).map_err(|e| io(&to, e))?;
+    }
+    let files = store_files(dir)?;
+    let size: u64 = files.iter().map(|p| tree_size(p)).sum();
+    if files.is_empty() || size > MAX_COPY {
+        return Ok(None);
+    }
+    make_dir(&to)?;
+    for from in files {
+        let into = to.join(from.file_name().unwrap_or_default());
+        copy_tree(&from, &into).map_err(|e| io(&from, e))?;
+    }
+    Ok(Some(to))
+}
+
+/// Keeps the store as found: the copy taken before opening if there is
+/// one, else a copy of sled's files now. Returns where.
+pub(super) fn keep_copy(dir: &Path, before: Option<PathBuf>) -> Result<PathBuf, StoreError> {
+    let to = aside_dir(dir);
+    match before {
+        Some(copy) => std::fs::rename(&copy, &to).map_err(|e| io(&copy, e))?,
+        None => {
+            make_dir(&to)?;
+            for from in store_files(dir)? {
+                let into = to.join(from.file_name().unwrap_or_default());
+                copy_tree(&from, &into).map_err(|e| io(&from, e))?;
+            }
+        }
+    }
+    super::spool::sync_dir(&to)?;
+    super::spool::sync_dir(dir)?;
+    Ok(to)
+}
+
+/// Drops the copy taken before opening (the store was fine).
+pub(super) fn drop_copy(before: Option<PathBuf>) -> Result<(), StoreError> {
+    match before {
+        Some(p) => std::fs::remove_dir_all(&p).map_err(|e| io(&p, e)),
+        None => Ok(()),
+    }
+}
+
 /// Moves sled's files (`conf`, `db`, `blobs/`, `snap.*`) into a new
 /// `broken-store-<time>/` beside the message files and syncs both
 /// directories. Nothing else in the queue directory is touched.
 pub(super) fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
+    let to = aside_dir(dir);
+    make_dir(&to)?;
+    for from in store_files(dir)? {
+        let into = to.join(from.file_name().unwrap_or_default());
+        std::fs::rename(&from, &into).map_err(|e| io(&from, e))?;
+    }
+    super::spool::sync_dir(&to)?;
+    super::spool::sync_dir(dir)?;
+    Ok(to)
+}
+
+/// A new `broken-store-<time>[.n]` path (not created).
+fn aside_dir(dir: &Path) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     let mut to = dir.join(format!("broken-store-{stamp}"));
     let mut n = 1;
@@ -142,28 +237,61 @@ pub(super) fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
         to = dir.join(format!("broken-store-{stamp}.{n}"));
         n += 1;
     }
-    let io = |p: &Path, e| {
-        StoreError::File(FileError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        })
-    };
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(super::store::DIR_MODE)
-        .create(&to)
-        .map_err(|e| io(&to, e))?;
+    to
+}
+
+/// sled's files in the queue directory.
+fn store_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let e = e.map_err(|e| io(dir, e))?;
         let name = e.file_name();
         let name = name.to_string_lossy();
         if matches!(&*name, "conf" | "db" | "blobs") || name.starts_with("snap.") {
-            std::fs::rename(e.path(), to.join(&*name)).map_err(|err| io(&e.path(), err))?;
+            out.push(e.path());
         }
     }
-    super::spool::sync_dir(&to)?;
-    super::spool::sync_dir(dir)?;
-    Ok(to)
+    Ok(out)
+}
+
+fn tree_size(p: &Path) -> u64 {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd.flatten().map(|e| tree_size(&e.path())).sum(),
+        Err(_) => std::fs::metadata(p).map_or(0, |m| m.len()),
+    }
+}
+
+fn make_dir(p: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(super::store::DIR_MODE)
+        .create(p)
+        .map_err(|e| io(p, e))
+}
+
+fn io(p: &Path, e: std::io::Error) -> StoreError {
+    StoreError::File(FileError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Copies a file, or a directory of files (sled's `blobs/`), syncing each.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(super::store::DIR_MODE)
+            .create(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        std::fs::File::open(to)?.sync_all()
+    } else {
+        std::fs::copy(from, to)?;
+        std::fs::File::open(to)?.sync_all()
+    }
 }
 
 /// What reconciling would do.

@@ -130,6 +130,9 @@ impl Store {
             Err(OpenError::Fatal(e)) => return Err(e.into()),
         };
         recover::plan(ix.as_ref(), &spool, true, &mut report)?;
+        if report.store_error.is_none() {
+            report.store_error = recover::lost_since_clean_stop(dir, &report);
+        }
         Ok(report)
     }
 
@@ -151,6 +154,11 @@ impl Store {
         let lock = lock(dir)?;
         let spool = Spool::open(dir)?;
         let mut report = Report::default();
+        let existed = dir.join("db").exists();
+        let mut before = match recover::clean_stop(dir) {
+            Some(_) => recover::copy_before_open(dir)?,
+            None => None,
+        };
         let ix = match recover::open_index(dir, cache) {
             Ok(ix) => ix,
             Err(OpenError::Fatal(e)) => return Err(e.into()),
@@ -174,6 +182,20 @@ impl Store {
             }
         };
         let plan = recover::plan(Some(&ix), &spool, verify_all, &mut report)?;
+        if report.moved_aside.is_none()
+            && let Some(why) = recover::lost_since_clean_stop(dir, &report)
+        {
+            if existed {
+                let copy = recover::keep_copy(dir, before.take())?;
+                tracing::error!(error = %why, copied_to = %copy.display(), "queue store damaged since the last clean stop; a copy is kept as found, the index is repaired from the message files");
+                crate::metrics::queue_recovery("store_copied_aside", 1);
+                report.moved_aside = Some(copy);
+            } else {
+                tracing::error!(error = %why, "queue store missing; the index is rebuilt from the message files");
+            }
+            report.store_error = Some(why);
+        }
+        recover::drop_copy(before)?;
         recover::apply(plan, &ix, &spool, super::now_secs(), &mut report)?;
         let Index {
             db,
@@ -186,8 +208,14 @@ impl Store {
             db: db.clone(),
             dir: std::fs::File::open(dir).map_err(io)?,
         };
-        // What the repair changed is durable before anything is served.
+        // What the repair changed is durable before anything is served, and
+        // the clean-stop mark is gone until the next clean stop.
         durable.sync()?;
+        let mark = dir.join(recover::CLEAN_STOP);
+        if mark.exists() {
+            std::fs::remove_file(&mark).map_err(io)?;
+            super::spool::sync_dir(dir)?;
+        }
         tracing::info!(
             files = report.files,
             indexed = report.records,
@@ -233,6 +261,33 @@ impl Store {
             let _ = self.remove(&msg.id);
         }
         result
+    }
+
+    /// Flushes and records a clean stop (the entry count), so the next
+    /// start can tell an index damaged while the server was down from the
+    /// few orphans a crash leaves. Call last, when nothing writes anymore.
+    pub async fn close_clean(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        let dir = self.inner.spool.dir().parent().unwrap_or(Path::new("."));
+        let path = dir.join(recover::CLEAN_STOP);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            writeln!(f, "entries={}", self.inner.envelopes.len())?;
+            f.sync_all()
+        };
+        write().map_err(|source| FileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        super::spool::sync_dir(dir)?;
+        Ok(())
     }
 
     /// Writes an envelope (state update) without waiting for disk: a lost

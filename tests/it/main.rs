@@ -16,6 +16,7 @@ mod plugin_limits;
 mod plugin_platform;
 mod plugins;
 mod protocol;
+mod queue_recovery;
 mod relay;
 mod routing;
 mod signing;
