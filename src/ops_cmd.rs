@@ -208,12 +208,13 @@ fn check(settings: &Settings, repair: bool, json: bool) -> anyhow::Result<()> {
             println!("body only in the index: {id} ({would}written as a file)");
         }
         for p in &r.leftovers {
-            let what = if p.extension().is_some_and(|e| e == "tmp") {
-                format!("interrupted write, {would}removed")
-            } else {
-                "not a queue file, left alone".to_string()
-            };
-            println!("leftover: {} ({what})", p.display());
+            println!(
+                "leftover: {} (interrupted write, {would}removed)",
+                p.display()
+            );
+        }
+        for p in &r.unknown {
+            println!("not a queue file: {} (left alone)", p.display());
         }
         if r.is_clean() {
             println!("ok: index and files agree");

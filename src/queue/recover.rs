@@ -15,8 +15,9 @@
 //!   such an entry was never acknowledged or its message had finished;
 //! - a record that does not decode goes to the `corrupt` tree with its raw
 //!   bytes and its message is indexed again from its file;
-//! - a file that does not parse goes to `corrupt/`; `.tmp` files (writes a
-//!   crash interrupted, never acknowledged) are removed;
+//! - a file that does not parse goes to `corrupt/` (one cut short without
+//!   an index entry is a write a crash interrupted, never acknowledged, and
+//!   logged as such); `.tmp` files of earlier versions are removed;
 //! - a store from before message files (bodies in sled) gets its files
 //!   written from the `bodies` tree, which is then emptied.
 
@@ -51,9 +52,11 @@ pub struct Report {
     pub corrupt_records: Vec<String>,
     /// Messages of the old layout (body in sled) given a file.
     pub migrated: Vec<String>,
-    /// Interrupted writes (`.tmp`) removed, and names that are not queue
-    /// ids (reported, left alone).
+    /// Interrupted writes (`.tmp`): removed.
     pub leftovers: Vec<PathBuf>,
+    /// Other names in `messages/` that are not queue ids: reported, left
+    /// alone.
+    pub unknown: Vec<PathBuf>,
     /// True if the findings were acted on.
     pub repaired: bool,
 }
@@ -321,8 +324,10 @@ pub(super) fn plan(
     for p in listing.other {
         if p.extension().is_some_and(|e| e == "tmp") {
             plan.tmp.push(p.clone());
+            report.leftovers.push(p);
+        } else {
+            report.unknown.push(p);
         }
-        report.leftovers.push(p);
     }
     let files: HashSet<&str> = listing.ids.iter().map(String::as_str).collect();
     let mut indexed = HashMap::new();
@@ -431,6 +436,10 @@ pub(super) fn apply(
     crate::metrics::queue_recovery("recovered", report.recovered.len());
     for (path, reason, id) in plan.corrupt_files {
         let to = spool.set_aside(&path)?;
+        if id.is_none() && reason.starts_with(super::spool::INCOMPLETE) {
+            warn!(file = %path.display(), moved_to = %to.display(), reason = %reason, "message file incomplete and not indexed: a write a crash interrupted, never acknowledged; moved aside");
+            continue;
+        }
         if let Some(id) = id
             && let Some(raw) = ix.envelopes.remove(id.as_bytes())?
         {

@@ -12,18 +12,19 @@
 //!
 //! The CRC-32 covers the envelope and the message, so a file cut short or
 //! overwritten in the middle is told apart from a good one. A file is
-//! written under `<id>.tmp`, then renamed to `<id>` without replacing
-//! anything (`RENAME_NOREPLACE`): a name is used once, and a crash
-//! mid-write leaves only a `.tmp` file, never acknowledged, removed at the
-//! next start. Neither step syncs: the store's group flush (`syncfs` of the
-//! queue's filesystem) makes file, rename and index durable together before
-//! the `250`. A file that does not parse is moved to `<queue.dir>/corrupt/`
-//! (never deleted) with the directories synced.
+//! created under its final name with `O_EXCL`, so a name is used once and
+//! an existing file is never overwritten. (A temporary name and a rename
+//! cost a second directory operation per message: 0.59 against 0.52 ms of
+//! CPU per accepted 1 KiB message in the bench.) A crash mid-write leaves an
+//! incomplete file with no index entry: never acknowledged, it is moved to
+//! `corrupt/` and logged as such at the next start. Nothing here syncs: the
+//! store's group flush (`syncfs` of the queue's filesystem) makes file and
+//! index durable together before the `250`. A file that does not parse is
+//! moved to `<queue.dir>/corrupt/` (never deleted) with the directories
+//! synced.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,10 +34,11 @@ use super::QueuedMessage;
 const MAGIC: &str = "wasmtp-queue-file 1";
 /// Longest header line read (the numbers are small).
 const MAX_HEADER: usize = 128;
+/// How a parse error of a file cut short begins (a write a crash
+/// interrupted, if the file has no index entry).
+pub const INCOMPLETE: &str = "incomplete";
 /// Mode of message files: the server's user only.
 const FILE_MODE: u32 = 0o600;
-/// Suffix of a file still being written.
-const TMP: &str = ".tmp";
 
 /// Why a message file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,8 @@ pub struct MessageFile {
 pub struct Listing {
     /// Queue ids with a file.
     pub ids: Vec<String>,
-    /// `.tmp` files and names that are not queue ids.
+    /// `.tmp` files (from versions that wrote under a temporary name) and
+    /// names that are not queue ids.
     pub other: Vec<PathBuf>,
 }
 
@@ -131,7 +134,6 @@ impl Spool {
             path: self.messages.join(&msg.id),
             reason: "queue id is not a file name".into(),
         })?;
-        let tmp = self.messages.join(format!("{}{TMP}", msg.id));
         let json = serde_json::to_vec(msg).expect("envelope serializes");
         let mut crc = crc32fast::Hasher::new();
         crc.update(&json);
@@ -145,18 +147,16 @@ impl Spool {
         .into_bytes();
         head.extend_from_slice(&json);
         head.push(b'\n');
-        let written = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(FILE_MODE)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&head)?;
-                f.write_all(body)
-            })
-            .and_then(|()| rename_noreplace(&tmp, &path));
+            .open(&path)
+            .map_err(|source| io_err(&path, source))?;
+        let written = file.write_all(&head).and_then(|()| file.write_all(body));
         written.map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
+            // Ours, half written (a full disk): not left for a restart.
+            let _ = std::fs::remove_file(&path);
             io_err(&path, source)
         })
     }
@@ -254,7 +254,13 @@ fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
         .checked_add(env)
         .and_then(|n| n.checked_add(1 + body))
         .ok_or("sizes overflow")?;
-    if bytes.len() != expected {
+    if bytes.len() < expected {
+        return Err(format!(
+            "{INCOMPLETE}: {} octets, the header says {expected}",
+            bytes.len()
+        ));
+    }
+    if bytes.len() > expected {
         return Err(format!(
             "{} octets, the header says {expected}",
             bytes.len()
@@ -272,35 +278,6 @@ fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
         serde_json::from_slice(json).map_err(|e| format!("envelope: {e}"))?;
     let body = sled::IVec::from(bytes).subslice(body_at, body);
     Ok(MessageFile { envelope, body })
-}
-
-/// Renames without replacing an existing file.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: both are NUL-terminated paths that live across the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // A file system without RENAME_NOREPLACE: a hard link fails on an
-        // existing name as well.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        _ => Err(e),
-    }
 }
 
 /// fsync of a directory, so names created, renamed or removed in it last.
@@ -357,7 +334,6 @@ mod tests {
         // A name is used once.
         assert!(spool.write(&message("A1"), b"other").is_err());
         assert_eq!(&*spool.read("A1").unwrap().unwrap().body, &body[..]);
-        assert!(!dir.path().join("messages/A1.tmp").exists());
         // Cut short, or zeroed in the middle: refused, never half-read.
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 10]).unwrap();

@@ -116,7 +116,10 @@ impl Store {
             }));
         }
         if repair {
-            return Store::open_repaired(dir, false, cache, true).map(|(_, r)| r);
+            let (store, report) = Store::open_repaired(dir, false, cache, true)?;
+            // Repaired and flushed: as after a clean stop.
+            store.write_clean_mark()?;
+            return Ok(report);
         }
         let _lock = lock(dir)?;
         let spool = Spool::open(dir)?;
@@ -159,41 +162,10 @@ impl Store {
             Some(_) => recover::copy_before_open(dir)?,
             None => None,
         };
-        let ix = match recover::open_index(dir, cache) {
-            Ok(ix) => ix,
-            Err(OpenError::Fatal(e)) => return Err(e.into()),
-            Err(OpenError::Broken(why)) => {
-                let aside = recover::move_aside(dir)?;
-                tracing::error!(
-                    error = %why,
-                    moved_to = %aside.display(),
-                    "queue store does not open; moved aside (kept, not deleted), rebuilding the index from the message files"
-                );
-                crate::metrics::queue_recovery("store_moved_aside", 1);
-                report.store_error = Some(why);
-                report.moved_aside = Some(aside);
-                match recover::open_index(dir, cache) {
-                    Ok(ix) => ix,
-                    Err(OpenError::Fatal(e)) => return Err(e.into()),
-                    Err(OpenError::Broken(why)) => {
-                        return Err(StoreError::Sled(sled::Error::Unsupported(why)));
-                    }
-                }
-            }
-        };
+        let ix = open_or_move_aside(dir, cache, &mut report)?;
         let plan = recover::plan(Some(&ix), &spool, verify_all, &mut report)?;
-        if report.moved_aside.is_none()
-            && let Some(why) = recover::lost_since_clean_stop(dir, &report)
-        {
-            if existed {
-                let copy = recover::keep_copy(dir, before.take())?;
-                tracing::error!(error = %why, copied_to = %copy.display(), "queue store damaged since the last clean stop; a copy is kept as found, the index is repaired from the message files");
-                crate::metrics::queue_recovery("store_copied_aside", 1);
-                report.moved_aside = Some(copy);
-            } else {
-                tracing::error!(error = %why, "queue store missing; the index is rebuilt from the message files");
-            }
-            report.store_error = Some(why);
+        if report.moved_aside.is_none() {
+            keep_if_damaged(dir, existed, before.take(), &mut report)?;
         }
         recover::drop_copy(before)?;
         recover::apply(plan, &ix, &spool, super::now_secs(), &mut report)?;
@@ -268,6 +240,11 @@ impl Store {
     /// few orphans a crash leaves. Call last, when nothing writes anymore.
     pub async fn close_clean(&self) -> Result<(), StoreError> {
         self.flush().await?;
+        self.write_clean_mark()
+    }
+
+    /// Writes `clean-stop` (after a flush).
+    fn write_clean_mark(&self) -> Result<(), StoreError> {
         let dir = self.inner.spool.dir().parent().unwrap_or(Path::new("."));
         let path = dir.join(recover::CLEAN_STOP);
         let write = || -> std::io::Result<()> {
@@ -402,6 +379,55 @@ impl Store {
             Err(_) => Err(StoreError::Closed),
         }
     }
+}
+
+/// Opens the index; a store that will not open is moved aside and a new,
+/// empty one opened (the message files fill it).
+fn open_or_move_aside(dir: &Path, cache: u64, report: &mut Report) -> Result<Index, StoreError> {
+    let why = match recover::open_index(dir, cache) {
+        Ok(ix) => return Ok(ix),
+        Err(OpenError::Fatal(e)) => return Err(e.into()),
+        Err(OpenError::Broken(why)) => why,
+    };
+    let aside = recover::move_aside(dir)?;
+    tracing::error!(
+        error = %why,
+        moved_to = %aside.display(),
+        "queue store does not open; moved aside (kept, not deleted), rebuilding the index from the message files"
+    );
+    crate::metrics::queue_recovery("store_moved_aside", 1);
+    report.store_error = Some(why);
+    report.moved_aside = Some(aside);
+    match recover::open_index(dir, cache) {
+        Ok(ix) => Ok(ix),
+        Err(OpenError::Fatal(e)) => Err(e.into()),
+        Err(OpenError::Broken(why)) => Err(StoreError::Sled(sled::Error::Unsupported(why))),
+    }
+}
+
+/// After a clean stop, an index that no longer matches the files was
+/// damaged while the server was down: the store as found (the copy taken
+/// before sled opened it) is kept aside. `before` is dropped otherwise.
+fn keep_if_damaged(
+    dir: &Path,
+    existed: bool,
+    before: Option<std::path::PathBuf>,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let Some(why) = recover::lost_since_clean_stop(dir, report) else {
+        return recover::drop_copy(before);
+    };
+    if existed {
+        let copy = recover::keep_copy(dir, before)?;
+        tracing::error!(error = %why, copied_to = %copy.display(), "queue store damaged since the last clean stop; a copy is kept as found, the index is repaired from the message files");
+        crate::metrics::queue_recovery("store_copied_aside", 1);
+        report.moved_aside = Some(copy);
+    } else {
+        tracing::error!(error = %why, "queue store missing; the index is rebuilt from the message files");
+        recover::drop_copy(before)?;
+    }
+    report.store_error = Some(why);
+    Ok(())
 }
 
 /// Takes the queue directory's lock (`<dir>/lock`, flock): one process at

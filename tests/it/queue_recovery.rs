@@ -297,6 +297,7 @@ fn queue_check_finds_and_repairs() {
     bytes[n - 5] ^= 0xff;
     std::fs::write(&damaged, &bytes).unwrap();
     std::fs::write(dir.join("messages/0123.tmp"), b"half").unwrap();
+    std::fs::write(dir.join("messages/notes.txt"), b"an operator's file").unwrap();
     let out = queue_check(&s, &[]);
     assert!(!out.status.success());
     let report = text(&out);
@@ -317,6 +318,8 @@ fn queue_check_finds_and_repairs() {
     assert!(!dir.join("messages/0123.tmp").exists());
     let out = queue_check(&s, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not a queue file"), "{}", text(&out));
+    assert!(dir.join("messages/notes.txt").exists());
     // The running server holds the queue: check refuses, never repairs it.
     s.start_again();
     let out = queue_check(&s, &["--repair"]);
