@@ -207,12 +207,6 @@ fn check(settings: &Settings, repair: bool, json: bool) -> anyhow::Result<()> {
         for id in &r.migrated {
             println!("body only in the index: {id} ({would}written as a file)");
         }
-        for p in &r.leftovers {
-            println!(
-                "leftover: {} (interrupted write, {would}removed)",
-                p.display()
-            );
-        }
         for p in &r.unknown {
             println!("not a queue file: {} (left alone)", p.display());
         }

@@ -17,7 +17,8 @@
 //!   bytes and its message is indexed again from its file;
 //! - a file that does not parse goes to `corrupt/` (one cut short without
 //!   an index entry is a write a crash interrupted, never acknowledged, and
-//!   logged as such); `.tmp` files of earlier versions are removed;
+//!   logged as such); other names in `messages/` are reported and left
+//!   alone;
 //! - a store from before message files (bodies in sled) gets its files
 //!   written from the `bodies` tree, which is then emptied.
 
@@ -52,8 +53,6 @@ pub struct Report {
     pub corrupt_records: Vec<String>,
     /// Messages of the old layout (body in sled) given a file.
     pub migrated: Vec<String>,
-    /// Interrupted writes (`.tmp`): removed.
-    pub leftovers: Vec<PathBuf>,
     /// Other names in `messages/` that are not queue ids: reported, left
     /// alone.
     pub unknown: Vec<PathBuf>,
@@ -70,7 +69,6 @@ impl Report {
             && self.corrupt_files.is_empty()
             && self.corrupt_records.is_empty()
             && self.migrated.is_empty()
-            && self.leftovers.is_empty()
     }
 }
 
@@ -306,7 +304,6 @@ pub(super) struct Plan {
     recovered: Vec<QueuedMessage>,
     /// Path, reason, and the id if it has an index entry.
     corrupt_files: Vec<(PathBuf, String, Option<String>)>,
-    tmp: Vec<PathBuf>,
     orphan_bodies: Vec<sled::IVec>,
 }
 
@@ -321,14 +318,7 @@ pub(super) fn plan(
     let mut plan = Plan::default();
     let listing = spool.list()?;
     report.files = listing.ids.len();
-    for p in listing.other {
-        if p.extension().is_some_and(|e| e == "tmp") {
-            plan.tmp.push(p.clone());
-            report.leftovers.push(p);
-        } else {
-            report.unknown.push(p);
-        }
-    }
+    report.unknown = listing.other;
     let files: HashSet<&str> = listing.ids.iter().map(String::as_str).collect();
     let mut indexed = HashMap::new();
     for (k, v) in ix.map_or(&[][..], |ix| &ix.records[..]) {
@@ -448,12 +438,6 @@ pub(super) fn apply(
         error!(file = %path.display(), moved_to = %to.display(), reason = %reason, "message file does not parse; moved aside, not delivered");
     }
     crate::metrics::queue_recovery("corrupt_file", report.corrupt_files.len());
-    for p in plan.tmp {
-        std::fs::remove_file(&p).map_err(|e| FileError::Io {
-            path: p.clone(),
-            source: e,
-        })?;
-    }
     for k in plan.orphan_bodies {
         ix.bodies.remove(k)?;
     }

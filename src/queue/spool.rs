@@ -69,14 +69,12 @@ pub struct MessageFile {
     pub body: sled::IVec,
 }
 
-/// What `messages/` holds: complete files by id, and leftovers of writes
-/// a crash interrupted.
+/// What `messages/` holds: files named by queue id, and anything else.
 #[derive(Default)]
 pub struct Listing {
     /// Queue ids with a file.
     pub ids: Vec<String>,
-    /// `.tmp` files (from versions that wrote under a temporary name) and
-    /// names that are not queue ids.
+    /// Names that are not queue ids.
     pub other: Vec<PathBuf>,
 }
 
@@ -229,8 +227,8 @@ impl Spool {
 
 /// Parses a whole message file.
 fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
-    let nl =
-        memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)]).ok_or("no header line")?;
+    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)])
+        .ok_or_else(|| format!("{INCOMPLETE}: no complete header line"))?;
     let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not text")?;
     let rest = head
         .strip_prefix(MAGIC)

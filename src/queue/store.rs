@@ -579,7 +579,7 @@ mod tests {
             }
         }
         // A write a crash interrupted, and a damaged file.
-        std::fs::write(q.join("messages/M4.tmp"), b"half").unwrap();
+        std::fs::write(q.join("messages/notes.txt"), b"not ours").unwrap();
         std::fs::write(q.join("messages/M5"), b"wasmtp-queue-file 1 env=3").unwrap();
         let report = Store::check(&q, 1 << 20, false).unwrap();
         assert_eq!(report.recovered, ["M1", "M2"]);
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(ids, ["M1", "M2"]);
         assert_eq!(store.body("M2").unwrap().unwrap().len(), 100_000);
         assert!(q.join("corrupt/M5").exists());
-        assert!(!q.join("messages/M4.tmp").exists());
+        assert!(q.join("messages/notes.txt").exists());
         drop(store);
         let report = Store::check(&q, 1 << 20, false).unwrap();
         assert!(report.is_clean(), "{report:?}");

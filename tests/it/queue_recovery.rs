@@ -290,23 +290,21 @@ fn queue_check_finds_and_repairs() {
     let out = queue_check(&s, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ok: index and files agree"));
-    // A damaged file and an interrupted write.
+    // A damaged file, a write a crash cut short (no index entry), and a
+    // file that is not the queue's.
     let damaged = dir.join("messages").join(&ids[2]);
     let mut bytes = std::fs::read(&damaged).unwrap();
     let n = bytes.len();
     bytes[n - 5] ^= 0xff;
     std::fs::write(&damaged, &bytes).unwrap();
-    std::fs::write(dir.join("messages/0123.tmp"), b"half").unwrap();
+    std::fs::write(dir.join("messages/0123ABC"), b"wasmtp-queue-file 1 env=").unwrap();
     std::fs::write(dir.join("messages/notes.txt"), b"an operator's file").unwrap();
     let out = queue_check(&s, &[]);
     assert!(!out.status.success());
     let report = text(&out);
     assert!(report.contains("checksum mismatch"), "{report}");
     assert!(report.contains("would be moved to corrupt/"), "{report}");
-    assert!(
-        report.contains("interrupted write, would be removed"),
-        "{report}"
-    );
+    assert!(report.contains("0123ABC: incomplete"), "{report}");
     // A dry run changed nothing.
     assert_eq!(std::fs::read(&damaged).unwrap(), bytes);
     let out = queue_check(&s, &["--repair"]);
@@ -315,7 +313,7 @@ fn queue_check_finds_and_repairs() {
         std::fs::read(dir.join("corrupt").join(&ids[2])).unwrap(),
         bytes
     );
-    assert!(!dir.join("messages/0123.tmp").exists());
+    assert!(dir.join("corrupt/0123ABC").exists());
     let out = queue_check(&s, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("not a queue file"), "{}", text(&out));
