@@ -145,6 +145,10 @@ fn describe() {
         "wasmtp_queue_admin_actions_total",
         "Queue commands run through the admin endpoint, by action."
     );
+    c!(
+        "wasmtp_queue_recovery_total",
+        "Queue repairs at start: messages recovered from their files, index entries dropped, corrupt files and records set aside, stores moved aside."
+    );
     g!("wasmtp_start_time_seconds", "Unix time the server started.");
     c!(
         "wasmtp_auth_results_total",
@@ -291,6 +295,15 @@ pub fn plugin_generation(generation: u64) {
 /// A limit was hit (called by `observe::limit_hit`).
 pub fn limit_hit(limit: &'static str) {
     counter!("wasmtp_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// Queue repairs at start (or by `queue check --repair`): `what` is
+/// `recovered`, `dropped`, `corrupt_file`, `corrupt_record` or
+/// `store_moved_aside`.
+pub fn queue_recovery(what: &'static str, n: usize) {
+    if n > 0 {
+        counter!("wasmtp_queue_recovery_total", "what" => what).increment(n as u64);
+    }
 }
 
 /// A queue command ran through the admin endpoint.

@@ -83,11 +83,21 @@ pub enum QueueCmd {
         /// Queue id.
         id: String,
     },
+    /// Compare the message files with the index (server stopped); exit 1 if they disagree.
+    Check {
+        /// Fix what is found, as a start does: index orphan files, drop entries without a file,
+        /// move damaged files to corrupt/, move a store that will not open aside.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// Runs a `queue` command.
 pub fn queue(common: Common, cmd: QueueCmd) -> anyhow::Result<()> {
     let settings = load(&common)?;
+    if let QueueCmd::Check { repair } = cmd {
+        return check(&settings, repair, common.json);
+    }
     let json = common.json;
     let (method, path, action) = match &cmd {
         QueueCmd::List {
@@ -131,6 +141,7 @@ pub fn queue(common: Common, cmd: QueueCmd) -> anyhow::Result<()> {
         ),
         QueueCmd::Delete { id } => (Method::DELETE, format!("/queue/{}", seg(id)), "delete"),
         QueueCmd::Bounce { id } => (Method::POST, format!("/queue/{}/bounce", seg(id)), "bounce"),
+        QueueCmd::Check { .. } => unreachable!("handled above"),
     };
     let v = call(&settings, method, &path)?;
     if json {
@@ -152,6 +163,59 @@ pub fn queue(common: Common, cmd: QueueCmd) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `queue check [--repair]`: offline, on the queue directory itself (the
+/// running server holds its lock and runs the same repair at every start).
+fn check(settings: &Settings, repair: bool, json: bool) -> anyhow::Result<()> {
+    let dir = &settings.queue.dir;
+    let r = wasmtp::queue::Store::check(dir, settings.queue.cache_size, repair)
+        .with_context(|| format!("checking the queue in {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let would = if r.repaired { "" } else { "would be " };
+        println!(
+            "{}: {} message files, {} index entries",
+            dir.display(),
+            r.files,
+            r.records
+        );
+        if let Some(e) = &r.store_error {
+            println!("store does not open: {e}");
+        }
+        if let Some(p) = &r.moved_aside {
+            println!("store moved aside to {}", p.display());
+        }
+        for id in &r.recovered {
+            println!("file without index entry: {id} ({would}indexed again)");
+        }
+        for id in &r.dropped {
+            println!("index entry without file: {id} ({would}dropped)");
+        }
+        for (p, why) in &r.corrupt_files {
+            println!(
+                "damaged file: {}: {why} ({would}moved to corrupt/)",
+                p.display()
+            );
+        }
+        for id in &r.corrupt_records {
+            println!("index entry does not decode: {id} ({would}moved to the corrupt tree)");
+        }
+        for id in &r.migrated {
+            println!("body only in the index: {id} ({would}written as a file)");
+        }
+        for p in &r.unknown {
+            println!("not a queue file: {} (left alone)", p.display());
+        }
+        if r.is_clean() {
+            println!("ok: index and files agree");
+        }
+    }
+    if !r.is_clean() && !r.repaired {
+        bail!("the queue needs repair: `wasmtp queue check --repair` (with the server stopped)");
     }
     Ok(())
 }

@@ -272,7 +272,7 @@ pub async fn serve(
         );
     }
     let _ = queue_task.await;
-    store.flush().await?;
+    store.close_clean().await?;
     for (plugin, calls, traps, timeouts) in ctx.plugins.stats_summary() {
         info!(plugin, calls, traps, timeouts, "plugin totals");
     }

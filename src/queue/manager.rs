@@ -394,7 +394,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
         return Ok(None);
     }
     let Some(body) = store.body(id)? else {
-        error!("queued message has no body; dropping its envelope");
+        error!("queued message has no readable message file; dropping its envelope");
         store.remove(id)?;
         return Ok(None);
     };

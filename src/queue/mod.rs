@@ -1,10 +1,13 @@
-//! The durable queue: messages are written to sled and flushed before the
-//! session says 250; the manager delivers them and retries until every
-//! recipient is final.
+//! The durable queue: each message is written as its own file and indexed
+//! in sled, both flushed before the session says 250; the manager delivers
+//! them and retries until every recipient is final. docs/queue.md describes
+//! the files and what a crash can leave.
 
 pub mod control;
 pub mod dsn;
 pub mod manager;
+pub mod recover;
+pub mod spool;
 pub mod store;
 
 use std::sync::atomic::{AtomicU32, Ordering};

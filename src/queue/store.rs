@@ -1,22 +1,27 @@
-//! The queue store: sled trees for envelopes (JSON) and bodies (raw bytes).
+//! The queue store: one message file per message (`spool`, the truth for
+//! what was acknowledged) and a sled index of envelopes and their state.
 //!
-//! `commit` writes the body, then the envelope, then waits until both are
-//! flushed to disk. sled's own `flush` only calls `sync_file_range` on its
-//! log and never syncs the files it keeps large values in (`blobs/`), which
-//! survives a process crash but not a power cut; so a durable flush here is
-//! sled's flush followed by `syncfs` on the queue's filesystem, which also
-//! reaches the device cache and the file metadata. Flushes run on a
-//! dedicated thread, not on tokio's blocking pool, so a pool busy with
-//! other work (password hashing under an AUTH flood) never delays a `250`.
-//! With group commit on, concurrent commits share a single flush: the
-//! thread takes every request that arrived while the previous flush ran and
-//! makes them durable with one fsync. sled recovers a prefix of its log
-//! after a crash, so a body without an envelope can be left behind (removed
-//! at open) but never an envelope without its body.
+//! `commit` writes the message file (envelope at acceptance + message,
+//! under a temporary name, renamed into place), then the envelope into
+//! sled, then waits until both are flushed to disk. sled's own `flush` only
+//! calls `sync_file_range` on its log and never syncs the files it keeps
+//! large values in (`blobs/`), which survives a process crash but not a
+//! power cut; so a durable flush here is sled's flush followed by `syncfs`
+//! on the queue's filesystem, which also reaches the message files, their
+//! directory entries and the device cache. Flushes run on a dedicated
+//! thread, not on tokio's blocking pool, so a pool busy with other work
+//! (password hashing under an AUTH flood) never delays a `250`. With group
+//! commit on, concurrent commits share a single flush: the thread takes
+//! every request that arrived while the previous flush ran and makes them
+//! durable with one `syncfs`. State changes after acceptance go to sled
+//! only; `remove` unlinks the file before the index entry.
 //!
-//! An envelope that does not decode is never handed out: it is moved to the
-//! `corrupt` tree under its id with its raw bytes (its body stays in
-//! `bodies`), logged, and the rest of the queue carries on.
+//! At open the index is checked against the files (`recover`): a store
+//! that will not open is moved aside and rebuilt from the files, files
+//! without an entry are indexed again, entries without a file dropped.
+//! An envelope that does not decode is never handed out: it is moved to
+//! the `corrupt` tree under its id with its raw bytes, logged, and the
+//! rest of the queue carries on. docs/queue.md describes the layout.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -25,6 +30,8 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 use super::QueuedMessage;
+use super::recover::{self, Index, OpenError, Report};
+use super::spool::{FileError, Spool};
 
 /// A failure of the queue store.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,12 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("queue store: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A message file could not be written, read or moved.
+    #[error("queue store: {0}")]
+    File(#[from] FileError),
+    /// Another process has the queue directory open.
+    #[error("queue store: {0} is in use by another process (is a server running?)")]
+    Locked(String),
 }
 
 /// Mode of the queue directory: the store holds every queued message, so
@@ -59,12 +72,18 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     envelopes: sled::Tree,
+    /// Bodies of a store from before message files; emptied at open.
     bodies: sled::Tree,
     /// Envelopes that did not decode, raw, by id.
     corrupt: sled::Tree,
+    /// The message files.
+    spool: Spool,
     /// Requests for the flusher thread; it stops when this is dropped.
     flusher: mpsc::Sender<FlushReply>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The queue directory's lock, held while the store is open (last, so
+    /// it is released after sled's files are closed).
+    _lock: std::fs::File,
 }
 
 impl Drop for Inner {
@@ -79,9 +98,53 @@ impl Drop for Inner {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `dir` and starts its flusher thread;
-    /// sled caches at most `cache` bytes of pages.
+    /// Opens (or creates) the store at `dir`, checks the index against the
+    /// message files and repairs what a crash left (see `recover`), and
+    /// starts the flusher thread; sled caches at most `cache` bytes of pages.
     pub fn open(dir: &Path, group_commit: bool, cache: u64) -> Result<Store, StoreError> {
+        Store::open_repaired(dir, group_commit, cache, false).map(|(s, _)| s)
+    }
+
+    /// `wasmtp queue check`: compares index and files (reading every file)
+    /// and, with `repair`, fixes what it finds as a start would. The server
+    /// must be stopped (the directory is locked while it runs).
+    pub fn check(dir: &Path, cache: u64, repair: bool) -> Result<Report, StoreError> {
+        if !dir.is_dir() {
+            return Err(StoreError::File(FileError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }));
+        }
+        if repair {
+            let (store, report) = Store::open_repaired(dir, false, cache, true)?;
+            // Repaired and flushed: as after a clean stop.
+            store.write_clean_mark()?;
+            return Ok(report);
+        }
+        let _lock = lock(dir)?;
+        let spool = Spool::open(dir)?;
+        let mut report = Report::default();
+        let ix = match recover::open_index(dir, cache) {
+            Ok(ix) => Some(ix),
+            Err(OpenError::Broken(why)) => {
+                report.store_error = Some(why);
+                None
+            }
+            Err(OpenError::Fatal(e)) => return Err(e.into()),
+        };
+        recover::plan(ix.as_ref(), &spool, true, &mut report)?;
+        if report.store_error.is_none() {
+            report.store_error = recover::lost_since_clean_stop(dir, &report);
+        }
+        Ok(report)
+    }
+
+    fn open_repaired(
+        dir: &Path,
+        group_commit: bool,
+        cache: u64,
+        verify_all: bool,
+    ) -> Result<(Store, Report), StoreError> {
         let io = |e| StoreError::Sled(sled::Error::Io(e));
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -91,49 +154,117 @@ impl Store {
         // A queue dir made by an older version (0755) is closed too: it is
         // the server's alone.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(cache)
-            .open()?;
-        let envelopes = db.open_tree("envelopes")?;
-        let bodies = db.open_tree("bodies")?;
-        let corrupt = db.open_tree("corrupt")?;
-        // Bodies whose envelope never made it to disk were never
-        // acknowledged; those of corrupt envelopes are kept for repair.
-        for k in bodies.iter().keys() {
-            let k = k?;
-            if !envelopes.contains_key(&k)? && !corrupt.contains_key(&k)? {
-                bodies.remove(&k)?;
-            }
+        let lock = lock(dir)?;
+        let spool = Spool::open(dir)?;
+        let mut report = Report::default();
+        let existed = dir.join("db").exists();
+        let mut before = match recover::clean_stop(dir) {
+            Some(_) => recover::copy_before_open(dir)?,
+            None => None,
+        };
+        let ix = open_or_move_aside(dir, cache, &mut report)?;
+        let plan = recover::plan(Some(&ix), &spool, verify_all, &mut report)?;
+        if report.moved_aside.is_none() {
+            keep_if_damaged(dir, existed, before.take(), &mut report)?;
         }
+        recover::drop_copy(before)?;
+        recover::apply(plan, &ix, &spool, super::now_secs(), &mut report)?;
+        let Index {
+            db,
+            envelopes,
+            bodies,
+            corrupt,
+            ..
+        } = ix;
         let durable = Durable {
             db: db.clone(),
             dir: std::fs::File::open(dir).map_err(io)?,
         };
+        // What the repair changed is durable before anything is served, and
+        // the clean-stop mark is gone until the next clean stop.
+        durable.sync()?;
+        let mark = dir.join(recover::CLEAN_STOP);
+        if mark.exists() {
+            std::fs::remove_file(&mark).map_err(io)?;
+            super::spool::sync_dir(dir)?;
+        }
+        tracing::info!(
+            files = report.files,
+            indexed = report.records,
+            recovered = report.recovered.len(),
+            dropped = report.dropped.len(),
+            corrupt_files = report.corrupt_files.len(),
+            corrupt_records = report.corrupt_records.len(),
+            migrated = report.migrated.len(),
+            moved_aside = report.moved_aside.is_some(),
+            "queue index checked against the message files"
+        );
         let batch = if group_commit { MAX_BATCH } else { 1 };
         let (flusher, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("queue-flush".into())
             .spawn(move || flush_loop(durable, rx, batch))
             .map_err(io)?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 envelopes,
                 bodies,
                 corrupt,
+                spool,
                 flusher,
                 thread: Some(thread),
+                _lock: lock,
             }),
-        })
+        };
+        Ok((store, report))
     }
 
-    /// Stores a new message and returns once it is on disk.
+    /// Stores a new message and returns once it is on disk: its message
+    /// file first, then its index entry, then one (shared) flush.
     pub async fn commit(&self, msg: &QueuedMessage, body: &[u8]) -> Result<(), StoreError> {
-        self.inner.bodies.insert(msg.id.as_bytes(), body)?;
-        self.put(msg)?;
-        self.flush().await
+        self.inner.spool.write(msg, body)?;
+        let result = match self.put(msg) {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Refused with 451: no copy is left for a restart to deliver.
+            let _ = self.remove(&msg.id);
+        }
+        result
+    }
+
+    /// Flushes and records a clean stop (the entry count), so the next
+    /// start can tell an index damaged while the server was down from the
+    /// few orphans a crash leaves. Call last, when nothing writes anymore.
+    pub async fn close_clean(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.write_clean_mark()
+    }
+
+    /// Writes `clean-stop` (after a flush).
+    fn write_clean_mark(&self) -> Result<(), StoreError> {
+        let dir = self.inner.spool.dir().parent().unwrap_or(Path::new("."));
+        let path = dir.join(recover::CLEAN_STOP);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            writeln!(f, "entries={}", self.inner.envelopes.len())?;
+            f.sync_all()
+        };
+        write().map_err(|source| FileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        super::spool::sync_dir(dir)?;
+        Ok(())
     }
 
     /// Writes an envelope (state update) without waiting for disk: a lost
@@ -144,8 +275,11 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a finished message.
+    /// Removes a finished message: the file first, so a crash in between
+    /// leaves an index entry without a file (dropped at the next start),
+    /// never a file that would be delivered again.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.spool.remove(id)?;
         self.inner.envelopes.remove(id.as_bytes())?;
         self.inner.bodies.remove(id.as_bytes())?;
         Ok(())
@@ -159,9 +293,23 @@ impl Store {
         }
     }
 
-    /// Loads one body.
+    /// Loads one message from its file. A file that does not parse is
+    /// moved to `corrupt/` and its envelope to the `corrupt` tree, and
+    /// reads as gone.
     pub fn body(&self, id: &str) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.inner.bodies.get(id.as_bytes())?)
+        match self.inner.spool.read(id) {
+            Ok(f) => Ok(f.map(|f| f.body)),
+            Err(FileError::Format { path, reason }) => {
+                let to = self.inner.spool.set_aside(&path)?;
+                if let Some(raw) = self.inner.envelopes.remove(id.as_bytes())? {
+                    self.inner.corrupt.insert(id.as_bytes(), raw)?;
+                }
+                crate::metrics::queue_recovery("corrupt_file", 1);
+                tracing::error!(queue_id = %id, file = %path.display(), moved_to = %to.display(), reason = %reason, "message file does not parse; moved aside, not delivered");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// All envelopes, oldest first; corrupt ones are moved aside.
@@ -233,6 +381,79 @@ impl Store {
     }
 }
 
+/// Opens the index; a store that will not open is moved aside and a new,
+/// empty one opened (the message files fill it).
+fn open_or_move_aside(dir: &Path, cache: u64, report: &mut Report) -> Result<Index, StoreError> {
+    let why = match recover::open_index(dir, cache) {
+        Ok(ix) => return Ok(ix),
+        Err(OpenError::Fatal(e)) => return Err(e.into()),
+        Err(OpenError::Broken(why)) => why,
+    };
+    let aside = recover::move_aside(dir)?;
+    tracing::error!(
+        error = %why,
+        moved_to = %aside.display(),
+        "queue store does not open; moved aside (kept, not deleted), rebuilding the index from the message files"
+    );
+    crate::metrics::queue_recovery("store_moved_aside", 1);
+    report.store_error = Some(why);
+    report.moved_aside = Some(aside);
+    match recover::open_index(dir, cache) {
+        Ok(ix) => Ok(ix),
+        Err(OpenError::Fatal(e)) => Err(e.into()),
+        Err(OpenError::Broken(why)) => Err(StoreError::Sled(sled::Error::Unsupported(why))),
+    }
+}
+
+/// After a clean stop, an index that no longer matches the files was
+/// damaged while the server was down: the store as found (the copy taken
+/// before sled opened it) is kept aside. `before` is dropped otherwise.
+fn keep_if_damaged(
+    dir: &Path,
+    existed: bool,
+    before: Option<std::path::PathBuf>,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let Some(why) = recover::lost_since_clean_stop(dir, report) else {
+        return recover::drop_copy(before);
+    };
+    if existed {
+        let copy = recover::keep_copy(dir, before)?;
+        tracing::error!(error = %why, copied_to = %copy.display(), "queue store damaged since the last clean stop; a copy is kept as found, the index is repaired from the message files");
+        crate::metrics::queue_recovery("store_copied_aside", 1);
+        report.moved_aside = Some(copy);
+    } else {
+        tracing::error!(error = %why, "queue store missing; the index is rebuilt from the message files");
+        recover::drop_copy(before)?;
+    }
+    report.store_error = Some(why);
+    Ok(())
+}
+
+/// Takes the queue directory's lock (`<dir>/lock`, flock): one process at
+/// a time, so a second server or `queue check` never mistakes a store in
+/// use for a broken one.
+fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| FileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StoreError::Locked(dir.display().to_string()));
+    }
+    Ok(file)
+}
+
 /// What it takes to make the store's writes survive a power cut.
 struct Durable {
     db: sled::Db,
@@ -292,7 +513,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_records_are_set_aside() {
+    async fn corrupt_records_are_set_aside_and_recovered_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("queue");
         {
@@ -300,32 +521,88 @@ mod tests {
             store.commit(&message("GOOD"), b"hi").await.unwrap();
             store.commit(&message("BAD1"), b"hi").await.unwrap();
             store.commit(&message("BAD2"), b"hi").await.unwrap();
-            store
-                .inner
-                .envelopes
-                .insert("BAD1", &b"{not json"[..])
-                .unwrap();
-            store.inner.envelopes.insert("BAD2", &b"\xff"[..]).unwrap();
+            let envelopes = &store.inner.envelopes;
+            envelopes.insert("BAD1", &b"{not json"[..]).unwrap();
+            envelopes.insert("BAD2", &b"\xff"[..]).unwrap();
+            // A record with no file: never acknowledged, nothing to recover.
+            envelopes.insert("LOST", &b"{"[..]).unwrap();
             store.flush().await.unwrap();
+            // Only one process has the queue at a time.
+            assert!(matches!(
+                Store::open(&q, true, 1 << 20),
+                Err(StoreError::Locked(_))
+            ));
         }
         let mode = std::fs::metadata(&q).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, DIR_MODE);
         let store = Store::open(&q, false, 1 << 20).unwrap();
-        // At run time: reads as gone, kept aside.
-        assert!(store.get("BAD2").unwrap().is_none());
-        // At start: the good one is recovered, the bad one set aside.
+        // At start: the bad records are set aside raw, their messages
+        // indexed again from their files.
         let ids: Vec<_> = store.all().unwrap().into_iter().map(|m| m.id).collect();
-        assert_eq!(ids, ["GOOD"]);
-        assert_eq!(store.corrupt_len(), 2);
+        assert_eq!(ids, ["BAD1", "BAD2", "GOOD"]);
+        assert_eq!(store.corrupt_len(), 3);
         assert_eq!(
             &*store.inner.corrupt.get("BAD1").unwrap().unwrap(),
             b"{not json"
         );
-        assert_eq!(store.len(), 1);
-        store.flush().await.unwrap();
-        drop(store);
-        // Bodies of set-aside records survive the orphan sweep at open.
+        assert_eq!(&*store.body("BAD1").unwrap().unwrap(), b"hi");
+        // At run time: reads as gone, kept aside.
+        store.inner.envelopes.insert("GOOD", &b"{"[..]).unwrap();
+        assert!(store.get("GOOD").unwrap().is_none());
+        assert_eq!(store.corrupt_len(), 4);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_index_is_rebuilt_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("queue");
+        {
+            let store = Store::open(&q, true, 1 << 20).unwrap();
+            store.commit(&message("M1"), b"one").await.unwrap();
+            store
+                .commit(&message("M2"), &[b'x'; 100_000])
+                .await
+                .unwrap();
+            store.commit(&message("M3"), b"three").await.unwrap();
+            store.remove("M3").unwrap();
+            store.flush().await.unwrap();
+        }
+        assert!(!q.join("messages/M3").exists());
+        // sled's files gone: the files are the queue.
+        for f in ["db", "conf", "blobs"] {
+            let p = q.join(f);
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else if p.exists() {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        // A write a crash interrupted, and a damaged file.
+        std::fs::write(q.join("messages/notes.txt"), b"not ours").unwrap();
+        std::fs::write(q.join("messages/M5"), b"wasmtp-queue-file 1 env=3").unwrap();
+        let report = Store::check(&q, 1 << 20, false).unwrap();
+        assert_eq!(report.recovered, ["M1", "M2"]);
+        assert_eq!(report.corrupt_files.len(), 1);
+        assert!(!report.repaired && !report.is_clean());
         let store = Store::open(&q, true, 1 << 20).unwrap();
-        assert!(store.body("BAD1").unwrap().is_some());
+        let ids: Vec<_> = store.all().unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["M1", "M2"]);
+        assert_eq!(store.body("M2").unwrap().unwrap().len(), 100_000);
+        assert!(q.join("corrupt/M5").exists());
+        assert!(q.join("messages/notes.txt").exists());
+        drop(store);
+        let report = Store::check(&q, 1 << 20, false).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        // A store that does not open is moved aside, never deleted.
+        std::fs::write(q.join("conf"), b"segment_size: nonsense\n").unwrap();
+        let report = Store::check(&q, 1 << 20, false).unwrap();
+        assert!(report.store_error.is_some(), "{report:?}");
+        assert_eq!(report.recovered, ["M1", "M2"]);
+        let report = Store::check(&q, 1 << 20, true).unwrap();
+        let aside = report.moved_aside.clone().unwrap();
+        assert!(aside.join("conf").exists() && aside.join("db").exists());
+        let store = Store::open(&q, true, 1 << 20).unwrap();
+        assert_eq!(store.len(), 2);
     }
 }

@@ -20,6 +20,7 @@ mod plugin_platform;
 mod plugin_sdks;
 mod plugins;
 mod protocol;
+mod queue_recovery;
 mod relay;
 mod routing;
 mod scale;
