@@ -121,7 +121,7 @@ pub fn signatures(bytes: &[u8]) -> Option<serde_json::Value> {
 }
 
 /// The names of the component's own (top-level) imports and exports.
-fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+pub(crate) fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
     let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {

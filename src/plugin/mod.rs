@@ -528,6 +528,10 @@ impl PluginHost {
             });
         }
         sign::check(&bytes, spec)?;
+        // Before compiling (seconds for a Python or JS component): every import at once.
+        if let Ok((imports, _)) = inspect::top_level_names(&bytes) {
+            import_problems(spec, &imports)?;
+        }
         let (component, cache) = self.compile_cached(spec, &bytes, &digest)?;
         check_imports(&self.engine, &component, spec)?;
         let pre = prelink(&self.engine, &self.linker, &component, &name)?;
@@ -834,6 +838,67 @@ pub fn import_need(import: &str) -> ImportNeed {
     }
 }
 
+/// Refuses a plugin whose imports the host will not satisfy, naming all of them at once: the
+/// grants to add (and the key), and the imports wasmtp never provides with the build flags that
+/// drop them where the toolchain is known. Runs on the component's bytes, before compiling.
+fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginError> {
+    let mut ungranted: Vec<&str> = Vec::new();
+    let mut grants: Vec<&str> = Vec::new();
+    let mut unavailable: Vec<&str> = Vec::new();
+    for import in imports {
+        match import_need(import) {
+            ImportNeed::Always | ImportNeed::Stub => {}
+            ImportNeed::Grant(g) if spec.grants.contains(&g) => {}
+            ImportNeed::Grant(g) => {
+                ungranted.push(import);
+                if !grants.contains(&g.as_str()) {
+                    grants.push(g.as_str());
+                }
+            }
+            ImportNeed::Unavailable => unavailable.push(import),
+        }
+    }
+    if ungranted.is_empty() && unavailable.is_empty() {
+        return Ok(());
+    }
+    let quoted = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut hints = Vec::new();
+    if !ungranted.is_empty() {
+        let add = grants
+            .iter()
+            .map(|g| format!("\"{g}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        hints.push(format!(
+            "{} not granted: add {add} to its `grants` ([[plugin]] name = {:?}, key grants)",
+            quoted(&ungranted),
+            spec.name
+        ));
+    }
+    if !unavailable.is_empty() {
+        hints.push(format!(
+            "{} which wasmtp does not provide to plugins (no filesystem, network or other WASI \
+             access): drop them at build time (componentize-js: `-d stdio random clocks http \
+             fetch-event`; componentize-py: `--stub-wasi`; Rust: no std::fs, std::net or \
+             std::env calls)",
+            quoted(&unavailable)
+        ));
+    }
+    Err(PluginError::Import {
+        name: spec.name.clone(),
+        import: format!(
+            "{} interface(s) the server will not link",
+            ungranted.len() + unavailable.len()
+        ),
+        hint: hints.join("; "),
+    })
+}
+
 /// Refuses imports that were not granted, naming the key that grants them.
 fn check_imports(
     engine: &Engine,
@@ -867,4 +932,59 @@ fn check_imports(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(grants: &str) -> PluginSpec {
+        let config = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\ngrants = [{grants}]\n"
+        );
+        let mut settings = Settings::parse(&config, "imports.toml").expect("config");
+        settings.plugins.remove(0)
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_import_the_host_will_not_link_is_named_at_once() {
+        let imports = names(&[
+            "wasmtp:plugin/types@0.1.0",
+            "wasmtp:plugin/kv@0.1.0",
+            "wasmtp:plugin/dns@0.1.0",
+            "wasi:cli/stdout@0.2.6",
+            "wasi:http/outgoing-handler@0.2.3",
+            "wasi:filesystem/types@0.2.6",
+        ]);
+        let err = import_problems(&spec(""), &imports)
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "plugin p:",
+            "4 interface(s)",
+            "`wasmtp:plugin/kv@0.1.0`, `wasmtp:plugin/dns@0.1.0` not granted",
+            "add \"kv\", \"dns\" to its `grants`",
+            "`wasi:http/outgoing-handler@0.2.3`, `wasi:filesystem/types@0.2.6` which wasmtp",
+            "-d stdio random clocks http fetch-event",
+            "--stub-wasi",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in: {err}");
+        }
+        // The stubbed std WASI import is not a problem.
+        assert!(!err.contains("wasi:cli/stdout"), "{err}");
+        // Granted, only the unavailable ones remain.
+        let err = import_problems(&spec("\"kv\", \"dns\""), &imports)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 interface(s)") && !err.contains("not granted"),
+            "{err}"
+        );
+        let linked = names(&["wasmtp:plugin/kv@0.1.0", "wasi:cli/stdout@0.2.6"]);
+        assert!(import_problems(&spec("\"kv\""), &linked).is_ok());
+    }
 }

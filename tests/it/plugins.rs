@@ -412,6 +412,11 @@ fn ungranted_import_and_bad_digest_are_refused_at_load() {
         err.contains("sneaky") && err.contains("wasmtp:plugin/kv") && err.contains("grants"),
         "{err}"
     );
+    // Both missing grants at once, not the first only.
+    assert!(
+        err.contains("wasmtp:plugin/dns") && err.contains("add \"kv\", \"dns\""),
+        "{err}"
+    );
     // Granted, it loads.
     let (ok, err) = check_plugin_config(&plugin_toml(
         "sneaky",
