@@ -198,6 +198,27 @@ pub fn new_queue_id() -> String {
     format!("{:011X}{:05X}", micros & 0xFFF_FFFF_FFFF, n & 0xF_FFFF)
 }
 
+/// A one-recipient local message for the queue's unit tests (store and spool).
+#[cfg(test)]
+pub(crate) fn test_message(id: &str) -> QueuedMessage {
+    QueuedMessage {
+        id: id.into(),
+        received_at: 1,
+        sender: None,
+        recipients: vec![QueuedRcpt::pending(
+            "a@example.test".into(),
+            "a".into(),
+            Route::Local,
+        )],
+        size: 2,
+        next_attempt: 0,
+        ret: None,
+        envid: None,
+        delay_dsn_sent: false,
+        held: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,26 +295,7 @@ fn io_err(path: &Path, source: io::Error) -> FileError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueuedRcpt, Route};
-
-    fn message(id: &str) -> QueuedMessage {
-        QueuedMessage {
-            id: id.into(),
-            received_at: 1,
-            sender: None,
-            recipients: vec![QueuedRcpt::pending(
-                "a@example.test".into(),
-                "a".into(),
-                Route::Local,
-            )],
-            size: 2,
-            next_attempt: 0,
-            ret: None,
-            envid: None,
-            delay_dsn_sent: false,
-            held: false,
-        }
-    }
+    use crate::queue::test_message as message;
 
     #[test]
     fn round_trip_and_damage() {

@@ -491,26 +491,7 @@ fn flush_loop(durable: Durable, rx: mpsc::Receiver<FlushReply>, batch: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueuedRcpt, Route};
-
-    fn message(id: &str) -> QueuedMessage {
-        QueuedMessage {
-            id: id.into(),
-            received_at: 1,
-            sender: None,
-            recipients: vec![QueuedRcpt::pending(
-                "a@example.test".into(),
-                "a".into(),
-                Route::Local,
-            )],
-            size: 2,
-            next_attempt: 0,
-            ret: None,
-            envid: None,
-            delay_dsn_sent: false,
-            held: false,
-        }
-    }
+    use crate::queue::test_message as message;
 
     #[tokio::test]
     async fn corrupt_records_are_set_aside_and_recovered_from_files() {

@@ -43,11 +43,7 @@ fn kill9_round(s: &mut Server, round: usize) {
         .iter()
         .map(|m| {
             let text = String::from_utf8_lossy(m);
-            let tag = text
-                .lines()
-                .find_map(|l| l.strip_prefix("X-Tag: "))
-                .expect("X-Tag")
-                .to_string();
+            let tag = x_tag(&text);
             assert!(
                 text.ends_with(&format!("\n\nbody of {tag}\n")),
                 "damaged message {text}"
@@ -132,11 +128,7 @@ fn collect_soak_mail(s: &Server, seen: &mut HashSet<String>) {
         let p = e.unwrap().path();
         let text = std::fs::read(&p).unwrap();
         let text = String::from_utf8_lossy(&text);
-        let tag = text
-            .lines()
-            .find_map(|l| l.strip_prefix("X-Tag: "))
-            .expect("X-Tag")
-            .to_string();
+        let tag = x_tag(&text);
         assert!(
             text.ends_with(&format!("end of {tag}\n")),
             "damaged message {tag}"
@@ -249,4 +241,12 @@ fn crash_soak() {
         acked_total.len(),
         seen.len()
     );
+}
+
+/// The `X-Tag` field each test message carries (which message it is).
+fn x_tag(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("X-Tag: "))
+        .expect("X-Tag")
+        .to_string()
 }
