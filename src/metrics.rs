@@ -149,6 +149,10 @@ fn describe() {
         "wasmtp_queue_recovery_total",
         "Queue repairs at start: messages recovered from their files, index entries dropped, corrupt files and records set aside, stores moved aside."
     );
+    c!(
+        "wasmtp_queue_files_total",
+        "Message files: `reused` (a spare file taken for a new message), `spared` (a finished message's file kept for reuse), `unlinked` (spares full, or the file too large)."
+    );
     g!("wasmtp_start_time_seconds", "Unix time the server started.");
     c!(
         "wasmtp_auth_results_total",
@@ -304,6 +308,11 @@ pub fn queue_recovery(what: &'static str, n: usize) {
     if n > 0 {
         counter!("wasmtp_queue_recovery_total", "what" => what).increment(n as u64);
     }
+}
+
+/// A message file was reused, kept as a spare or unlinked.
+pub fn queue_file(what: &'static str) {
+    counter!("wasmtp_queue_files_total", "what" => what).increment(1);
 }
 
 /// A queue command ran through the admin endpoint.

@@ -309,7 +309,7 @@ impl Actor {
             Command::Delete(id) => {
                 self.get(&id)?;
                 self.unschedule(&id);
-                self.store.remove(&id)?;
+                self.store.remove(&id).await?;
                 self.store.flush().await?;
                 Ok(Answer::Done(vec![id]))
             }
@@ -356,7 +356,7 @@ async fn bounce_message(ctx: &Ctx<'_>, mut msg: QueuedMessage) -> Result<(), Sto
     }
     notify(ctx.plugins, &msg, &outcomes).await;
     send_dsns(ctx, &mut msg, &outcomes, &body, now).await?;
-    ctx.store.remove(&msg.id)?;
+    ctx.store.remove(&msg.id).await?;
     ctx.store.flush().await
 }
 
@@ -395,7 +395,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     }
     let Some(body) = store.body(id)? else {
         error!("queued message has no readable message file; dropping its envelope");
-        store.remove(id)?;
+        store.remove(id).await?;
         return Ok(None);
     };
     let (remote, local): (Vec<usize>, Vec<usize>) = (0..msg.recipients.len())
@@ -471,7 +471,7 @@ async fn deliver_message(ctx: &Ctx<'_>, id: &str, retry: bool) -> Result<Option<
     // between repeats a DSN rather than losing it.
     send_dsns(ctx, &mut msg, &outcomes, &body, now).await?;
     if msg.is_final() {
-        store.remove(id)?;
+        store.remove(id).await?;
         info!("message finished");
         return Ok(None);
     }

@@ -22,11 +22,30 @@
 //! index durable together before the `250`. A file that does not parse is
 //! moved to `<queue.dir>/corrupt/` (never deleted) with the directories
 //! synced.
+//!
+//! Files are recycled. A finished message's file is renamed into
+//! `<queue.dir>/spare/` (up to [`MAX_SPARES`] files of at most
+//! [`MAX_SPARE_SIZE`] octets) and the next accepted message takes one from
+//! there, renamed to its id with `RENAME_NOREPLACE` and overwritten from
+//! the start, instead of a new file created and an old one unlinked.
+//! Unlinking or truncating a file whose blocks were synced waits for the
+//! filesystem's journal (ext4 here: 2.4-3.2 ms of wall time, ~36 µs of
+//! CPU, per 1 KiB file), while a rename costs ~27 µs and overwriting
+//! allocated blocks ~2 µs; so in steady state no message costs a block
+//! freed or allocated. A recycled file keeps the old contents past the new
+//! record's end: the header's lengths say where the record ends and the
+//! octets after it are ignored. A crash after the rename and before the
+//! new record reached the disk leaves `messages/<id>` holding the previous
+//! message: its envelope names another id, so it reads as an interrupted
+//! write (never acknowledged), not as that message.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::QueuedMessage;
 
@@ -39,6 +58,15 @@ const MAX_HEADER: usize = 128;
 pub const INCOMPLETE: &str = "incomplete";
 /// Mode of message files: the server's user only.
 const FILE_MODE: u32 = 0o600;
+/// Most files kept in `spare/` for reuse; a finished message's file beyond
+/// that is unlinked.
+pub const MAX_SPARES: usize = 512;
+/// Largest file kept for reuse (a larger one is unlinked, so spares hold at
+/// most `MAX_SPARES × MAX_SPARE_SIZE` = 64 MiB of disk).
+pub const MAX_SPARE_SIZE: u64 = 128 * 1024;
+/// Octets read first from a file: the header line and, for small
+/// messages, everything.
+const FIRST_READ: usize = 8 * 1024;
 
 /// Why a message file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +110,15 @@ pub struct Listing {
 pub struct Spool {
     messages: PathBuf,
     corrupt: PathBuf,
+    spare: PathBuf,
+    spares: Mutex<Spares>,
+}
+
+/// Files in `spare/`, by number, and the next number to give one.
+#[derive(Default)]
+struct Spares {
+    free: Vec<u64>,
+    next: u64,
 }
 
 /// True if `id` can name a file: 1 to 64 ASCII letters and digits (queue
@@ -92,15 +129,18 @@ pub fn is_file_id(id: &str) -> bool {
 }
 
 impl Spool {
-    /// Opens `<queue_dir>/messages` and `<queue_dir>/corrupt`, creating
-    /// them (mode 0700, the queue directory synced so they survive a crash).
+    /// Opens `<queue_dir>/messages`, `corrupt` and `spare`, creating them
+    /// (mode 0700, the queue directory synced so they survive a crash),
+    /// and takes stock of the spare files.
     pub fn open(queue_dir: &Path) -> Result<Spool, FileError> {
         let spool = Spool {
             messages: queue_dir.join("messages"),
             corrupt: queue_dir.join("corrupt"),
+            spare: queue_dir.join("spare"),
+            spares: Mutex::default(),
         };
         let mut created = false;
-        for d in [&spool.messages, &spool.corrupt] {
+        for d in [&spool.messages, &spool.corrupt, &spool.spare] {
             if !d.is_dir() {
                 std::fs::DirBuilder::new()
                     .mode(super::store::DIR_MODE)
@@ -112,7 +152,22 @@ impl Spool {
         if created {
             sync_dir(queue_dir)?;
         }
+        let mut spares = Spares::default();
+        let entries = std::fs::read_dir(&spool.spare).map_err(|e| io_err(&spool.spare, e))?;
+        for e in entries {
+            let e = e.map_err(|e| io_err(&spool.spare, e))?;
+            if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                spares.free.push(n);
+                spares.next = spares.next.max(n + 1);
+            }
+        }
+        *spool.spares.lock().expect("spares lock") = spares;
         Ok(spool)
+    }
+
+    /// Files waiting in `spare/` for reuse.
+    pub fn spare_count(&self) -> usize {
+        self.spares.lock().expect("spares lock").free.len()
     }
 
     /// The directory of message files.
@@ -125,8 +180,9 @@ impl Spool {
         is_file_id(id).then(|| self.messages.join(id))
     }
 
-    /// Writes `msg` and `body` as a new file. Not synced: the store's
-    /// group flush does that. Fails if a file of that id exists.
+    /// Writes `msg` and `body` as message `id`'s file: a spare file
+    /// renamed to the id and overwritten, or a new one. Not synced: the
+    /// store's group flush does that. Fails if a file of that id exists.
     pub fn write(&self, msg: &QueuedMessage, body: &[u8]) -> Result<(), FileError> {
         let path = self.path(&msg.id).ok_or_else(|| FileError::Format {
             path: self.messages.join(&msg.id),
@@ -145,12 +201,15 @@ impl Spool {
         .into_bytes();
         head.extend_from_slice(&json);
         head.push(b'\n');
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(|source| io_err(&path, source))?;
+        let mut file = match self.reuse(&path)? {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+                .map_err(|source| io_err(&path, source))?,
+        };
         let written = file.write_all(&head).and_then(|()| file.write_all(body));
         written.map_err(|source| {
             // Ours, half written (a full disk): not left for a restart.
@@ -159,12 +218,38 @@ impl Spool {
         })
     }
 
+    /// A spare file renamed to `path` (never over an existing name) and
+    /// opened for overwriting; None if there is no spare.
+    fn reuse(&self, path: &Path) -> Result<Option<File>, FileError> {
+        loop {
+            let Some(n) = self.spares.lock().expect("spares lock").free.pop() else {
+                return Ok(None);
+            };
+            let from = self.spare.join(n.to_string());
+            match rename_noreplace(&from, path) {
+                Ok(()) => {}
+                // Gone (removed by hand): try the next one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    self.spares.lock().expect("spares lock").free.push(n);
+                    return Err(io_err(path, source));
+                }
+            }
+            crate::metrics::queue_file("reused");
+            return OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map(Some)
+                .map_err(|source| io_err(path, source));
+        }
+    }
+
     /// Reads message `id`; None if it has no file.
     pub fn read(&self, id: &str) -> Result<Option<MessageFile>, FileError> {
         let Some(path) = self.path(id) else {
             return Ok(None);
         };
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_record(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(io_err(&path, source)),
@@ -174,19 +259,52 @@ impl Spool {
             reason,
         })?;
         if file.envelope.id != id {
+            // A recycled file whose new record never reached the disk.
             return Err(FileError::Format {
                 path,
-                reason: format!("holds message {}", file.envelope.id),
+                reason: format!(
+                    "{INCOMPLETE}: holds message {} (a reused file not yet overwritten)",
+                    file.envelope.id
+                ),
             });
         }
         Ok(Some(file))
     }
 
-    /// Removes message `id`'s file (gone already is fine).
+    /// Removes message `id`'s file (gone already is fine): renamed into
+    /// `spare/` for the next message, or unlinked if spares are full or
+    /// the file is large. Unlinking may wait for the filesystem's journal:
+    /// call it off the async workers.
     pub fn remove(&self, id: &str) -> Result<(), FileError> {
         let Some(path) = self.path(id) else {
             return Ok(());
         };
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        if len <= MAX_SPARE_SIZE {
+            let n = {
+                let mut spares = self.spares.lock().expect("spares lock");
+                (spares.free.len() < MAX_SPARES).then(|| {
+                    spares.next += 1;
+                    spares.next - 1
+                })
+            };
+            if let Some(n) = n {
+                match rename_noreplace(&path, &self.spare.join(n.to_string())) {
+                    Ok(()) => {
+                        self.spares.lock().expect("spares lock").free.push(n);
+                        crate::metrics::queue_file("spared");
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(io_err(&path, e)),
+                }
+            }
+        }
+        crate::metrics::queue_file("unlinked");
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path, e)),
             _ => Ok(()),
@@ -258,17 +376,12 @@ fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
             bytes.len()
         ));
     }
-    if bytes.len() > expected {
-        return Err(format!(
-            "{} octets, the header says {expected}",
-            bytes.len()
-        ));
-    }
+    // Octets past the record are what a recycled file held before.
     let json = &bytes[start..start + env];
     let body_at = start + env + 1;
     let mut h = crc32fast::Hasher::new();
     h.update(json);
-    h.update(&bytes[body_at..]);
+    h.update(&bytes[body_at..expected]);
     if h.finalize() != crc || bytes[start + env] != b'\n' {
         return Err("checksum mismatch (damaged contents)".into());
     }
@@ -276,6 +389,78 @@ fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
         serde_json::from_slice(json).map_err(|e| format!("envelope: {e}"))?;
     let body = sled::IVec::from(bytes).subslice(body_at, body);
     Ok(MessageFile { envelope, body })
+}
+
+/// Reads a file's record: the first [`FIRST_READ`] octets, then the rest
+/// of what the header says the record spans (never the stale tail of a
+/// recycled file). What does not parse is left to [`parse`].
+fn read_record(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut bytes = vec![0; FIRST_READ];
+    let mut got = 0;
+    while got < bytes.len() {
+        match f.read(&mut bytes[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    bytes.truncate(got);
+    if let Some(want) = record_len(&bytes)
+        && want > got
+    {
+        // Never more than the file holds: a damaged header cannot make
+        // this allocate past the file.
+        let more = (want - got) as u64;
+        let limit = f.metadata()?.len().saturating_sub(got as u64).min(more);
+        f.take(limit).read_to_end(&mut bytes)?;
+    }
+    Ok(bytes)
+}
+
+/// The record's length from a header line, if it has one that parses.
+fn record_len(bytes: &[u8]) -> Option<usize> {
+    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)])?;
+    let head = std::str::from_utf8(&bytes[..nl]).ok()?;
+    let (env, body) = header_sizes(head.strip_prefix(MAGIC)?)?;
+    (nl + 1).checked_add(env)?.checked_add(1 + body)
+}
+
+/// `env=` and `body=` of a header line's fields.
+fn header_sizes(fields: &str) -> Option<(usize, usize)> {
+    let mut env = None;
+    let mut body = None;
+    for field in fields.split_ascii_whitespace() {
+        match field.split_once('=') {
+            Some(("env", v)) => env = v.parse().ok(),
+            Some(("body", v)) => body = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((env?, body?))
+}
+
+/// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// fsync of a directory, so names created, renamed or removed in it last.
@@ -329,5 +514,54 @@ mod tests {
         assert!(spool.path("../x").is_none());
         assert!(spool.read("../../etc/passwd").unwrap().is_none());
         assert_eq!(spool.list().unwrap().ids, Vec::<String>::new());
+    }
+
+    #[test]
+    fn finished_files_are_reused_and_their_old_contents_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let big = vec![b'b'; 20_000];
+        spool.write(&message("A1"), &big).unwrap();
+        spool.remove("A1").unwrap();
+        assert!(spool.read("A1").unwrap().is_none());
+        assert_eq!(spool.spare_count(), 1);
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let spare_ino = ino(&dir.path().join("spare/0"));
+        // The next message takes the spare: the same inode, shorter record.
+        spool.write(&message("B2"), b"short").unwrap();
+        assert_eq!(spool.spare_count(), 0);
+        let path = spool.path("B2").unwrap();
+        assert_eq!(ino(&path), spare_ino);
+        assert!(std::fs::metadata(&path).unwrap().len() > 20_000);
+        let f = spool.read("B2").unwrap().unwrap();
+        assert_eq!(&*f.body, b"short");
+        assert_eq!(f.envelope.id, "B2");
+        assert_eq!(spool.list().unwrap().ids, vec!["B2".to_string()]);
+        // Reopened, the spares are found again.
+        spool.remove("B2").unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.spare_count(), 1);
+        // A crash after the rename, before the new record: the file holds
+        // the old message and reads as an interrupted write, not as it.
+        std::fs::rename(dir.path().join("spare/1"), spool.messages.join("C3")).unwrap();
+        let e = spool.read("C3").err().unwrap().to_string();
+        assert!(
+            e.contains(INCOMPLETE) && e.contains("holds message B2"),
+            "{e}"
+        );
+        // Large files are not kept.
+        std::fs::remove_file(spool.messages.join("C3")).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool
+            .write(&message("D4"), &vec![b'x'; MAX_SPARE_SIZE as usize])
+            .unwrap();
+        spool.remove("D4").unwrap();
+        assert_eq!(spool.spare_count(), 0);
+        // A name is still used once, spare or not.
+        spool.write(&message("E5"), b"one").unwrap();
+        spool.remove("E5").unwrap();
+        spool.write(&message("F6"), b"two").unwrap();
+        assert!(spool.write(&message("F6"), b"three").is_err());
+        assert_eq!(&*spool.read("F6").unwrap().unwrap().body, b"two");
     }
 }

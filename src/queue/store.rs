@@ -2,7 +2,7 @@
 //! what was acknowledged) and a sled index of envelopes and their state.
 //!
 //! `commit` writes the message file (envelope at acceptance + message,
-//! under a temporary name, renamed into place), then the envelope into
+//! created under its final name), then the envelope into
 //! sled, then waits until both are flushed to disk. sled's own `flush` only
 //! calls `sync_file_range` on its log and never syncs the files it keeps
 //! large values in (`blobs/`), which survives a process crash but not a
@@ -72,8 +72,6 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     envelopes: sled::Tree,
-    /// Bodies of a store from before message files; emptied at open.
-    bodies: sled::Tree,
     /// Envelopes that did not decode, raw, by id.
     corrupt: sled::Tree,
     /// The message files.
@@ -172,7 +170,6 @@ impl Store {
         let Index {
             db,
             envelopes,
-            bodies,
             corrupt,
             ..
         } = ix;
@@ -209,7 +206,6 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 envelopes,
-                bodies,
                 corrupt,
                 spool,
                 flusher,
@@ -230,7 +226,7 @@ impl Store {
         };
         if result.is_err() {
             // Refused with 451: no copy is left for a restart to deliver.
-            let _ = self.remove(&msg.id);
+            let _ = self.remove(&msg.id).await;
         }
         result
     }
@@ -278,10 +274,19 @@ impl Store {
     /// Removes a finished message: the file first, so a crash in between
     /// leaves an index entry without a file (dropped at the next start),
     /// never a file that would be delivered again.
-    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.spool.remove(id)?;
+    ///
+    /// The unlink runs on the blocking pool, not on the caller's async
+    /// worker: unlinking a file that was synced waits for the filesystem's
+    /// journal (here 2.4 ms of wall time against 36 µs of CPU per 1 KiB
+    /// file on ext4), and concurrent unlinks share that wait (332 unlinks/s
+    /// from one thread, 7,348 from four, 16,962 from sixteen).
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let store = self.clone();
+        let owned = id.to_string();
+        tokio::task::spawn_blocking(move || store.inner.spool.remove(&owned))
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
         self.inner.envelopes.remove(id.as_bytes())?;
-        self.inner.bodies.remove(id.as_bytes())?;
         Ok(())
     }
 
@@ -546,7 +551,7 @@ mod tests {
                 .await
                 .unwrap();
             store.commit(&message("M3"), b"three").await.unwrap();
-            store.remove("M3").unwrap();
+            store.remove("M3").await.unwrap();
             store.flush().await.unwrap();
         }
         assert!(!q.join("messages/M3").exists());
