@@ -99,9 +99,14 @@ fn ok(d: Decision) -> Decision {
 }
 
 /// Fails the bench if any plugin of `host` trapped or timed out, or was
-/// never called.
+/// never called while others were (a host nobody called is a bench left
+/// out by a name filter).
 fn no_failures(host: &PluginHost) {
-    for (plugin, calls, traps, timeouts) in host.stats_summary() {
+    let stats = host.stats_summary();
+    if stats.iter().all(|(_, calls, _, _)| *calls == 0) {
+        return;
+    }
+    for (plugin, calls, traps, timeouts) in stats {
         assert!(
             calls > 0 && traps == 0 && timeouts == 0,
             "{plugin}: {calls} calls, {traps} traps, {timeouts} timeouts"
