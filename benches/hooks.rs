@@ -1,7 +1,7 @@
 //! Hook dispatch cost: one call into a live instance, one call in a fresh
 //! instance (instantiate + init + call), and a whole transaction (connect,
 //! ehlo, mail-from, rcpt, data of a 10 KiB message, deliver) through the six
-//! example plugins. Needs the plugins built (`scripts/test` or
+//! example plugins, and what one Python or JavaScript plugin adds. Needs the plugins built (`scripts/test` or
 //! `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`).
 
 use std::sync::Arc;
@@ -195,6 +195,45 @@ fn bench(c: &mut Criterion) {
         "transaction, three plugins, warm reuse",
         &three("reuse = 1000\n"),
     );
+    // What one Python or JavaScript plugin adds to a transaction: compare
+    // with the transaction through no plugin at all. Skipped if they are not
+    // built (plugins/build-python.sh and build-js.sh; scripts/test builds
+    // them).
+    whole("transaction, no plugins", "");
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (label, name, file, hook) in [
+        (
+            "Python",
+            "sender-block",
+            "python/sender_block.wasm",
+            "mail-from",
+        ),
+        (
+            "JavaScript",
+            "header-rewrite",
+            "js/header_rewrite.wasm",
+            "data",
+        ),
+    ] {
+        let path = format!("{root}/plugins/target/{file}");
+        if !std::path::Path::new(&path).exists() {
+            eprintln!("skipping the {label} plugin: {path} is not built");
+            continue;
+        }
+        let p = |rest: &str| {
+            format!(
+                "[[plugin]]\nname = \"{name}\"\npath = \"{path}\"\nhooks = [\"{hook}\"]\n{rest}"
+            )
+        };
+        whole(
+            &format!("transaction, one {label} plugin ({hook}), fresh instance"),
+            &p(""),
+        );
+        whole(
+            &format!("transaction, one {label} plugin ({hook}), warm reuse"),
+            &p("reuse = 1000\n"),
+        );
+    }
 }
 
 /// connect, ehlo, mail-from, rcpt, data, deliver and the end of the
