@@ -17,8 +17,9 @@
 //!   bytes and its message is indexed again from its file;
 //! - a file that does not parse goes to `corrupt/` (one cut short without
 //!   an index entry is a write a crash interrupted, never acknowledged, and
-//!   logged as such); other names in `messages/` are reported and left
-//!   alone;
+//!   logged as such; a spare renamed into place but not yet overwritten
+//!   goes back to `spare/`); other names in `messages/` are reported and
+//!   left alone;
 //! - a store from before message files (bodies in sled) gets its files
 //!   written from the `bodies` tree, which is then emptied.
 
@@ -425,6 +426,11 @@ pub(super) fn apply(
     }
     crate::metrics::queue_recovery("recovered", report.recovered.len());
     for (path, reason, id) in plan.corrupt_files {
+        if id.is_none() && reason.ends_with(&format!("({})", super::spool::NOT_OVERWRITTEN)) {
+            spool.take_back(&path)?;
+            warn!(file = %path.display(), reason = %reason, "message file renamed from spare/ but not yet written when the server stopped: never acknowledged; put back into spare/");
+            continue;
+        }
         let to = spool.set_aside(&path)?;
         if id.is_none() && reason.starts_with(super::spool::INCOMPLETE) {
             warn!(file = %path.display(), moved_to = %to.display(), reason = %reason, "message file incomplete and not indexed: a write a crash interrupted, never acknowledged; moved aside");

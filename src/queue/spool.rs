@@ -56,6 +56,9 @@ const MAX_HEADER: usize = 128;
 /// How a parse error of a file cut short begins (a write a crash
 /// interrupted, if the file has no index entry).
 pub const INCOMPLETE: &str = "incomplete";
+/// How the parse error of a spare file renamed into place, whose new
+/// record never reached the disk, ends.
+pub const NOT_OVERWRITTEN: &str = "a reused file not yet overwritten";
 /// Mode of message files: the server's user only.
 const FILE_MODE: u32 = 0o600;
 /// Most files kept in `spare/` for reuse; a finished message's file beyond
@@ -263,12 +266,26 @@ impl Spool {
             return Err(FileError::Format {
                 path,
                 reason: format!(
-                    "{INCOMPLETE}: holds message {} (a reused file not yet overwritten)",
+                    "{INCOMPLETE}: holds message {} ({NOT_OVERWRITTEN})",
                     file.envelope.id
                 ),
             });
         }
         Ok(Some(file))
+    }
+
+    /// Puts a file back into `spare/` (a spare renamed into place whose
+    /// new record never reached the disk: it holds a finished message).
+    pub fn take_back(&self, path: &Path) -> Result<(), FileError> {
+        let n = {
+            let mut spares = self.spares.lock().expect("spares lock");
+            spares.next += 1;
+            spares.next - 1
+        };
+        rename_noreplace(path, &self.spare.join(n.to_string())).map_err(|e| io_err(path, e))?;
+        self.spares.lock().expect("spares lock").free.push(n);
+        sync_dir(&self.spare)?;
+        sync_dir(&self.messages)
     }
 
     /// Removes message `id`'s file (gone already is fine): renamed into
