@@ -6,6 +6,10 @@
 //! configured CA file.
 //!
 //! Configs are built once per CA file and shared by every connection.
+//!
+//! The TLS policies of MX delivery have their own verifiers (`PolicyTls`):
+//! MTA-STS checks the chain and the MX name, DANE matches TLSA records;
+//! each records what it saw (`Seen`) for TLS-RPT.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::TlsConnector;
+
+use super::dane::Tlsa;
+use super::tlsrpt::ResultType;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -161,4 +168,278 @@ impl ClientTls {
 /// (no SNI is sent for one).
 pub fn server_name(host: &str, ip: std::net::IpAddr) -> ServerName<'static> {
     ServerName::try_from(host.to_string()).unwrap_or(ServerName::IpAddress(ip.into()))
+}
+
+/// What a policy-checking verifier saw: the first failure, as its TLS-RPT
+/// type and a reason. One per connection attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Seen(Arc<Mutex<Option<(ResultType, String)>>>);
+
+impl Seen {
+    fn set(&self, kind: ResultType, why: String) {
+        let mut slot = self.0.lock().expect("seen lock");
+        if slot.is_none() {
+            *slot = Some((kind, why));
+        }
+    }
+
+    /// The failure, if any.
+    pub fn get(&self) -> Option<(ResultType, String)> {
+        self.0.lock().expect("seen lock").clone()
+    }
+}
+
+/// The TLS-RPT type of a certificate error.
+pub fn result_type(e: &rustls::Error) -> ResultType {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => ResultType::CertificateExpired,
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                ResultType::CertificateHostMismatch
+            }
+            C::UnknownIssuer | C::BadSignature => ResultType::CertificateNotTrusted,
+            _ => ResultType::ValidationFailure,
+        },
+        _ => ResultType::ValidationFailure,
+    }
+}
+
+/// MTA-STS: the chain and the MX name checked against the public roots
+/// (and `mta_sts.ca_file`); a failure refuses the handshake under
+/// `enforce` and is only recorded under `testing`.
+#[derive(Debug)]
+struct StsVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    enforce: bool,
+    seen: Seen,
+}
+
+impl ServerCertVerifier for StsVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.seen.set(result_type(&e), e.to_string());
+                if self.enforce {
+                    Err(e)
+                } else {
+                    Ok(ServerCertVerified::assertion())
+                }
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// DANE (RFC 7672 §3): the certificate must match a usable TLSA record.
+/// DANE-EE (3): the server's own certificate or key, no name or expiry
+/// checks. DANE-TA (2): a certificate of the presented chain is the trust
+/// anchor, and the server certificate must chain to it and carry the MX
+/// host name.
+#[derive(Debug)]
+struct DaneVerifier {
+    records: Arc<Vec<Tlsa>>,
+    any: AnyCertificate,
+    seen: Seen,
+}
+
+impl DaneVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if self
+            .records
+            .iter()
+            .any(|r| r.usage == 3 && r.matches(end_entity))
+        {
+            return Ok(());
+        }
+        let mut last = None;
+        for r in self.records.iter().filter(|r| r.usage == 2) {
+            for ta in intermediates.iter().filter(|c| r.matches(c)) {
+                let mut roots = RootCertStore::empty();
+                if roots.add(ta.clone()).is_err() {
+                    continue;
+                }
+                let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+                match v.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        Err(last.unwrap_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        )))
+    }
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.check(end_entity, intermediates, server_name, now) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(e) => {
+                let why = match &e {
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure,
+                    ) => "no TLSA record matches the certificate".to_string(),
+                    e => format!("DANE-TA chain check failed: {e}"),
+                };
+                self.seen.set(ResultType::TlsaInvalid, why);
+                Err(e)
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.any.supported_verify_schemes()
+    }
+}
+
+/// Client configs for the TLS policies (MTA-STS and DANE), built per
+/// connection around the shared roots: each attempt needs its own record
+/// of what the verifier saw.
+pub struct PolicyTls {
+    roots: Arc<RootCertStore>,
+    https: TlsConnector,
+}
+
+impl PolicyTls {
+    /// The public roots plus the CAs in `ca_file` (`outbound.mta_sts.ca_file`).
+    pub fn new(ca_file: Option<&Path>) -> Result<PolicyTls, CaError> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            let fail = |what: String| CaError {
+                path: path.to_path_buf(),
+                what,
+            };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| fail(format!("not a PEM certificate file ({e})")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| fail(format!("unusable certificate: {e}")))?;
+            }
+        }
+        let roots = Arc::new(roots);
+        let https = builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        Ok(PolicyTls {
+            roots,
+            https: TlsConnector::from(Arc::new(https)),
+        })
+    }
+
+    /// For fetching MTA-STS policies: a valid certificate, nothing else.
+    pub fn https(&self) -> TlsConnector {
+        self.https.clone()
+    }
+
+    /// For an MX host under an MTA-STS policy.
+    pub fn sts(&self, enforce: bool, seen: &Seen) -> Result<TlsConnector, CaError> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| CaError {
+            path: PathBuf::from("(roots)"),
+            what: e.to_string(),
+        })?;
+        let v = StsVerifier {
+            inner,
+            enforce,
+            seen: seen.clone(),
+        };
+        Ok(connector(Arc::new(v)))
+    }
+
+    /// For an MX host with usable TLSA records.
+    pub fn dane(&self, records: Arc<Vec<Tlsa>>, seen: &Seen) -> TlsConnector {
+        let v = DaneVerifier {
+            records,
+            any: AnyCertificate(provider()),
+            seen: seen.clone(),
+        };
+        connector(Arc::new(v))
+    }
+}
+
+fn connector(v: Arc<dyn ServerCertVerifier>) -> TlsConnector {
+    let config = builder()
+        .dangerous()
+        .with_custom_certificate_verifier(v)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
 }

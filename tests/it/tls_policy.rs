@@ -1,0 +1,449 @@
+//! Outbound TLS policy against real peers on loopback: MTA-STS policies
+//! served over HTTPS (hyper + rustls, certificates from a test CA the
+//! sender is told to trust), DNS from dnsmasq, an upstream wasmtp with a
+//! certificate from that CA; TLS-RPT results read back through
+//! `wasmtp tls-report`. DANE: a zone signed by a real knotd.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::dns::DnsServer;
+use crate::support::{BIN, Client, Server};
+
+/// A test CA and the certificates it issued, as files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// An issued certificate: PEM files and the DER forms.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wasmtp test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn issue(&self, stem: &str, names: &[&str]) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{stem}.crt")),
+            self.dir.path().join(format!("{stem}.key")),
+        );
+        // The chain: the server's certificate, then the CA's.
+        std::fs::write(&c, format!("{}{}", cert.pem(), self.ca.pem())).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        Issued {
+            cert: c,
+            key: k,
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+}
+
+/// An HTTPS server answering `/.well-known/mta-sts.txt` by Host header.
+struct PolicyServer {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PolicyServer {
+    fn start(cert: &Issued, ca: &Pki, policies: &[(&str, &str)]) -> PolicyServer {
+        let chain = vec![cert.der.clone(), ca.ca.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(cert.key_der.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let policies: Arc<HashMap<String, String>> = Arc::new(
+            policies
+                .iter()
+                .map(|(h, p)| (h.to_string(), p.to_string()))
+                .collect(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let counter = hits.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let tcp = tokio::select! {
+                        _ = &mut stopped => return,
+                        r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => return },
+                    };
+                    let (acceptor, policies, counter) =
+                        (acceptor.clone(), policies.clone(), counter.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let service =
+                            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let host = req
+                                    .headers()
+                                    .get(hyper::header::HOST)
+                                    .and_then(|h| h.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = (req.uri().path() == "/.well-known/mta-sts.txt")
+                                    .then(|| policies.get(&host).cloned())
+                                    .flatten();
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                async move {
+                                    let resp = match body {
+                                        Some(b) => hyper::Response::builder()
+                                            .header("content-type", "text/plain")
+                                            .body(Full::new(Bytes::from(b))),
+                                        None => hyper::Response::builder()
+                                            .status(404)
+                                            .body(Full::new(Bytes::new())),
+                                    };
+                                    Ok::<_, std::convert::Infallible>(resp.unwrap())
+                                }
+                            });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        PolicyServer {
+            port,
+            hits,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A wasmtp taking mail for `domains` with a certificate from the test CA.
+fn upstream(cert: &Issued, domains: &[&str]) -> Server {
+    let list: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    Server::start(&format!(
+        "[local]\ndomains = [{}]\ncatch_all = true\n\n[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        list.join(", "),
+        cert.cert.display(),
+        cert.key.display()
+    ))
+}
+
+/// A sending wasmtp: relays for loopback, resolves with `dns`, delivers MX
+/// mail to `mx_port`, trusts the test CA for MTA-STS; `extra` is appended.
+fn sender(dns: &DnsServer, mx_port: u16, pki: &Pki, https_port: u16, extra: &str) -> Server {
+    Server::start(&format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
+         [outbound]\nmx_port = {mx_port}\ntls = \"opportunistic\"\n\n\
+         [outbound.mta_sts]\nca_file = \"{}\"\nhttps_port = {https_port}\n\n{extra}",
+        dns.config(),
+        pki.ca_file().display()
+    ))
+}
+
+fn submit(s: &Server, rcpt: &str) {
+    let mut c = Client::greeted(s.addr);
+    c.cmd("EHLO client.test", 250);
+    let r = c.send_message(
+        "app@example.test",
+        &[rcpt],
+        format!("Subject: to {rcpt}\r\n\r\nhello {rcpt}\r\n").as_bytes(),
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+}
+
+/// The first log line with every one of `needles` (waits for it).
+fn wait_log(s: &Server, needles: &[&str]) -> String {
+    crate::outbound::wait_until(s, &format!("a log line with {needles:?}"), || {
+        s.log_lines(needles[0])
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    });
+    s.log_lines(needles[0])
+        .into_iter()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap()
+}
+
+/// `wasmtp tls-report --domain DOMAIN` for the server's config, parsed.
+fn tls_report(s: &Server, domain: &str) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["tls-report", "--domain", domain, "--config"])
+        .arg(s.config_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tls-report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The report's policy of `kind`, its success count and failure counts by
+/// result type.
+fn counts(report: &serde_json::Value, kind: &str) -> (u64, HashMap<String, u64>) {
+    let p = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"]["policy-type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} policy in {report:#}"));
+    let ok = p["summary"]["total-successful-session-count"]
+        .as_u64()
+        .unwrap();
+    let mut failed = HashMap::new();
+    for f in p["failure-details"].as_array().unwrap() {
+        *failed
+            .entry(f["result-type"].as_str().unwrap().to_string())
+            .or_default() += f["failed-session-count"].as_u64().unwrap();
+    }
+    (ok, failed)
+}
+
+fn policy(mode: &str, mx: &[&str]) -> String {
+    let mut p = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        p.push_str(&format!("mx: {m}\r\n"));
+    }
+    p.push_str("max_age: 86400\r\n");
+    p
+}
+
+/// DNS for a domain with an MTA-STS TXT record, its policy host and one MX.
+fn sts_records(domain: &str, mx: &str) -> Vec<String> {
+    vec![
+        format!("--txt-record=_mta-sts.{domain},v=STSv1; id=20261129"),
+        format!("--host-record=mta-sts.{domain},127.0.0.1"),
+        format!("--mx-host={domain},{mx},10"),
+        format!("--host-record={mx},127.0.0.1"),
+    ]
+}
+
+fn dns(records: &[Vec<String>]) -> DnsServer {
+    let all: Vec<String> = records.concat();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    DnsServer::start(&refs)
+}
+
+#[test]
+fn mta_sts_enforce_delivers_to_a_listed_mx_and_defers_others() {
+    let pki = Pki::new();
+    let mx_cert = pki.issue("mx", &["mail.good.test", "rogue.bad.test"]);
+    let web = pki.issue(
+        "web",
+        &[
+            "mta-sts.good.test",
+            "mta-sts.bad.test",
+            "mta-sts.wrongcert.test",
+        ],
+    );
+    let https = PolicyServer::start(
+        &web,
+        &pki,
+        &[
+            ("mta-sts.good.test", &policy("enforce", &["mail.good.test"])),
+            ("mta-sts.bad.test", &policy("enforce", &["mail.bad.test"])),
+            (
+                "mta-sts.wrongcert.test",
+                &policy("enforce", &["*.wrongcert.test"]),
+            ),
+        ],
+    );
+    let dns = dns(&[
+        sts_records("good.test", "mail.good.test"),
+        sts_records("bad.test", "rogue.bad.test"),
+        sts_records("wrongcert.test", "mail.wrongcert.test"),
+    ]);
+    let up = upstream(&mx_cert, &["good.test", "bad.test", "wrongcert.test"]);
+    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
+
+    // Listed MX with a valid certificate for its name: delivered over TLS.
+    submit(&s, "good@good.test");
+    let got = up.wait_for_mail("good", 1);
+    let text = String::from_utf8_lossy(&got[0]).into_owned();
+    assert!(text.contains("with ESMTPS"), "{text}");
+    wait_log(&s, &["delivered", "good@good.test"]);
+
+    // An MX the policy does not list: never contacted, deferred with 4.7.0.
+    submit(&s, "bad@bad.test");
+    let l = wait_log(&s, &["deferred", "bad@bad.test"]);
+    assert!(
+        l.contains("not listed in the MTA-STS policy of bad.test")
+            && l.contains("mail.bad.test")
+            && l.contains("4.7.0"),
+        "{l}"
+    );
+    // A listed MX whose certificate does not carry its name: 4.7.5.
+    submit(&s, "wc@wrongcert.test");
+    let l = wait_log(&s, &["deferred", "wc@wrongcert.test"]);
+    assert!(
+        l.contains("certificate refused under the MTA-STS policy of wrongcert.test")
+            && l.contains("4.7.5"),
+        "{l}"
+    );
+    assert!(up.mail("bad").is_empty() && up.mail("wc").is_empty());
+    // The three policies came over HTTPS.
+    assert!(https.hits.load(Ordering::SeqCst) >= 3);
+
+    // TLS-RPT: what each domain's sessions came to.
+    let (ok, failed) = counts(&tls_report(&s, "good.test"), "sts");
+    assert_eq!((ok, failed.len()), (1, 0), "{failed:?}");
+    let (ok, failed) = counts(&tls_report(&s, "bad.test"), "sts");
+    assert_eq!(ok, 0);
+    assert_eq!(failed.get("validation-failure"), Some(&1), "{failed:?}");
+    let (ok, failed) = counts(&tls_report(&s, "wrongcert.test"), "sts");
+    assert_eq!(ok, 0);
+    assert_eq!(
+        failed.get("certificate-host-mismatch"),
+        Some(&1),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn mta_sts_testing_delivers_and_records_the_failures() {
+    let pki = Pki::new();
+    // The certificate names neither MX host; only one host is listed.
+    let mx_cert = pki.issue("mx", &["elsewhere.test"]);
+    let web = pki.issue("web", &["mta-sts.trial.test"]);
+    let https = PolicyServer::start(
+        &web,
+        &pki,
+        &[(
+            "mta-sts.trial.test",
+            &policy("testing", &["mail.trial.test"]),
+        )],
+    );
+    let dns = dns(&[sts_records("trial.test", "rogue.trial.test")]);
+    let up = upstream(&mx_cert, &["trial.test"]);
+    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
+    submit(&s, "t@trial.test");
+    let got = up.wait_for_mail("t", 1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("with ESMTPS"));
+    wait_log(&s, &["delivered", "t@trial.test"]);
+    let (ok, failed) = counts(&tls_report(&s, "trial.test"), "sts");
+    assert_eq!(ok, 0, "{failed:?}");
+    assert_eq!(failed.get("validation-failure"), Some(&1), "{failed:?}");
+    assert_eq!(
+        failed.get("certificate-host-mismatch"),
+        Some(&1),
+        "{failed:?}"
+    );
+    let l = wait_log(&s, &["TLS policy failure", "trial.test"]);
+    assert!(l.contains("rogue.trial.test"), "{l}");
+}
+
+#[test]
+fn mta_sts_policy_is_kept_across_a_restart() {
+    let pki = Pki::new();
+    let mx_cert = pki.issue("mx", &["rogue.kept.test"]);
+    let web = pki.issue("web", &["mta-sts.kept.test"]);
+    let https = PolicyServer::start(
+        &web,
+        &pki,
+        &[("mta-sts.kept.test", &policy("enforce", &["mail.kept.test"]))],
+    );
+    let dns = dns(&[sts_records("kept.test", "rogue.kept.test")]);
+    let up = upstream(&mx_cert, &["kept.test"]);
+    let mut s = sender(&dns, up.addr.port(), &pki, https.port, "");
+    submit(&s, "k1@kept.test");
+    wait_log(&s, &["deferred", "k1@kept.test"]);
+    wait_log(&s, &["MTA-STS policy fetched", "kept.test"]);
+    // The policy host goes away; the restarted server still has the policy.
+    drop(https);
+    s.signal_and_wait("TERM");
+    s.start_again();
+    wait_log(&s, &["MTA-STS policies loaded from the cache"]);
+    submit(&s, "k2@kept.test");
+    let l = wait_log(&s, &["deferred", "k2@kept.test"]);
+    assert!(
+        l.contains("not listed in the MTA-STS policy of kept.test"),
+        "{l}"
+    );
+    assert!(
+        s.log_lines("MTA-STS policy fetch failed").is_empty(),
+        "{}",
+        s.dump_logs()
+    );
+    assert!(up.mail("k1").is_empty() && up.mail("k2").is_empty());
+}
+
+#[test]
+fn mta_sts_fetch_failure_without_a_cached_policy_delivers_and_reports_it() {
+    let pki = Pki::new();
+    let mx_cert = pki.issue("mx", &["mail.nopolicy.test"]);
+    // The TXT record says there is a policy; the HTTPS server has none (404).
+    let web = pki.issue("web", &["mta-sts.nopolicy.test"]);
+    let https = PolicyServer::start(&web, &pki, &[]);
+    let dns = dns(&[sts_records("nopolicy.test", "mail.nopolicy.test")]);
+    let up = upstream(&mx_cert, &["nopolicy.test"]);
+    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
+    submit(&s, "n@nopolicy.test");
+    up.wait_for_mail("n", 1);
+    let l = wait_log(&s, &["MTA-STS policy fetch failed", "nopolicy.test"]);
+    assert!(l.contains("HTTP status 404"), "{l}");
+    let report = tls_report(&s, "nopolicy.test");
+    let (_, failed) = counts(&report, "sts");
+    assert_eq!(failed.get("sts-policy-fetch-error"), Some(&1), "{failed:?}");
+    let (ok, _) = counts(&report, "no-policy-found");
+    assert_eq!(ok, 1);
+}
