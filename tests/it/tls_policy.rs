@@ -447,3 +447,199 @@ fn mta_sts_fetch_failure_without_a_cached_policy_delivers_and_reports_it() {
     let (ok, _) = counts(&report, "no-policy-found");
     assert_eq!(ok, 1);
 }
+
+/// A real authoritative DNS server (Knot, installed by scripts/test) on a
+/// loopback port, serving one zone that it signs itself (DNSSEC, one
+/// ECDSA P-256 key), and that zone's DNSKEY as a trust anchor file.
+struct SignedZone {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl SignedZone {
+    fn start(zone: &str, records: &str) -> SignedZone {
+        let knotd = std::path::Path::new("/usr/sbin/knotd");
+        assert!(
+            knotd.exists(),
+            "knotd not found: install Debian's knot (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("db")).unwrap();
+        let port = free_udp_tcp_port();
+        std::fs::write(
+            d.join("knot.conf"),
+            format!(
+                "server:\n    listen: 127.0.0.1@{port}\n    rundir: {dir}\n\
+                 database:\n    storage: {dir}/db\n\
+                 policy:\n  - id: test\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n\
+                 template:\n  - id: default\n    storage: {dir}\n    dnssec-signing: on\n    dnssec-policy: test\n\
+                 \x20   zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: none\n\
+                 zone:\n  - domain: {zone}\n    file: zone.txt\n\
+                 log:\n  - target: stderr\n    any: info\n",
+                dir = d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("zone.txt"),
+            format!(
+                "$ORIGIN {zone}.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 127.0.0.1\n{records}"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("knotd.log")).unwrap();
+        let child = Command::new(knotd)
+            .arg("-c")
+            .arg(d.join("knot.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let z = SignedZone { dir, port, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !z.log().contains("DNSSEC, successfully signed")
+            || !z.log().contains("loaded, serial")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "knotd did not sign the zone:\n{}",
+                z.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // The zone's key as the trust anchor (DNSKEY in zone file syntax).
+        let out = Command::new("/usr/sbin/keymgr")
+            .arg("-c")
+            .arg(z.dir.path().join("knot.conf"))
+            .args([&format!("{zone}."), "dnskey"])
+            .output()
+            .unwrap();
+        let dnskey = String::from_utf8(out.stdout).unwrap();
+        assert!(dnskey.contains("DNSKEY 257"), "keymgr: {dnskey}");
+        // hickory's trust anchor files name the class, as `dig` prints them.
+        std::fs::write(z.anchor(), dnskey.replace(" DNSKEY ", " IN DNSKEY ")).unwrap();
+        z
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
+    }
+
+    fn anchor(&self) -> PathBuf {
+        self.dir.path().join("anchor.key")
+    }
+
+    /// `[dns]` pointing at this server.
+    fn config(&self) -> String {
+        format!(
+            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = \"2s\"\n\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for SignedZone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_tcp_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `3 1 1` (DANE-EE, public key, SHA-256) for a certificate's key.
+fn tlsa_3_1_1(cert: &Issued) -> String {
+    use sha2::Digest;
+    let key = rcgen::KeyPair::try_from(cert.key_der.as_slice()).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let hash = sha2::Sha256::digest(spki);
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn dane_tlsa_pins_the_certificate_and_a_mismatch_defers() {
+    let pki = Pki::new();
+    // The certificate names no MX host: DANE-EE checks only the key.
+    let cert = pki.issue("mx", &["unrelated.test"]);
+    let up = upstream(&cert, &["dane.test", "bad.dane.test"]);
+    let port = up.addr.port();
+    let zone = SignedZone::start(
+        "dane.test",
+        &format!(
+            "@ MX 10 mail\nmail A 127.0.0.1\n_{port}._tcp.mail TLSA 3 1 1 {}\n\
+             bad MX 10 mx2\nmx2 A 127.0.0.1\n_{port}._tcp.mx2 TLSA 3 1 1 {}\n",
+            tlsa_3_1_1(&cert),
+            "00".repeat(32)
+        ),
+    );
+    let s = Server::start(&format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
+         [outbound]\nmx_port = {port}\ntls = \"opportunistic\"\n\n\
+         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
+        zone.config(),
+        zone.anchor().display()
+    ));
+    submit(&s, "d@dane.test");
+    wait_log(&s, &["delivered", "d@dane.test"]);
+    let got = up.wait_for_mail("d", 1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("with ESMTPS"));
+    let (ok, failed) = counts(&tls_report(&s, "dane.test"), "tlsa");
+    assert_eq!((ok, failed.len()), (1, 0), "{failed:?}");
+
+    submit(&s, "x@bad.dane.test");
+    let l = wait_log(&s, &["deferred", "x@bad.dane.test"]);
+    assert!(
+        l.contains("certificate refused under DANE")
+            && l.contains("no TLSA record matches")
+            && l.contains("4.7.5"),
+        "{l}"
+    );
+    assert!(up.mail("x").is_empty());
+    let (ok, failed) = counts(&tls_report(&s, "bad.dane.test"), "tlsa");
+    assert_eq!(ok, 0);
+    assert_eq!(failed.get("tlsa-invalid"), Some(&1), "{failed:?}");
+}
+
+#[test]
+fn dane_answers_that_do_not_validate_make_the_host_unusable() {
+    let pki = Pki::new();
+    let cert = pki.issue("mx", &["mail.dane.test"]);
+    let up = upstream(&cert, &["dane.test"]);
+    let port = up.addr.port();
+    let zone = SignedZone::start(
+        "dane.test",
+        &format!(
+            "@ MX 10 mail\nmail A 127.0.0.1\n_{port}._tcp.mail TLSA 3 1 1 {}\n",
+            tlsa_3_1_1(&cert)
+        ),
+    );
+    // Another server's key for the same zone: nothing validates.
+    let impostor = SignedZone::start("dane.test", "");
+    let s = Server::start(&format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
+         [outbound]\nmx_port = {port}\ntls = \"opportunistic\"\n\n\
+         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
+        zone.config(),
+        impostor.anchor().display()
+    ));
+    submit(&s, "d@dane.test");
+    let l = wait_log(&s, &["deferred", "d@dane.test"]);
+    assert!(
+        l.contains("TLSA lookup for _") && l.contains("mail.dane.test") && l.contains("4.7.5"),
+        "{l}"
+    );
+    assert!(up.mail("d").is_empty());
+    let (_, failed) = counts(&tls_report(&s, "dane.test"), "tlsa");
+    assert_eq!(failed.get("dnssec-invalid"), Some(&1), "{failed:?}");
+}
