@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::dns::DnsServer;
-use crate::support::{BIN, Client, Server};
+use crate::support::{BIN, Server};
 
 /// A test CA and the certificates it issued, as files.
 struct Pki {
@@ -200,14 +200,8 @@ fn sender(dns: &DnsServer, mx_port: u16, pki: &Pki, https_port: u16, extra: &str
 }
 
 fn submit(s: &Server, rcpt: &str) {
-    let mut c = Client::greeted(s.addr);
-    c.cmd("EHLO client.test", 250);
-    let r = c.send_message(
-        "app@example.test",
-        &[rcpt],
-        format!("Subject: to {rcpt}\r\n\r\nhello {rcpt}\r\n").as_bytes(),
-    );
-    assert_eq!(r.code, 250, "{r:?}");
+    let body = format!("Subject: to {rcpt}\r\n\r\nhello {rcpt}\r\n");
+    crate::outbound::submit(s, &[rcpt], body.as_bytes());
 }
 
 /// The first log line with every one of `needles` (waits for it).
@@ -359,52 +353,72 @@ fn mta_sts_enforce_delivers_to_a_listed_mx_and_defers_others() {
     );
 }
 
+/// One recipient domain: its `_mta-sts` TXT record, a policy host serving
+/// `policy` (404 without one), one MX host `mx`, an upstream whose
+/// certificate names `cert_names`, and a sender.
+struct OneDomain {
+    https: PolicyServer,
+    up: Server,
+    s: Server,
+    _pki: Pki,
+    _dns: DnsServer,
+}
+
+fn one_domain(domain: &str, policy: Option<String>, mx: &str, cert_names: &[&str]) -> OneDomain {
+    let pki = Pki::new();
+    let mx_cert = pki.issue("mx", cert_names);
+    let host = format!("mta-sts.{domain}");
+    let web = pki.issue("web", &[&host]);
+    let served: Vec<(&str, &str)> = policy.iter().map(|p| (host.as_str(), p.as_str())).collect();
+    let https = PolicyServer::start(&web, &pki, &served);
+    let dns = dns(&[sts_records(domain, mx)]);
+    let up = upstream(&mx_cert, &[domain]);
+    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
+    OneDomain {
+        https,
+        up,
+        s,
+        _pki: pki,
+        _dns: dns,
+    }
+}
+
 #[test]
 fn mta_sts_testing_delivers_and_records_the_failures() {
-    let pki = Pki::new();
     // The certificate names neither MX host; only one host is listed.
-    let mx_cert = pki.issue("mx", &["elsewhere.test"]);
-    let web = pki.issue("web", &["mta-sts.trial.test"]);
-    let https = PolicyServer::start(
-        &web,
-        &pki,
-        &[(
-            "mta-sts.trial.test",
-            &policy("testing", &["mail.trial.test"]),
-        )],
+    let t = one_domain(
+        "trial.test",
+        Some(policy("testing", &["mail.trial.test"])),
+        "rogue.trial.test",
+        &["elsewhere.test"],
     );
-    let dns = dns(&[sts_records("trial.test", "rogue.trial.test")]);
-    let up = upstream(&mx_cert, &["trial.test"]);
-    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
-    submit(&s, "t@trial.test");
-    let got = up.wait_for_mail("t", 1);
+    submit(&t.s, "t@trial.test");
+    let got = t.up.wait_for_mail("t", 1);
     assert!(String::from_utf8_lossy(&got[0]).contains("with ESMTPS"));
-    wait_log(&s, &["delivered", "t@trial.test"]);
-    let (ok, failed) = counts(&tls_report(&s, "trial.test"), "sts");
+    wait_log(&t.s, &["delivered", "t@trial.test"]);
+    let (ok, failed) = counts(&tls_report(&t.s, "trial.test"), "sts");
     assert_eq!(ok, 0, "{failed:?}");
     assert_eq!(failed.get("validation-failure"), Some(&1), "{failed:?}");
-    assert_eq!(
-        failed.get("certificate-host-mismatch"),
-        Some(&1),
-        "{failed:?}"
-    );
-    let l = wait_log(&s, &["TLS policy failure", "trial.test"]);
+    let mismatch = failed.get("certificate-host-mismatch");
+    assert_eq!(mismatch, Some(&1), "{failed:?}");
+    let l = wait_log(&t.s, &["TLS policy failure", "trial.test"]);
     assert!(l.contains("rogue.trial.test"), "{l}");
 }
 
 #[test]
 fn mta_sts_policy_is_kept_across_a_restart() {
-    let pki = Pki::new();
-    let mx_cert = pki.issue("mx", &["rogue.kept.test"]);
-    let web = pki.issue("web", &["mta-sts.kept.test"]);
-    let https = PolicyServer::start(
-        &web,
-        &pki,
-        &[("mta-sts.kept.test", &policy("enforce", &["mail.kept.test"]))],
+    let OneDomain {
+        https,
+        up,
+        mut s,
+        _pki,
+        _dns,
+    } = one_domain(
+        "kept.test",
+        Some(policy("enforce", &["mail.kept.test"])),
+        "rogue.kept.test",
+        &["rogue.kept.test"],
     );
-    let dns = dns(&[sts_records("kept.test", "rogue.kept.test")]);
-    let up = upstream(&mx_cert, &["kept.test"]);
-    let mut s = sender(&dns, up.addr.port(), &pki, https.port, "");
     submit(&s, "k1@kept.test");
     wait_log(&s, &["deferred", "k1@kept.test"]);
     wait_log(&s, &["MTA-STS policy fetched", "kept.test"]);
@@ -429,19 +443,19 @@ fn mta_sts_policy_is_kept_across_a_restart() {
 
 #[test]
 fn mta_sts_fetch_failure_without_a_cached_policy_delivers_and_reports_it() {
-    let pki = Pki::new();
-    let mx_cert = pki.issue("mx", &["mail.nopolicy.test"]);
     // The TXT record says there is a policy; the HTTPS server has none (404).
-    let web = pki.issue("web", &["mta-sts.nopolicy.test"]);
-    let https = PolicyServer::start(&web, &pki, &[]);
-    let dns = dns(&[sts_records("nopolicy.test", "mail.nopolicy.test")]);
-    let up = upstream(&mx_cert, &["nopolicy.test"]);
-    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
-    submit(&s, "n@nopolicy.test");
-    up.wait_for_mail("n", 1);
-    let l = wait_log(&s, &["MTA-STS policy fetch failed", "nopolicy.test"]);
+    let t = one_domain(
+        "nopolicy.test",
+        None,
+        "mail.nopolicy.test",
+        &["mail.nopolicy.test"],
+    );
+    submit(&t.s, "n@nopolicy.test");
+    t.up.wait_for_mail("n", 1);
+    let l = wait_log(&t.s, &["MTA-STS policy fetch failed", "nopolicy.test"]);
     assert!(l.contains("HTTP status 404"), "{l}");
-    let report = tls_report(&s, "nopolicy.test");
+    assert_eq!(t.https.hits.load(Ordering::SeqCst), 1);
+    let report = tls_report(&t.s, "nopolicy.test");
     let (_, failed) = counts(&report, "sts");
     assert_eq!(failed.get("sts-policy-fetch-error"), Some(&1), "{failed:?}");
     let (ok, _) = counts(&report, "no-policy-found");
@@ -558,6 +572,18 @@ fn free_udp_tcp_port() -> u16 {
     }
 }
 
+/// A sending wasmtp with DANE on, resolving with `zone`'s server and
+/// trusting `anchor`, delivering MX mail to `mx_port`.
+fn dane_sender(zone: &SignedZone, mx_port: u16, anchor: &std::path::Path) -> Server {
+    Server::start(&format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
+         [outbound]\nmx_port = {mx_port}\ntls = \"opportunistic\"\n\n\
+         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
+        zone.config(),
+        anchor.display()
+    ))
+}
+
 /// `3 1 1` (DANE-EE, public key, SHA-256) for a certificate's key.
 fn tlsa_3_1_1(cert: &Issued) -> String {
     use sha2::Digest;
@@ -583,13 +609,7 @@ fn dane_tlsa_pins_the_certificate_and_a_mismatch_defers() {
             "00".repeat(32)
         ),
     );
-    let s = Server::start(&format!(
-        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
-         [outbound]\nmx_port = {port}\ntls = \"opportunistic\"\n\n\
-         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
-        zone.config(),
-        zone.anchor().display()
-    ));
+    let s = dane_sender(&zone, port, &zone.anchor());
     submit(&s, "d@dane.test");
     wait_log(&s, &["delivered", "d@dane.test"]);
     let got = up.wait_for_mail("d", 1);
@@ -626,13 +646,7 @@ fn dane_answers_that_do_not_validate_make_the_host_unusable() {
     );
     // Another server's key for the same zone: nothing validates.
     let impostor = SignedZone::start("dane.test", "");
-    let s = Server::start(&format!(
-        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
-         [outbound]\nmx_port = {port}\ntls = \"opportunistic\"\n\n\
-         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
-        zone.config(),
-        impostor.anchor().display()
-    ));
+    let s = dane_sender(&zone, port, &impostor.anchor());
     submit(&s, "d@dane.test");
     let l = wait_log(&s, &["deferred", "d@dane.test"]);
     assert!(

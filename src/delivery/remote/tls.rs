@@ -35,57 +35,6 @@ fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
         .expect("ring supports TLS 1.2 and 1.3")
 }
 
-/// Accepts any certificate, but still checks that the server holds its
-/// key (the handshake signatures), so the session is really encrypted to
-/// whoever presented it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Why a `verify` config could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("CA file {}: {what}", path.display())]
@@ -110,17 +59,14 @@ impl Default for ClientTls {
 impl ClientTls {
     /// The shared configs.
     pub fn new() -> ClientTls {
-        let any = builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-            .with_no_client_auth();
+        let any = connector(Check::Any, &Seen::default());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let public = builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
         ClientTls {
-            any: TlsConnector::from(Arc::new(any)),
+            any,
             public: TlsConnector::from(Arc::new(public)),
             by_ca_file: Mutex::default(),
         }
@@ -208,17 +154,72 @@ pub fn result_type(e: &rustls::Error) -> ResultType {
     }
 }
 
-/// MTA-STS: the chain and the MX name checked against the public roots
-/// (and `mta_sts.ca_file`); a failure refuses the handshake under
-/// `enforce` and is only recorded under `testing`.
+/// What a verifier checks about the server's certificate.
 #[derive(Debug)]
-struct StsVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    enforce: bool,
+enum Check {
+    /// Nothing (`opportunistic`, `require`: RFC 7435); the handshake
+    /// signatures still prove the server holds the key, so the session
+    /// is really encrypted to whoever presented it.
+    Any,
+    /// MTA-STS: the chain and the MX name against the public roots (and
+    /// `mta_sts.ca_file`); a failure refuses the handshake under
+    /// `enforce` and is only recorded under `testing`.
+    Sts {
+        webpki: Arc<rustls::client::WebPkiServerVerifier>,
+        enforce: bool,
+    },
+    /// DANE (RFC 7672 §3): a usable TLSA record must match. DANE-EE (3):
+    /// the server's own certificate or key, no name or expiry checks.
+    /// DANE-TA (2): a certificate of the presented chain is the trust
+    /// anchor; the server certificate must chain to it and carry the MX
+    /// host name.
+    Dane(Arc<Vec<Tlsa>>),
+}
+
+/// The verifier of every config but `verify`'s: checks per `check`,
+/// records the first failure in `seen`; handshake signatures are always
+/// checked.
+#[derive(Debug)]
+struct PolicyVerifier {
+    check: Check,
+    provider: Arc<CryptoProvider>,
     seen: Seen,
 }
 
-impl ServerCertVerifier for StsVerifier {
+/// DANE-TA: `end_entity` chains to a certificate of `intermediates` that
+/// matches a usage-2 record, and is valid for `server_name`.
+fn dane_ta(
+    records: &[Tlsa],
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let mut last = None;
+    for r in records.iter().filter(|r| r.usage == 2) {
+        for ta in intermediates.iter().filter(|c| r.matches(c)) {
+            let mut roots = RootCertStore::empty();
+            if roots.add(ta.clone()).is_err() {
+                continue;
+            }
+            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            match v.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+    }
+    Err(last.unwrap_or(rustls::Error::InvalidCertificate(
+        rustls::CertificateError::ApplicationVerificationFailure,
+    )))
+}
+
+impl ServerCertVerifier for PolicyVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -227,118 +228,39 @@ impl ServerCertVerifier for StsVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.seen.set(result_type(&e), e.to_string());
-                if self.enforce {
-                    Err(e)
+        let (result, enforce) = match &self.check {
+            Check::Any => (Ok(()), false),
+            Check::Sts { webpki, enforce } => {
+                let r = webpki
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                    .map(|_| ())
+                    .inspect_err(|e| self.seen.set(result_type(e), e.to_string()));
+                (r, *enforce)
+            }
+            Check::Dane(records) => {
+                let r = if records
+                    .iter()
+                    .any(|r| r.usage == 3 && r.matches(end_entity))
+                {
+                    Ok(())
                 } else {
-                    Ok(ServerCertVerified::assertion())
-                }
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// DANE (RFC 7672 §3): the certificate must match a usable TLSA record.
-/// DANE-EE (3): the server's own certificate or key, no name or expiry
-/// checks. DANE-TA (2): a certificate of the presented chain is the trust
-/// anchor, and the server certificate must chain to it and carry the MX
-/// host name.
-#[derive(Debug)]
-struct DaneVerifier {
-    records: Arc<Vec<Tlsa>>,
-    any: AnyCertificate,
-    seen: Seen,
-}
-
-impl DaneVerifier {
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        if self
-            .records
-            .iter()
-            .any(|r| r.usage == 3 && r.matches(end_entity))
-        {
-            return Ok(());
-        }
-        let mut last = None;
-        for r in self.records.iter().filter(|r| r.usage == 2) {
-            for ta in intermediates.iter().filter(|c| r.matches(c)) {
-                let mut roots = RootCertStore::empty();
-                if roots.add(ta.clone()).is_err() {
-                    continue;
-                }
-                let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-                match v.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last = Some(e),
-                }
-            }
-        }
-        Err(last.unwrap_or(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::ApplicationVerificationFailure,
-        )))
-    }
-}
-
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.check(end_entity, intermediates, server_name, now) {
-            Ok(()) => Ok(ServerCertVerified::assertion()),
-            Err(e) => {
-                let why = match &e {
-                    rustls::Error::InvalidCertificate(
-                        rustls::CertificateError::ApplicationVerificationFailure,
-                    ) => "no TLSA record matches the certificate".to_string(),
-                    e => format!("DANE-TA chain check failed: {e}"),
+                    dane_ta(records, end_entity, intermediates, server_name, now)
                 };
-                self.seen.set(ResultType::TlsaInvalid, why);
-                Err(e)
+                let r = r.inspect_err(|e| {
+                    let why = match e {
+                        rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::ApplicationVerificationFailure,
+                        ) => "no TLSA record matches the certificate".to_string(),
+                        e => format!("DANE-TA chain check failed: {e}"),
+                    };
+                    self.seen.set(ResultType::TlsaInvalid, why);
+                });
+                (r, true)
             }
+        };
+        match result {
+            Err(e) if enforce => Err(e),
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 
@@ -348,7 +270,8 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.any.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -357,11 +280,14 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.any.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.any.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -408,7 +334,7 @@ impl PolicyTls {
 
     /// For an MX host under an MTA-STS policy.
     pub fn sts(&self, enforce: bool, seen: &Seen) -> Result<TlsConnector, CaError> {
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
             self.roots.clone(),
             provider(),
         )
@@ -417,29 +343,24 @@ impl PolicyTls {
             path: PathBuf::from("(roots)"),
             what: e.to_string(),
         })?;
-        let v = StsVerifier {
-            inner,
-            enforce,
-            seen: seen.clone(),
-        };
-        Ok(connector(Arc::new(v)))
+        Ok(connector(Check::Sts { webpki, enforce }, seen))
     }
 
     /// For an MX host with usable TLSA records.
     pub fn dane(&self, records: Arc<Vec<Tlsa>>, seen: &Seen) -> TlsConnector {
-        let v = DaneVerifier {
-            records,
-            any: AnyCertificate(provider()),
-            seen: seen.clone(),
-        };
-        connector(Arc::new(v))
+        connector(Check::Dane(records), seen)
     }
 }
 
-fn connector(v: Arc<dyn ServerCertVerifier>) -> TlsConnector {
+fn connector(check: Check, seen: &Seen) -> TlsConnector {
+    let v = PolicyVerifier {
+        check,
+        provider: provider(),
+        seen: seen.clone(),
+    };
     let config = builder()
         .dangerous()
-        .with_custom_certificate_verifier(v)
+        .with_custom_certificate_verifier(Arc::new(v))
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
