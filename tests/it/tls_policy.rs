@@ -574,11 +574,12 @@ fn free_udp_tcp_port() -> u16 {
 
 /// A sending wasmtp with DANE on, resolving with `zone`'s server and
 /// trusting `anchor`, delivering MX mail to `mx_port`.
-fn dane_sender(zone: &SignedZone, mx_port: u16, anchor: &std::path::Path) -> Server {
+/// `extra` is appended.
+fn dane_sender(zone: &SignedZone, mx_port: u16, anchor: &std::path::Path, extra: &str) -> Server {
     Server::start(&format!(
         "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\nretry_intervals = [\"1h\"]\n\n{}\
          [outbound]\nmx_port = {mx_port}\ntls = \"opportunistic\"\n\n\
-         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n",
+         [outbound.dane]\nmode = \"opportunistic\"\ntrust_anchor = \"{}\"\n\n{extra}",
         zone.config(),
         anchor.display()
     ))
@@ -594,28 +595,40 @@ fn tlsa_3_1_1(cert: &Issued) -> String {
 }
 
 #[test]
-fn dane_tlsa_pins_the_certificate_and_a_mismatch_defers() {
+fn dane_tlsa_pins_the_certificate_before_mta_sts_and_a_mismatch_defers() {
     let pki = Pki::new();
     // The certificate names no MX host: DANE-EE checks only the key.
     let cert = pki.issue("mx", &["unrelated.test"]);
     let up = upstream(&cert, &["dane.test", "bad.dane.test"]);
     let port = up.addr.port();
+    // dane.test also has an MTA-STS policy that lists another MX host:
+    // DANE takes precedence, so it does not apply to mail.dane.test.
+    let web = pki.issue("web", &["mta-sts.dane.test"]);
+    let sts = policy("enforce", &["other.dane.test"]);
+    let https = PolicyServer::start(&web, &pki, &[("mta-sts.dane.test", &sts)]);
     let zone = SignedZone::start(
         "dane.test",
         &format!(
             "@ MX 10 mail\nmail A 127.0.0.1\n_{port}._tcp.mail TLSA 3 1 1 {}\n\
-             bad MX 10 mx2\nmx2 A 127.0.0.1\n_{port}._tcp.mx2 TLSA 3 1 1 {}\n",
+             bad MX 10 mx2\nmx2 A 127.0.0.1\n_{port}._tcp.mx2 TLSA 3 1 1 {}\n\
+             _mta-sts TXT \"v=STSv1; id=1\"\nmta-sts A 127.0.0.1\n",
             tlsa_3_1_1(&cert),
             "00".repeat(32)
         ),
     );
-    let s = dane_sender(&zone, port, &zone.anchor());
+    let mta_sts = format!(
+        "[outbound.mta_sts]\nca_file = \"{}\"\nhttps_port = {}\n",
+        pki.ca_file().display(),
+        https.port
+    );
+    let s = dane_sender(&zone, port, &zone.anchor(), &mta_sts);
     submit(&s, "d@dane.test");
     wait_log(&s, &["delivered", "d@dane.test"]);
     let got = up.wait_for_mail("d", 1);
     assert!(String::from_utf8_lossy(&got[0]).contains("with ESMTPS"));
     let (ok, failed) = counts(&tls_report(&s, "dane.test"), "tlsa");
     assert_eq!((ok, failed.len()), (1, 0), "{failed:?}");
+    wait_log(&s, &["MTA-STS policy fetched", "dane.test"]);
 
     submit(&s, "x@bad.dane.test");
     let l = wait_log(&s, &["deferred", "x@bad.dane.test"]);
@@ -646,7 +659,7 @@ fn dane_answers_that_do_not_validate_make_the_host_unusable() {
     );
     // Another server's key for the same zone: nothing validates.
     let impostor = SignedZone::start("dane.test", "");
-    let s = dane_sender(&zone, port, &impostor.anchor());
+    let s = dane_sender(&zone, port, &impostor.anchor(), "");
     submit(&s, "d@dane.test");
     let l = wait_log(&s, &["deferred", "d@dane.test"]);
     assert!(
