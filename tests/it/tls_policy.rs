@@ -355,7 +355,8 @@ fn mta_sts_enforce_delivers_to_a_listed_mx_and_defers_others() {
 
 /// One recipient domain: its `_mta-sts` TXT record, a policy host serving
 /// `policy` (404 without one), one MX host `mx`, an upstream whose
-/// certificate names `cert_names`, and a sender.
+/// certificate names `cert_names`, and a sender (`extra` goes into its
+/// `[outbound.mta_sts]`).
 struct OneDomain {
     https: PolicyServer,
     up: Server,
@@ -364,7 +365,13 @@ struct OneDomain {
     _dns: DnsServer,
 }
 
-fn one_domain(domain: &str, policy: Option<String>, mx: &str, cert_names: &[&str]) -> OneDomain {
+fn one_domain(
+    domain: &str,
+    policy: Option<String>,
+    mx: &str,
+    cert_names: &[&str],
+    extra: &str,
+) -> OneDomain {
     let pki = Pki::new();
     let mx_cert = pki.issue("mx", cert_names);
     let host = format!("mta-sts.{domain}");
@@ -373,7 +380,7 @@ fn one_domain(domain: &str, policy: Option<String>, mx: &str, cert_names: &[&str
     let https = PolicyServer::start(&web, &pki, &served);
     let dns = dns(&[sts_records(domain, mx)]);
     let up = upstream(&mx_cert, &[domain]);
-    let s = sender(&dns, up.addr.port(), &pki, https.port, "");
+    let s = sender(&dns, up.addr.port(), &pki, https.port, extra);
     OneDomain {
         https,
         up,
@@ -391,6 +398,7 @@ fn mta_sts_testing_delivers_and_records_the_failures() {
         Some(policy("testing", &["mail.trial.test"])),
         "rogue.trial.test",
         &["elsewhere.test"],
+        "",
     );
     submit(&t.s, "t@trial.test");
     let got = t.up.wait_for_mail("t", 1);
@@ -418,6 +426,7 @@ fn mta_sts_policy_is_kept_across_a_restart() {
         Some(policy("enforce", &["mail.kept.test"])),
         "rogue.kept.test",
         &["rogue.kept.test"],
+        "",
     );
     submit(&s, "k1@kept.test");
     wait_log(&s, &["deferred", "k1@kept.test"]);
@@ -449,6 +458,7 @@ fn mta_sts_fetch_failure_without_a_cached_policy_delivers_and_reports_it() {
         None,
         "mail.nopolicy.test",
         &["mail.nopolicy.test"],
+        "",
     );
     submit(&t.s, "n@nopolicy.test");
     t.up.wait_for_mail("n", 1);
@@ -669,4 +679,28 @@ fn dane_answers_that_do_not_validate_make_the_host_unusable() {
     assert!(up.mail("d").is_empty());
     let (_, failed) = counts(&tls_report(&s, "dane.test"), "tlsa");
     assert_eq!(failed.get("dnssec-invalid"), Some(&1), "{failed:?}");
+}
+
+#[test]
+fn mta_sts_policy_larger_than_max_policy_size_is_refused() {
+    // Unknown fields are allowed (RFC 8461 §3.2): 2000 bytes of them.
+    let mut big = policy("enforce", &["mail.big.test"]);
+    for i in 0..100 {
+        big.push_str(&format!("comment{i:03}: padding\r\n"));
+    }
+    let t = one_domain(
+        "big.test",
+        Some(big),
+        "rogue.big.test",
+        &["rogue.big.test"],
+        "max_policy_size = 1000\n",
+    );
+    // No policy in force: delivered to the MX that policy would refuse.
+    submit(&t.s, "b@big.test");
+    t.up.wait_for_mail("b", 1);
+    let l = wait_log(&t.s, &["MTA-STS policy fetch failed", "big.test"]);
+    assert!(l.contains("policy larger than 1000 bytes"), "{l}");
+    wait_log(&t.s, &["limit reached", "outbound.mta_sts.max_policy_size"]);
+    let (_, failed) = counts(&tls_report(&t.s, "big.test"), "sts");
+    assert_eq!(failed.get("sts-policy-invalid"), Some(&1), "{failed:?}");
 }

@@ -355,9 +355,13 @@ impl MtaSts {
         let text = tokio::time::timeout(self.settings.fetch_timeout, self.get(dns, domain))
             .await
             .map_err(|_| {
+                crate::observe::limit_hit("outbound.mta_sts.fetch_timeout", domain);
                 fetch_error(
                     ResultType::StsPolicyFetchError,
-                    format!("no policy within {:?}", self.settings.fetch_timeout),
+                    format!(
+                        "no policy within {}",
+                        humantime::format_duration(self.settings.fetch_timeout)
+                    ),
                 )
             })??;
         let policy = parse_policy(&text).map_err(|e| {
@@ -376,10 +380,14 @@ impl MtaSts {
     async fn get(&self, dns: &Dns, domain: &str) -> Result<String, FetchError> {
         let fetch = |why: String| fetch_error(ResultType::StsPolicyFetchError, why);
         let host = format!("mta-sts.{domain}");
-        let addrs = dns
-            .addresses(&host)
-            .await
-            .map_err(|e| fetch(format!("cannot resolve {host}: {e:?}")))?;
+        let addrs = dns.addresses(&host).await.map_err(|e| {
+            let why = match e {
+                Lookup::NoSuchDomain => "no such domain".to_string(),
+                Lookup::NoRecords => "no A or AAAA record".to_string(),
+                Lookup::Failed(e) => e,
+            };
+            fetch(format!("cannot resolve {host}: {why}"))
+        })?;
         let mut last = String::new();
         let mut tcp = None;
         for ip in addrs {
