@@ -695,3 +695,37 @@ fn mta_sts_policy_larger_than_max_policy_size_is_refused() {
     let (_, failed) = counts(&tls_report(&t.s, "big.test"), "sts");
     assert_eq!(failed.get("sts-policy-invalid"), Some(&1), "{failed:?}");
 }
+
+#[test]
+fn dane_ta_needs_the_chain_to_the_pinned_ca_and_the_mx_name() {
+    use sha2::Digest;
+    let pki = Pki::new();
+    // The upstream presents its certificate and the CA's (Pki::issue
+    // writes the chain); the TLSA record pins the CA (2 0 1).
+    let cert = pki.issue("mx", &["mx3.dane.test"]);
+    let up = upstream(&cert, &["ta.dane.test", "tabad.dane.test"]);
+    let port = up.addr.port();
+    let ca: String = sha2::Sha256::digest(pki.ca.der().as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let zone = SignedZone::start(
+        "dane.test",
+        &format!(
+            "ta MX 10 mx3\nmx3 A 127.0.0.1\n_{port}._tcp.mx3 TLSA 2 0 1 {ca}\n\
+             tabad MX 10 mx4\nmx4 A 127.0.0.1\n_{port}._tcp.mx4 TLSA 2 0 1 {ca}\n"
+        ),
+    );
+    let s = dane_sender(&zone, port, &zone.anchor(), "");
+    submit(&s, "a@ta.dane.test");
+    wait_log(&s, &["delivered", "a@ta.dane.test"]);
+    up.wait_for_mail("a", 1);
+    // Same CA, but the certificate does not name mx4.dane.test.
+    submit(&s, "b@tabad.dane.test");
+    assert_deferred(
+        &s,
+        "b@tabad.dane.test",
+        &["DANE-TA chain check failed", "4.7.5"],
+    );
+    assert!(up.mail("b").is_empty());
+}
