@@ -73,6 +73,18 @@ enum Cmd {
         #[command(flatten)]
         common: ops_cmd::Common,
     },
+    /// Print the TLS-RPT (RFC 8460) report JSON of a day's outbound TLS results.
+    TlsReport {
+        /// Config file naming the results directory (the embedded default without it).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The UTC day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        day: Option<String>,
+        /// Only this policy domain's report (default: every domain's, as a JSON array).
+        #[arg(long)]
+        domain: Option<String>,
+    },
     /// DKIM signing keys.
     Dkim {
         #[command(subcommand)]
@@ -132,6 +144,15 @@ fn main() -> ExitCode {
         },
         Cmd::Plugin { command } => report(plugin_cmd::run(command)),
         Cmd::Dkim { command } => report(dkim_cmd::run(command)),
+        Cmd::TlsReport {
+            config,
+            day,
+            domain,
+        } => report(
+            load(config.as_ref())
+                .map_err(anyhow::Error::from)
+                .and_then(|s| tls_report(&s, day, domain.as_deref())),
+        ),
         Cmd::User { config, cmd } => {
             let run = load(config.as_ref())
                 .map_err(anyhow::Error::from)
@@ -179,6 +200,33 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `wasmtp tls-report`: reads the day's result file the server writes.
+fn tls_report(s: &Settings, day: Option<String>, domain: Option<&str>) -> anyhow::Result<()> {
+    use wasmtp::delivery::remote::tlsrpt;
+    let rpt = &s.outbound.tls_rpt;
+    let dir = rpt
+        .dir
+        .clone()
+        .unwrap_or_else(|| s.data_dir.join("tls-rpt"));
+    let day = day.unwrap_or_else(tlsrpt::today);
+    if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_err() {
+        anyhow::bail!("--day {day:?}: expected YYYY-MM-DD");
+    }
+    let results = tlsrpt::load(&dir, &day).unwrap_or(tlsrpt::Day {
+        day: day.clone(),
+        ..tlsrpt::Day::default()
+    });
+    let reports = tlsrpt::reports(&results, domain, &rpt.organization, &rpt.contact);
+    let out = match domain {
+        Some(d) => reports.into_iter().next().ok_or_else(|| {
+            anyhow::anyhow!("no TLS results for {d} on {day} in {}", dir.display())
+        })?,
+        None => serde_json::Value::Array(reports),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 /// Applies `--listen NAME=ADDR` overrides.

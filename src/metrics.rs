@@ -174,6 +174,10 @@ fn describe() {
         "wasmtp_kv_backend_errors_total",
         "Calls to the shared kv backend (Redis) that failed for an outage or timeout, by role and op."
     );
+    c!(
+        "wasmtp_outbound_tls_policy_total",
+        "Outbound TLS sessions and policy lookups by policy (sts, tlsa, no-policy-found) and result (success or an RFC 8460 result type)."
+    );
 }
 
 /// An accepted TCP connection, or one refused by a connection limit.
@@ -350,4 +354,12 @@ pub fn kv_backend_up(role: &'static str, up: bool) {
 /// A call to the shared kv backend failed (outage or timeout).
 pub fn kv_error(role: &'static str, op: &'static str) {
     counter!("wasmtp_kv_backend_errors_total", "role" => role, "op" => op).increment(1);
+}
+
+/// An outbound TLS session under a policy (`sts`, `tlsa`,
+/// `no-policy-found`) and its result (`success` or an RFC 8460 result
+/// type such as `validation-failure`).
+pub fn tls_policy(policy: &'static str, result: &'static str) {
+    counter!("wasmtp_outbound_tls_policy_total", "policy" => policy, "result" => result)
+        .increment(1);
 }

@@ -58,10 +58,11 @@ impl QueueManager {
             .map(|m| (m.next_attempt, m.id))
             .collect();
         let handle = QueueManager { tx };
+        let outbound = Arc::new(Outbound::new(&settings, Some(&store.db())));
         let actor = Actor {
             queue: handle.clone(),
             store,
-            outbound: Arc::new(Outbound::new(&settings)),
+            outbound,
             settings,
             plugins,
             rx,

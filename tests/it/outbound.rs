@@ -237,7 +237,7 @@ fn sender(port: u16, route: &str, outbound: &str) -> Server {
 }
 
 /// Submits `body` from app@example.test to `to`; expects 250.
-fn submit(s: &Server, to: &[&str], body: &[u8]) {
+pub(crate) fn submit(s: &Server, to: &[&str], body: &[u8]) {
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);
     let r = c.send_message("app@example.test", to, body);

@@ -73,6 +73,7 @@ pub fn error(peer: Option<&Peer>, e: &ClientError) -> Outcome {
         ClientError::Tls(_) => "4.7.5",
         // X.7.0: the security policy for this hop cannot be met.
         ClientError::NoStartTls | ClientError::NoAuthMechanism => "4.7.0",
+        ClientError::Policy { status, .. } => status,
     };
     let text = match peer {
         Some(p) => format!("{p}: {e}"),
@@ -82,6 +83,18 @@ pub fn error(peer: Option<&Peer>, e: &ClientError) -> Outcome {
         text,
         status: status.to_string(),
         remote_mta: peer.map(|p| p.name.clone()),
+        remote_reply: None,
+    })
+}
+
+/// An MX host the recipient domain's TLS policy rules out before any
+/// connection (not in the MTA-STS policy, TLSA lookup failed): temporary,
+/// so the mail waits for the policy or the DNS to be fixed.
+pub fn policy_refused(host: &str, status: &str, text: String) -> Outcome {
+    Outcome::Temporary(Failure {
+        text: format!("{host}: {text}"),
+        status: status.to_string(),
+        remote_mta: Some(host.to_string()),
         remote_reply: None,
     })
 }

@@ -136,6 +136,15 @@ pub enum ClientError {
     /// AUTH is configured and the server offers neither PLAIN nor LOGIN.
     #[error("AUTH is configured but the server offers no PLAIN or LOGIN")]
     NoAuthMechanism,
+    /// A TLS policy of the recipient domain (MTA-STS `enforce`, DANE)
+    /// was not met: STARTTLS missing or a certificate it refuses.
+    #[error("{text}")]
+    Policy {
+        /// RFC 3463 status (4.7.x).
+        status: &'static str,
+        /// What was required and what happened.
+        text: String,
+    },
 }
 
 impl ClientError {

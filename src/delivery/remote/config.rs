@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::value::{AtLeast, Domain, Dur};
+use crate::config::value::{AtLeast, ByteSize, Domain, Dur};
 
 /// TLS towards the next hop.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +69,115 @@ pub struct RawOutbound {
     /// `[[outbound.route]]`: per domain, first match wins.
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
+    /// `[outbound.mta_sts]`: MTA-STS (RFC 8461) for MX delivery.
+    #[serde(default)]
+    pub mta_sts: RawMtaSts,
+    /// `[outbound.dane]`: DANE (RFC 7672) for MX delivery.
+    #[serde(default)]
+    pub dane: RawDane,
+    /// `[outbound.tls_rpt]`: TLS-RPT (RFC 8460) result counts.
+    #[serde(default)]
+    pub tls_rpt: RawTlsRpt,
+}
+
+/// `[outbound.mta_sts]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtaSts {
+    /// Look up and apply the policies of recipient domains (true).
+    pub enabled: Option<bool>,
+    /// The HTTPS fetch of a policy, connect to last byte (10s).
+    pub fetch_timeout: Option<Dur>,
+    /// Largest policy accepted (64KiB, RFC 8461 §3.3).
+    pub max_policy_size: Option<ByteSize>,
+    /// Policies kept in the cache (memory and the queue's store).
+    pub max_cache_entries: Option<AtLeast<1>>,
+    /// CA certificates (PEM) trusted besides the public roots, for the
+    /// policy fetch and the MX certificates of `enforce`/`testing`.
+    pub ca_file: Option<PathBuf>,
+    /// Port of `mta-sts.<domain>` (443; for tests).
+    pub https_port: Option<u16>,
+}
+
+/// DANE mode.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneMode {
+    /// No TLSA lookups.
+    #[default]
+    Off,
+    /// TLSA looked up over DNSSEC for every MX host; usable records make
+    /// TLS mandatory and pin the certificate (RFC 7672).
+    Opportunistic,
+}
+
+/// `[outbound.dane]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDane {
+    /// "off" (default) or "opportunistic".
+    pub mode: Option<DaneMode>,
+    /// DNSKEY records (zone file syntax) trusted as DNSSEC anchors
+    /// instead of the root's built-in keys.
+    pub trust_anchor: Option<PathBuf>,
+}
+
+/// `[outbound.tls_rpt]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsRpt {
+    /// Record TLS results per policy domain (true).
+    pub enabled: Option<bool>,
+    /// Directory of the daily result files (`<data_dir>/tls-rpt`).
+    pub dir: Option<PathBuf>,
+    /// Policy domains recorded per day; results for more are counted
+    /// in the log and metrics only.
+    pub max_domains: Option<AtLeast<1>>,
+    /// `organization-name` in reports (default: `server.hostname`).
+    pub organization: Option<String>,
+    /// `contact-info` in reports (default: `postmaster@<server.hostname>`).
+    pub contact: Option<String>,
+}
+
+/// Resolved `[outbound.mta_sts]`.
+#[derive(Debug, Clone)]
+pub struct MtaStsSettings {
+    /// Apply policies.
+    pub enabled: bool,
+    /// Fetch bound.
+    pub fetch_timeout: Duration,
+    /// Size bound.
+    pub max_policy_size: u64,
+    /// Cache bound.
+    pub max_cache_entries: usize,
+    /// Extra CAs.
+    pub ca_file: Option<PathBuf>,
+    /// HTTPS port.
+    pub https_port: u16,
+}
+
+/// Resolved `[outbound.dane]`.
+#[derive(Debug, Clone)]
+pub struct DaneSettings {
+    /// Mode.
+    pub mode: DaneMode,
+    /// Trust anchor file.
+    pub trust_anchor: Option<PathBuf>,
+}
+
+/// Resolved `[outbound.tls_rpt]`.
+#[derive(Debug, Clone)]
+pub struct TlsRptSettings {
+    /// Record results.
+    pub enabled: bool,
+    /// Result files (None: `<data_dir>/tls-rpt`).
+    pub dir: Option<PathBuf>,
+    /// Domains per day.
+    pub max_domains: usize,
+    /// Report organization.
+    pub organization: String,
+    /// Report contact.
+    pub contact: String,
 }
 
 /// `[outbound.timeouts]` (RFC 5321 §4.5.3.2 defaults).
@@ -143,6 +252,12 @@ pub struct OutboundSettings {
     pub smarthost: Option<Target>,
     /// Static routes, in config order.
     pub routes: Vec<StaticRoute>,
+    /// MTA-STS.
+    pub mta_sts: MtaStsSettings,
+    /// DANE.
+    pub dane: DaneSettings,
+    /// TLS-RPT.
+    pub tls_rpt: TlsRptSettings,
 }
 
 /// Resolved client timeouts.
@@ -281,7 +396,12 @@ pub fn resolve(raw: RawOutbound, hostname: &str) -> Result<OutboundSettings, (St
             target: resolve_target(r, &key)?,
         });
     }
+    let (mta_sts, dane, tls_rpt) =
+        resolve_tls_policy(raw.mta_sts, raw.dane, raw.tls_rpt, hostname)?;
     Ok(OutboundSettings {
+        mta_sts,
+        dane,
+        tls_rpt,
         helo_name: raw.helo_name.map_or_else(|| hostname.to_string(), |d| d.0),
         tls: raw.tls.unwrap_or_default(),
         mx_port: raw.mx_port.unwrap_or(25),
@@ -294,6 +414,50 @@ pub fn resolve(raw: RawOutbound, hostname: &str) -> Result<OutboundSettings, (St
         smarthost,
         routes,
     })
+}
+
+fn resolve_tls_policy(
+    m: RawMtaSts,
+    d: RawDane,
+    r: RawTlsRpt,
+    hostname: &str,
+) -> Result<(MtaStsSettings, DaneSettings, TlsRptSettings), (String, String)> {
+    let readable = |p: &Option<PathBuf>, key: &str| match p {
+        Some(p) => std::fs::metadata(p)
+            .map(|_| ())
+            .map_err(|e| (key.to_string(), format!("cannot read {}: {e}", p.display()))),
+        None => Ok(()),
+    };
+    readable(&m.ca_file, "outbound.mta_sts.ca_file")?;
+    readable(&d.trust_anchor, "outbound.dane.trust_anchor")?;
+    if m.https_port == Some(0) {
+        return Err((
+            "outbound.mta_sts.https_port".into(),
+            "must be a port, 1 to 65535".into(),
+        ));
+    }
+    let mta_sts = MtaStsSettings {
+        enabled: m.enabled.unwrap_or(true),
+        fetch_timeout: m.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        max_policy_size: m.max_policy_size.map_or(64 * 1024, |b| b.0),
+        max_cache_entries: m.max_cache_entries.map_or(10_000, |n| n.0),
+        ca_file: m.ca_file,
+        https_port: m.https_port.unwrap_or(443),
+    };
+    let dane = DaneSettings {
+        mode: d.mode.unwrap_or_default(),
+        trust_anchor: d.trust_anchor,
+    };
+    let tls_rpt = TlsRptSettings {
+        enabled: r.enabled.unwrap_or(true),
+        dir: r.dir,
+        max_domains: r.max_domains.map_or(10_000, |n| n.0),
+        organization: r.organization.unwrap_or_else(|| hostname.to_string()),
+        contact: r
+            .contact
+            .unwrap_or_else(|| format!("postmaster@{hostname}")),
+    };
+    Ok((mta_sts, dane, tls_rpt))
 }
 
 fn parse_pattern(s: &str) -> Option<DomainPattern> {

@@ -15,14 +15,25 @@
 //! | `pool.rs` | kept connections and the connection limits |
 //! | `classify.rs` | reply or error → `Outcome`, in one place |
 //! | `message.rs` | what the stored message needs (loop count, 8BIT, SMTPUTF8) |
+//! | `mta_sts.rs` | MTA-STS policies: lookup, HTTPS fetch, cache (RFC 8461) |
+//! | `dane.rs` | TLSA lookups over DNSSEC and what records match (RFC 7672) |
+//! | `tlsrpt.rs` | TLS results per policy domain and day, the report (RFC 8460) |
+//!
+//! For MX delivery the TLS of each host is chosen per host (`Hop`): DANE
+//! when the host has validated, usable TLSA records; else the domain's
+//! MTA-STS policy (`enforce`: only listed hosts, valid certificate;
+//! `testing`: deliver, record failures); else `outbound.tls`.
 
 pub mod classify;
 pub mod client;
 pub mod config;
+pub mod dane;
 pub mod message;
+pub mod mta_sts;
 pub mod pool;
 pub mod route;
 pub mod tls;
+pub mod tlsrpt;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,9 +45,12 @@ use tracing::{debug, warn};
 
 use self::client::{Client, ClientError, Envelope, Peer, RcptLine};
 use self::config::{OutboundSettings, TlsPolicy};
+use self::dane::{Dane, Tlsa};
+use self::mta_sts::{Cached, Mode, MtaSts};
 use self::pool::{Conn, Got, Pool};
 use self::route::{Destination, Host, Router};
-use self::tls::ClientTls;
+use self::tls::{ClientTls, PolicyTls, Seen};
+use self::tlsrpt::{PolicyDesc, PolicyType, ResultType, SessionResult, TlsRpt};
 use crate::delivery::Outcome;
 use crate::queue::QueuedMessage;
 use crate::smtp::request::{MailArgs, RcptArgs};
@@ -53,6 +67,82 @@ struct Inner {
     router: Router,
     tls: ClientTls,
     pool: Arc<Pool>,
+    policy_tls: Result<PolicyTls, String>,
+    mta_sts: MtaSts,
+    dane: Dane,
+    rpt: TlsRpt,
+}
+
+/// How TLS is decided for one MX host.
+enum Hop {
+    /// The destination's own `tls` policy.
+    Plain,
+    /// The domain's MTA-STS policy lists this host (or is `testing`).
+    Sts { policy: Arc<Cached>, domain: String },
+    /// The host has validated, usable TLSA records.
+    Dane {
+        records: Arc<Vec<Tlsa>>,
+        domain: String,
+        host: String,
+    },
+}
+
+impl Hop {
+    /// True when STARTTLS must succeed.
+    fn mandatory(&self) -> bool {
+        match self {
+            Hop::Plain => false,
+            Hop::Sts { policy, .. } => policy.policy.mode == Mode::Enforce,
+            Hop::Dane { .. } => true,
+        }
+    }
+
+    /// The TLS-RPT policy for results of this hop, when there is a domain.
+    fn desc(&self, dest: &Destination) -> Option<PolicyDesc> {
+        match self {
+            Hop::Plain => dest.policy_domain.as_ref().map(|d| PolicyDesc {
+                kind: PolicyType::NoPolicyFound,
+                strings: Vec::new(),
+                domain: d.clone(),
+                mx_host: Vec::new(),
+            }),
+            Hop::Sts { policy, domain } => Some(policy.desc(domain)),
+            Hop::Dane {
+                records,
+                domain,
+                host,
+            } => Some(PolicyDesc {
+                kind: PolicyType::Tlsa,
+                strings: records.iter().map(|r| r.to_string()).collect(),
+                domain: domain.clone(),
+                mx_host: vec![host.clone()],
+            }),
+        }
+    }
+
+    /// The policy failure `e` stands for, as the queue and DSNs show it.
+    fn explain(&self, e: ClientError, seen: &Seen) -> ClientError {
+        let what = match self {
+            Hop::Plain => return e,
+            Hop::Sts { policy, .. } if policy.policy.mode != Mode::Enforce => return e,
+            Hop::Sts { domain, .. } => format!("the MTA-STS policy of {domain} (mode enforce)"),
+            Hop::Dane { host, .. } => format!("DANE (validated TLSA records of {host})"),
+        };
+        match e {
+            ClientError::NoStartTls => ClientError::Policy {
+                status: "4.7.0",
+                text: format!("STARTTLS is required by {what} but not offered"),
+            },
+            ClientError::Tls(detail) => ClientError::Policy {
+                status: "4.7.5",
+                text: format!(
+                    "certificate refused under {what}: {}",
+                    seen.get().map_or(detail, |(_, why)| why)
+                ),
+            },
+            e => e,
+        }
+    }
 }
 
 impl std::fmt::Debug for Outbound {
@@ -92,11 +182,29 @@ impl Endpoint<'_> {
 }
 
 impl Outbound {
-    /// The outbound side for `settings`.
-    pub fn new(settings: &crate::config::Settings) -> Outbound {
+    /// The outbound side for `settings`; MTA-STS policies are cached in
+    /// `db` (the queue's store) when given.
+    pub fn new(settings: &crate::config::Settings, db: Option<&sled::Db>) -> Outbound {
         let s = &settings.outbound;
+        let policy_tls = PolicyTls::new(s.mta_sts.ca_file.as_deref()).map_err(|e| e.to_string());
+        if let Err(e) = &policy_tls {
+            warn!(error = %e, "outbound.mta_sts.ca_file unusable: MX hosts under a TLS policy will be deferred");
+        }
+        let https = match &policy_tls {
+            Ok(p) => p.https(),
+            Err(_) => ClientTls::new().any(),
+        };
+        let rpt_dir = s
+            .tls_rpt
+            .dir
+            .clone()
+            .unwrap_or_else(|| settings.data_dir.join("tls-rpt"));
         Outbound {
             inner: Arc::new(Inner {
+                mta_sts: MtaSts::new(&s.mta_sts, https, db),
+                dane: Dane::new(&s.dane, &settings.dns),
+                rpt: TlsRpt::new(&s.tls_rpt, rpt_dir),
+                policy_tls,
                 router: Router::new(settings),
                 tls: ClientTls::new(),
                 pool: Arc::new(Pool::new(
@@ -212,6 +320,7 @@ impl Outbound {
                     ca_file: None,
                     auth: None,
                     lmtp: true,
+                    policy_domain: None,
                 };
                 Endpoint::Tcp(&dest)
             }
@@ -288,15 +397,26 @@ impl Outbound {
             Endpoint::Unix { path, .. } => return self.connect_unix(path).await,
             Endpoint::Tcp(d) => d,
         };
+        let sts = self.sts_policy(dest).await;
         let mut temporary = None;
         let mut permanent = None;
         for host in &dest.hosts {
+            let hop = match self.hop(dest, host, sts.as_ref()).await {
+                Ok(hop) => hop,
+                Err(o) => {
+                    temporary = Some(o);
+                    continue;
+                }
+            };
             for &ip in &host.addrs {
                 let peer = Peer {
                     name: host.name.clone(),
                     addr: Some(ip.to_string()),
                 };
-                let mut r = self.establish(dest, host, ip, peer.clone(), true).await;
+                let seen = Seen::default();
+                let mut r = self
+                    .establish(dest, host, ip, peer.clone(), &hop, &seen, true)
+                    .await;
                 // Opportunistic TLS must not make mail undeliverable: a
                 // failed STARTTLS is retried once in plaintext (RFC 7435).
                 let tls_failed = matches!(
@@ -307,13 +427,22 @@ impl Outbound {
                             ..
                         })
                 );
-                if tls_failed && dest.tls == TlsPolicy::Opportunistic {
+                let fallback = match &hop {
+                    Hop::Plain => dest.tls == TlsPolicy::Opportunistic,
+                    hop => !hop.mandatory(),
+                };
+                if tls_failed && fallback {
                     if let Err(e) = &r {
                         warn!(peer = %peer, error = %e, "STARTTLS failed; retrying without TLS");
                     }
-                    r = self.establish(dest, host, ip, peer.clone(), false).await;
+                    self.report(dest, &hop, &peer, &r, &seen);
+                    r = self
+                        .establish(dest, host, ip, peer.clone(), &hop, &seen, false)
+                        .await;
+                } else {
+                    self.report(dest, &hop, &peer, &r, &seen);
                 }
-                match r {
+                match r.map_err(|e| hop.explain(e, &seen)) {
                     Ok(conn) => return Ok(conn),
                     Err(e) => {
                         debug!(peer = %peer, error = %e, "connection failed");
@@ -330,13 +459,138 @@ impl Outbound {
         }))
     }
 
+    /// The MTA-STS policy in force for an MX destination, if any.
+    async fn sts_policy(&self, dest: &Destination) -> Option<Arc<Cached>> {
+        let domain = dest.policy_domain.as_deref()?;
+        let inner = &self.inner;
+        if !inner.mta_sts.enabled() {
+            return None;
+        }
+        let dns = inner.router.resolver()?;
+        inner.mta_sts.policy(dns, domain, &inner.rpt).await
+    }
+
+    /// How TLS is decided for `host`: DANE first (RFC 7672 §2.2: it takes
+    /// precedence over MTA-STS), then the MTA-STS policy, then the
+    /// destination's `tls`. An `Err` rules the host out for this attempt.
+    async fn hop(
+        &self,
+        dest: &Destination,
+        host: &Host,
+        sts: Option<&Arc<Cached>>,
+    ) -> Result<Hop, Outcome> {
+        let Some(domain) = &dest.policy_domain else {
+            return Ok(Hop::Plain);
+        };
+        let inner = &self.inner;
+        match inner.dane.lookup(&host.name, dest.port).await {
+            dane::Answer::Usable(records) => {
+                return Ok(Hop::Dane {
+                    records,
+                    domain: domain.clone(),
+                    host: host.name.clone(),
+                });
+            }
+            dane::Answer::Failed(why) => {
+                let desc = PolicyDesc {
+                    kind: PolicyType::Tlsa,
+                    strings: Vec::new(),
+                    domain: domain.clone(),
+                    mx_host: vec![host.name.clone()],
+                };
+                inner.rpt.record(
+                    &desc,
+                    SessionResult::Failure {
+                        result: ResultType::DnssecInvalid,
+                        mx: Some(host.name.clone()),
+                        ip: None,
+                        info: why.clone(),
+                    },
+                );
+                return Err(classify::policy_refused(&host.name, "4.7.5", why));
+            }
+            dane::Answer::None => {}
+        }
+        let Some(policy) = sts else {
+            return Ok(Hop::Plain);
+        };
+        if !policy.policy.matches(&host.name) {
+            let why = format!(
+                "MX host not listed in the MTA-STS policy of {domain} (mode {}, mx: {})",
+                policy.policy.mode.as_str(),
+                policy.policy.mx.join(", ")
+            );
+            inner.rpt.record(
+                &policy.desc(domain),
+                SessionResult::Failure {
+                    result: ResultType::ValidationFailure,
+                    mx: Some(host.name.clone()),
+                    ip: None,
+                    info: why.clone(),
+                },
+            );
+            if policy.policy.mode == Mode::Enforce {
+                return Err(classify::policy_refused(&host.name, "4.7.0", why));
+            }
+        }
+        Ok(Hop::Sts {
+            policy: policy.clone(),
+            domain: domain.clone(),
+        })
+    }
+
+    /// Records one attempt's TLS result for TLS-RPT (connection failures
+    /// before STARTTLS are not TLS results and are not counted).
+    fn report(
+        &self,
+        dest: &Destination,
+        hop: &Hop,
+        peer: &Peer,
+        r: &Result<Conn, ClientError>,
+        seen: &Seen,
+    ) {
+        let Some(desc) = hop.desc(dest) else { return };
+        if matches!(hop, Hop::Plain) && dest.tls == TlsPolicy::None {
+            return;
+        }
+        let failure = |result: ResultType, info: String| SessionResult::Failure {
+            result,
+            mx: Some(peer.name.clone()),
+            ip: peer.addr.clone(),
+            info,
+        };
+        let result = match r {
+            Ok(Conn::Tls(_)) => match seen.get() {
+                Some((kind, why)) => failure(kind, why),
+                None => SessionResult::Success,
+            },
+            Ok(_) | Err(ClientError::NoStartTls) => failure(
+                ResultType::StarttlsNotSupported,
+                "STARTTLS not offered".into(),
+            ),
+            Err(ClientError::Tls(e)) => match seen.get() {
+                Some((kind, why)) => failure(kind, why),
+                None => failure(ResultType::ValidationFailure, e.clone()),
+            },
+            Err(ClientError::Refused {
+                stage: client::Stage::StartTls,
+                reply,
+            }) => failure(ResultType::StarttlsNotSupported, reply.one_line()),
+            Err(_) => return,
+        };
+        self.inner.rpt.record(&desc, result);
+    }
+
     /// Connect, greeting, EHLO, STARTTLS by policy, AUTH.
+    #[allow(clippy::too_many_arguments)]
     async fn establish(
         &self,
         dest: &Destination,
         host: &Host,
         ip: IpAddr,
         peer: Peer,
+        hop: &Hop,
+        seen: &Seen,
         tls_allowed: bool,
     ) -> Result<Conn, ClientError> {
         let s = &self.inner.settings;
@@ -349,7 +603,12 @@ impl Outbound {
         };
         let _ = tcp.set_nodelay(true);
         let c = Client::open(tcp, peer, t, dest.lmtp, &s.helo_name).await?;
-        let starttls = match dest.tls {
+        let policy = match hop {
+            Hop::Plain => dest.tls,
+            hop if hop.mandatory() => TlsPolicy::Require,
+            _ => TlsPolicy::Opportunistic,
+        };
+        let starttls = match policy {
             TlsPolicy::None => false,
             TlsPolicy::Opportunistic => tls_allowed && c.caps().starttls,
             TlsPolicy::Require | TlsPolicy::Verify if !c.caps().starttls => {
@@ -363,13 +622,25 @@ impl Outbound {
             // credentials never reach this point.
             return Ok(Conn::Plain(c));
         }
-        let connector = match dest.tls {
-            TlsPolicy::Verify => self
-                .inner
-                .tls
-                .verifying(dest.ca_file.as_deref())
+        let policy_tls = || {
+            self.inner
+                .policy_tls
+                .as_ref()
+                .map_err(|e| ClientError::Tls(e.clone()))
+        };
+        let connector = match hop {
+            Hop::Sts { policy, .. } => policy_tls()?
+                .sts(policy.policy.mode == Mode::Enforce, seen)
                 .map_err(|e| ClientError::Tls(e.to_string()))?,
-            _ => self.inner.tls.any(),
+            Hop::Dane { records, .. } => policy_tls()?.dane(records.clone(), seen),
+            Hop::Plain => match dest.tls {
+                TlsPolicy::Verify => self
+                    .inner
+                    .tls
+                    .verifying(dest.ca_file.as_deref())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?,
+                _ => self.inner.tls.any(),
+            },
         };
         let mut c = c
             .starttls(&connector, tls::server_name(&host.name, ip))

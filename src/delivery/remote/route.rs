@@ -58,6 +58,9 @@ pub struct Destination {
     pub auth: Option<Credentials>,
     /// LMTP instead of SMTP.
     pub lmtp: bool,
+    /// For MX delivery to a domain name: the domain whose TLS policies
+    /// (MTA-STS, DANE) apply.
+    pub policy_domain: Option<String>,
 }
 
 /// Chooses destinations. Holds the one resolver outbound delivery uses.
@@ -116,6 +119,11 @@ impl Router {
         }
     }
 
+    /// The resolver, for the TLS policy lookups (MTA-STS, DANE).
+    pub(super) fn resolver(&self) -> Option<&Dns> {
+        self.dns.as_ref().ok()
+    }
+
     fn dns(&self) -> Result<&Dns, Failure> {
         self.dns.as_ref().map_err(|e| failure::no_resolver(e))
     }
@@ -142,6 +150,7 @@ impl Router {
             ca_file: t.ca_file.clone(),
             auth: t.auth.clone(),
             lmtp: t.lmtp,
+            policy_domain: None,
         })
     }
 
@@ -149,13 +158,16 @@ impl Router {
     /// address when it has no MX, or the address literal itself.
     async fn to_mx(&self, domain: &str) -> Result<Destination, Failure> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let hosts = match mail_domain(&domain) {
-            MailDomain::Literal(ip) => vec![Host {
-                name: domain.clone(),
-                addrs: vec![ip],
-            }],
+        let (hosts, policy_domain) = match mail_domain(&domain) {
+            MailDomain::Literal(ip) => (
+                vec![Host {
+                    name: domain.clone(),
+                    addrs: vec![ip],
+                }],
+                None,
+            ),
             MailDomain::OtherLiteral => return Err(failure::bad_literal(&domain)),
-            MailDomain::Name => self.mx_hosts(&domain).await?,
+            MailDomain::Name => (self.mx_hosts(&domain).await?, Some(domain.clone())),
         };
         Ok(Destination {
             key: format!("mx:{domain}"),
@@ -165,6 +177,7 @@ impl Router {
             ca_file: None,
             auth: None,
             lmtp: false,
+            policy_domain,
         })
     }
 
@@ -217,14 +230,14 @@ impl Router {
 
 /// The resolver and its per-query timeout; cheap to clone into tasks.
 #[derive(Debug, Clone)]
-struct Dns {
+pub(super) struct Dns {
     resolver: TokioResolver,
     timeout: Duration,
 }
 
 /// How a lookup failed, as routing needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Lookup {
+pub(super) enum Lookup {
     /// NXDOMAIN: the name does not exist.
     NoSuchDomain,
     /// The name exists without records of this type (NODATA).
@@ -235,7 +248,7 @@ enum Lookup {
 
 impl Dns {
     /// Records of `rtype` at `name` (taken as fully qualified).
-    async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Lookup> {
+    pub(super) async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Lookup> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         // The resolver has its own timeout; this one bounds a resolver
         // that tries several servers one after the other.
@@ -259,7 +272,7 @@ impl Dns {
     /// IPv6 then IPv4 addresses of `name`, both asked at once. One family
     /// answering is enough; if neither does, a temporary failure wins over
     /// "no records" (it may have addresses once the DNS answers).
-    async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, Lookup> {
+    pub(super) async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, Lookup> {
         let (v6, v4) = tokio::join!(
             self.query(name, RecordType::AAAA),
             self.query(name, RecordType::A)
