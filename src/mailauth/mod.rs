@@ -11,12 +11,15 @@
 //!   claim our authserv-id but came from outside.
 //! - `sign`: `[[dkim.sign]]` keys (RSA or Ed25519, read at start and on
 //!   SIGHUP) and signing at acceptance (see the module for why then).
+//! - `arc`: ARC sealing of mail from outside (`[arc]`, one of the
+//!   `[[dkim.sign]]` keys), at acceptance after the data plugins.
 //! - `keygen`: `wasmtp dkim keygen`.
 //! - `cache`: the parsed-record DNS cache.
 //!
 //! Policy (reject a DMARC failure, quarantine) is not decided here: that
 //! belongs to plugins, which get these results in a later contract version.
 
+pub mod arc;
 mod cache;
 pub mod header;
 pub mod keygen;

@@ -14,7 +14,7 @@ use crate::support::{BIN, Client, Server, b64, check_config_file, field};
 
 /// The Authentication-Results fields of a message's header block,
 /// unfolded (CRLF + white space → one space), in order.
-fn auth_results(msg: &[u8]) -> Vec<String> {
+pub(crate) fn auth_results(msg: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
     let head = text.split("\n\n").next().unwrap_or_default();
     let mut fields: Vec<String> = Vec::new();
@@ -49,7 +49,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs a dkimpy script with `args`, `stdin` as input; its stdout.
-fn dkimpy(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+pub(crate) fn dkimpy(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new(python())
         .arg("-c")
@@ -97,7 +97,12 @@ for i in range(n):
 "#;
 
 /// `wasmtp dkim keygen`: the key file and the TXT record (name, value).
-fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String, String) {
+pub(crate) fn keygen(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+) -> (PathBuf, String, String) {
     let out = Command::new(BIN)
         .args(["dkim", "keygen", domain, "--selector", selector])
         .args(["--algorithm", algorithm, "--dir"])
@@ -125,7 +130,7 @@ fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf
 
 /// A dnsmasq option serving `value` as a TXT record at `name`, cut into
 /// strings of 255 characters (dnsmasq splits its argument at commas).
-fn txt(name: &str, value: &str) -> String {
+pub(crate) fn txt(name: &str, value: &str) -> String {
     let parts: Vec<&str> = value
         .as_bytes()
         .chunks(255)
@@ -135,7 +140,7 @@ fn txt(name: &str, value: &str) -> String {
 }
 
 /// Sends `body` to the MX listener at `mx` from `from` to `to`; expects 250.
-fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
+pub(crate) fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
     let mut c = Client::greeted(mx);
     c.cmd("EHLO client.test", 250);
     let r = c.send_message(from, &[to], body);
@@ -144,10 +149,11 @@ fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
 }
 
 /// Lets alice (password "pw") use AUTH PLAIN over plaintext on loopback.
-const PLAIN_AUTH: &str = "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n";
+pub(crate) const PLAIN_AUTH: &str =
+    "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n";
 
 /// Adds user alice, authenticates as her and sends `body`; expects 250.
-fn submit_as_alice(s: &Server, from: &str, to: &str, body: &[u8]) {
+pub(crate) fn submit_as_alice(s: &Server, from: &str, to: &str, body: &[u8]) {
     s.add_user("alice", "pw");
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);

@@ -1,0 +1,355 @@
+//! ARC sealing through real hops on loopback: a forwarding wasmtp (the
+//! spam-score plugin changes each message at `data`, the router plugin
+//! relays it at `deliver`) seals mail from outside and hands it to a second
+//! wasmtp; dnsmasq publishes the keys; Debian's dkimpy seals the chains
+//! that arrive and verifies the ones that leave, independently of mail-auth.
+
+use std::path::{Path, PathBuf};
+
+use crate::dns::DnsServer;
+use crate::mail_auth::{PLAIN_AUTH, auth_results, dkimpy, keygen, send, submit_as_alice, txt};
+use crate::support::{Server, check_config_file, plugin_toml};
+
+/// dkimpy's ARC sealer: argv = selector domain keyfile authserv-id; stdin
+/// a message carrying an Authentication-Results of that authserv-id;
+/// writes the new set followed by the message.
+const DKIMPY_ARC_SIGN: &str = r#"
+import sys, dkim
+sel, dom, keyfile, srv = sys.argv[1:5]
+msg = sys.stdin.buffer.read()
+hdrs = dkim.arc_sign(msg, sel.encode(), dom.encode(), open(keyfile, 'rb').read(),
+                     srv.encode(), include_headers=[b'from', b'to', b'subject'])
+if not hdrs:
+    sys.exit('dkimpy made no ARC set')
+sys.stdout.buffer.write(b''.join(hdrs) + msg)
+"#;
+
+/// dkimpy's ARC verifier, the TXT records given as argv pairs (name value)
+/// instead of DNS; prints the chain's cv and dkimpy's reason (dkimpy
+/// gives no cv, None, for a chain a seal with cv=fail terminated: `fail`).
+const DKIMPY_ARC_VERIFY: &str = r#"
+import sys, dkim
+records = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode().rstrip('.'), '').encode() or None
+cv, results, comment = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=dnsfunc)
+print((cv or b'fail').decode(), comment)
+"#;
+
+/// The forwarder `fwd.test` (authserv-id and sealing domain) in front of
+/// `next`, which delivers `lists.test` to Maildirs (CRLF, as sent).
+struct Hops {
+    keys: tempfile::TempDir,
+    /// TXT records (name, value) of both keys, for dkimpy.
+    records: Vec<String>,
+    _dns: DnsServer,
+    next: Server,
+    fwd: Server,
+}
+
+impl Hops {
+    /// `extra`: more forwarder config (its `[arc]` section's keys first).
+    fn start(extra: &str) -> Hops {
+        let keys = tempfile::tempdir().unwrap();
+        let (fwd_key, fwd_name, fwd_value) = keygen(keys.path(), "fwd.test", "arc1", "rsa");
+        let (_, origin_name, origin_value) = keygen(keys.path(), "origin.test", "o1", "rsa");
+        let dns = DnsServer::start(&[
+            &txt(&fwd_name, &fwd_value),
+            &txt(&origin_name, &origin_value),
+        ]);
+        let next = Server::start(&format!(
+            "{}[local]\ndomains = [\"lists.test\"]\ncatch_all = true\nline_endings = \"crlf\"\n",
+            dns.config()
+        ));
+        let fwd = Server::start(&format!(
+            "{}[local]\ndomains = [\"lists.test\"]\ncatch_all = true\n\n\
+             [authentication]\nauthserv_id = \"fwd.test\"\n\n\
+             [[dkim.sign]]\ndomain = \"fwd.test\"\nselector = \"arc1\"\nkey = \"{}\"\n\n\
+             [arc]\ndomain = \"fwd.test\"\nselector = \"arc1\"\n{extra}\n{}{}",
+            dns.config(),
+            fwd_key.display(),
+            plugin_toml("spam-score", "spam_score.wasm", "hooks = [\"data\"]"),
+            plugin_toml(
+                "router",
+                "router.wasm",
+                &format!(
+                    "hooks = [\"deliver\"]\n[plugin.config]\nrelay = {{ \"lists.test\" = \"127.0.0.1:{}\" }}",
+                    next.addr.port()
+                )
+            ),
+        ));
+        Hops {
+            keys,
+            records: vec![fwd_name, fwd_value, origin_name, origin_value],
+            _dns: dns,
+            next,
+            fwd,
+        }
+    }
+
+    fn origin_key(&self) -> PathBuf {
+        self.keys.path().join("origin.test.o1.key")
+    }
+
+    /// The message `next` delivered to `mailbox`, as text.
+    fn delivered(&self, mailbox: &str) -> String {
+        let msg = self.next.wait_for_mail(mailbox, 1).remove(0);
+        String::from_utf8(msg).unwrap()
+    }
+
+    /// dkimpy's verdict on the chain of `msg`: `pass`, `fail` or `none`,
+    /// then its reason.
+    fn dkimpy_verdict(&self, msg: &str) -> String {
+        let args: Vec<&str> = self.records.iter().map(String::as_str).collect();
+        String::from_utf8(dkimpy(DKIMPY_ARC_VERIFY, &args, msg.as_bytes())).unwrap()
+    }
+}
+
+/// A message from alice@origin.test to `to`.
+fn message(to: &str, subject: &str) -> String {
+    format!(
+        "From: Alice <alice@origin.test>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\
+         Date: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@origin.test>\r\n\r\n\
+         Forwarded  once,\r\nwith trailing space \r\n"
+    )
+}
+
+/// The header fields named `name`, unfolded, in order.
+fn fields(msg: &str, name: &str) -> Vec<String> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or_default();
+    let mut all: Vec<String> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = all.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+        } else {
+            all.push(line.to_string());
+        }
+    }
+    all.into_iter()
+        .filter_map(|f| {
+            let (n, v) = f.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// `msg` sealed by dkimpy as origin.test (i=1), after origin.test's own
+/// Authentication-Results, which dkimpy copies into its AAR.
+fn sealed_at_origin(h: &Hops, to: &str, subject: &str) -> String {
+    let msg = format!(
+        "Authentication-Results: origin.test; spf=pass smtp.mailfrom=alice@origin.test\r\n{}",
+        message(to, subject)
+    );
+    let key = h.origin_key();
+    let out = dkimpy(
+        DKIMPY_ARC_SIGN,
+        &["o1", "origin.test", key.to_str().unwrap(), "origin.test"],
+        msg.as_bytes(),
+    );
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn mail_from_outside_changed_by_a_plugin_leaves_with_an_arc_set_dkimpy_verifies() {
+    // The AMS also signs the fields the plugin added.
+    let h = Hops::start(
+        "headers = [\"From\", \"To\", \"Subject\", \"Date\", \"Message-ID\", \"X-Spam-Score\", \"X-Spam-Status\"]\n",
+    );
+    send(
+        h.fwd.addr,
+        "alice@origin.test",
+        "list@lists.test",
+        message("list@lists.test", "plain").as_bytes(),
+    );
+    let msg = h.delivered("list");
+    let seals = fields(&msg, "ARC-Seal");
+    assert_eq!(seals.len(), 1, "{msg}");
+    assert!(
+        seals[0].starts_with("i=1; a=rsa-sha256; s=arc1; d=fwd.test; cv=none;"),
+        "{msg}"
+    );
+    let ams = fields(&msg, "ARC-Message-Signature");
+    assert!(ams[0].starts_with("i=1; a=rsa-sha256; s=arc1; d=fwd.test; c=relaxed/relaxed;"));
+    assert!(ams[0].contains("X-Spam-Score"), "{msg}");
+    // The AAR carries the forwarder's results from arrival.
+    let aar = fields(&msg, "ARC-Authentication-Results");
+    assert!(aar[0].starts_with("i=1; fwd.test; spf=none"), "{msg}");
+    assert!(aar[0].contains("arc=none"), "{msg}");
+    assert!(msg.contains("\r\nX-Spam-Score: "), "{msg}");
+    let sealed = h.fwd.wait_for_log("ARC sealed", 1);
+    assert!(
+        sealed[0].contains("\"instance\":1") && sealed[0].contains("\"cv\":\"none\""),
+        "{sealed:?}"
+    );
+    // An independent verifier, and the next hop (mail-auth through DNS).
+    let verdict = h.dkimpy_verdict(&msg);
+    assert!(verdict.starts_with("pass"), "{verdict}\n{msg}");
+    let ar = auth_results(msg.as_bytes());
+    assert!(
+        ar.iter()
+            .any(|a| a.starts_with("mx.test;") && a.contains("arc=pass")),
+        "{ar:?}"
+    );
+    // A signed field changed after the seal: dkimpy sees it.
+    let at = msg.find("\r\nX-Spam-Score: ").unwrap() + 2;
+    let end = at + msg[at..].find("\r\n").unwrap();
+    let tampered = format!("{}X-Spam-Score: 9.9{}", &msg[..at], &msg[end..]);
+    assert_ne!(tampered, msg);
+    let verdict = h.dkimpy_verdict(&tampered);
+    assert!(verdict.starts_with("fail"), "{verdict}");
+}
+
+#[test]
+fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
+    let h = Hops::start("");
+    let intact = sealed_at_origin(&h, "pass@lists.test", "intact");
+    assert!(intact.starts_with("ARC-Seal: i=1;"), "{intact}");
+    send(
+        h.fwd.addr,
+        "alice@origin.test",
+        "pass@lists.test",
+        intact.as_bytes(),
+    );
+    let msg = h.delivered("pass");
+    let seals = fields(&msg, "ARC-Seal");
+    assert_eq!(seals.len(), 2, "{msg}");
+    assert!(
+        seals
+            .iter()
+            .any(|s| s.starts_with("i=2; a=rsa-sha256; s=arc1; d=fwd.test; cv=pass;")),
+        "{msg}"
+    );
+    let ar = auth_results(msg.as_bytes());
+    assert!(
+        ar.iter()
+            .any(|a| a.starts_with("fwd.test;") && a.contains("arc=pass")),
+        "{ar:?}"
+    );
+    assert!(
+        ar.iter()
+            .any(|a| a.starts_with("mx.test;") && a.contains("arc=pass")),
+        "{ar:?}"
+    );
+    let verdict = h.dkimpy_verdict(&msg);
+    assert!(verdict.starts_with("pass"), "{verdict}\n{msg}");
+
+    // The body changed after origin.test sealed it: the chain arrives
+    // broken, the forwarder says so in its seal.
+    let broken = sealed_at_origin(&h, "broken@lists.test", "broken")
+        .replace("Forwarded  once,", "Forwarded twice,");
+    send(
+        h.fwd.addr,
+        "alice@origin.test",
+        "broken@lists.test",
+        broken.as_bytes(),
+    );
+    let msg = h.delivered("broken");
+    let seals = fields(&msg, "ARC-Seal");
+    assert!(
+        seals
+            .iter()
+            .any(|s| s.starts_with("i=2; a=rsa-sha256; s=arc1; d=fwd.test; cv=fail;")),
+        "{msg}"
+    );
+    let ar = auth_results(msg.as_bytes());
+    assert!(
+        ar.iter()
+            .any(|a| a.starts_with("fwd.test;") && a.contains("arc=fail")),
+        "{ar:?}"
+    );
+    let verdict = h.dkimpy_verdict(&msg);
+    assert!(
+        verdict.starts_with("fail ARC-Seal[2] reported failure"),
+        "{verdict}\n{msg}"
+    );
+    let log = h.fwd.wait_for_log("ARC sealed", 2);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("\"instance\":2") && l.contains("\"cv\":\"fail\"")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn an_authenticated_submission_is_dkim_signed_not_sealed() {
+    let h = Hops::start(&format!("\n{PLAIN_AUTH}"));
+    submit_as_alice(
+        &h.fwd,
+        "alice@fwd.test",
+        "sub@lists.test",
+        b"From: <alice@fwd.test>\r\nTo: <sub@lists.test>\r\nSubject: mine\r\n\r\nx\r\n",
+    );
+    let msg = h.delivered("sub");
+    assert!(
+        msg.contains("\r\nDKIM-Signature: v=1; a=rsa-sha256; s=arc1; d=fwd.test;"),
+        "{msg}"
+    );
+    assert!(!msg.contains("ARC-"), "{msg}");
+    let ar = auth_results(msg.as_bytes());
+    assert!(
+        ar.iter()
+            .any(|a| a.starts_with("mx.test;") && a.contains("dkim=pass header.d=fwd.test")),
+        "{ar:?}"
+    );
+    h.fwd.wait_for_log("DKIM signed", 1);
+    assert!(h.fwd.log_lines("ARC sealed").is_empty());
+}
+
+#[test]
+fn arc_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, _) = keygen(dir.path(), "fwd.test", "s1", "rsa");
+    let (ed, _, _) = keygen(dir.path(), "fwd.test", "e1", "ed25519");
+    let check = |dir: &Path, extra: &str| {
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[dkim.sign]]\ndomain = \"fwd.test\"\nselector = \"s1\"\nkey = \"{}\"\n\n\
+                 [[dkim.sign]]\ndomain = \"fwd.test\"\nselector = \"e1\"\nkey = \"{}\"\n\n{extra}",
+                key.display(),
+                ed.display()
+            ),
+        )
+        .unwrap();
+        let out = check_config_file(&file);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check(
+        dir.path(),
+        "[arc]\ndomain = \"fwd.test\"\nselector = \"s1\"\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = check(
+        dir.path(),
+        "[arc]\ndomain = \"fwd.test\"\nselector = \"other\"\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("key `arc.selector`"), "{err}");
+    assert!(err.contains("no [[dkim.sign]] key"), "{err}");
+    let (ok, err) = check(
+        dir.path(),
+        "[arc]\ndomain = \"fwd.test\"\nselector = \"e1\"\n",
+    );
+    assert!(!ok && err.contains("key `arc.selector`"), "{err}");
+    assert!(err.contains("rsa-sha256"), "{err}");
+    let (ok, err) = check(dir.path(), "[arc]\ndomain = \"fwd.test\"\n");
+    assert!(!ok && err.contains("key `arc.selector`"), "{err}");
+    let (ok, err) = check(
+        dir.path(),
+        "[authentication]\narc = false\n\n[arc]\ndomain = \"fwd.test\"\nselector = \"s1\"\n",
+    );
+    assert!(!ok && err.contains("key `arc.domain`"), "{err}");
+    assert!(err.contains("authentication.arc"), "{err}");
+    let (ok, err) = check(
+        dir.path(),
+        "[arc]\ndomain = \"fwd.test\"\nselector = \"s1\"\nheaders = [\"Subject\"]\n",
+    );
+    assert!(!ok && err.contains("key `arc.headers`"), "{err}");
+}
