@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::dns::DnsServer;
-use crate::mail_auth::{PLAIN_AUTH, auth_results, dkimpy, keygen, send, submit_as_alice, txt};
+use crate::mail_auth::{PLAIN_AUTH, dkimpy, header_fields, keygen, send, submit_as_alice, txt};
 use crate::support::{Server, check_config_file, plugin_toml};
 
 /// dkimpy's ARC sealer: argv = selector domain keyfile authserv-id; stdin
@@ -114,26 +114,26 @@ fn message(to: &str, subject: &str) -> String {
     )
 }
 
-/// The header fields named `name`, unfolded, in order.
+/// The values of the `name` fields of `msg`, unfolded.
 fn fields(msg: &str, name: &str) -> Vec<String> {
-    let head = msg.split("\r\n\r\n").next().unwrap_or_default();
-    let mut all: Vec<String> = Vec::new();
-    for line in head.split("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = all.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim());
-            }
-        } else {
-            all.push(line.to_string());
-        }
-    }
-    all.into_iter()
-        .filter_map(|f| {
-            let (n, v) = f.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-        .collect()
+    header_fields(msg.as_bytes(), name)
+}
+
+/// Asserts a `name` field whose value starts with `start` and contains
+/// `part`.
+fn assert_field(msg: &str, name: &str, start: &str, part: &str) {
+    assert!(
+        fields(msg, name)
+            .iter()
+            .any(|v| v.starts_with(start) && v.contains(part)),
+        "no {name}: {start} ... {part} in\n{msg}"
+    );
+}
+
+/// Asserts the forwarder's seal: instance `i`, `cv`.
+fn assert_sealed(msg: &str, i: u32, cv: &str) {
+    let seal = format!("i={i}; a=rsa-sha256; s=arc1; d=fwd.test; cv={cv};");
+    assert_field(msg, "ARC-Seal", &seal, "");
 }
 
 /// `msg` sealed by dkimpy as origin.test (i=1), after origin.test's own
@@ -165,19 +165,17 @@ fn mail_from_outside_changed_by_a_plugin_leaves_with_an_arc_set_dkimpy_verifies(
         message("list@lists.test", "plain").as_bytes(),
     );
     let msg = h.delivered("list");
-    let seals = fields(&msg, "ARC-Seal");
-    assert_eq!(seals.len(), 1, "{msg}");
-    assert!(
-        seals[0].starts_with("i=1; a=rsa-sha256; s=arc1; d=fwd.test; cv=none;"),
-        "{msg}"
-    );
-    let ams = fields(&msg, "ARC-Message-Signature");
-    assert!(ams[0].starts_with("i=1; a=rsa-sha256; s=arc1; d=fwd.test; c=relaxed/relaxed;"));
-    assert!(ams[0].contains("X-Spam-Score"), "{msg}");
+    assert_eq!(fields(&msg, "ARC-Seal").len(), 1, "{msg}");
+    assert_sealed(&msg, 1, "none");
+    let ams = "i=1; a=rsa-sha256; s=arc1; d=fwd.test; c=relaxed/relaxed;";
+    assert_field(&msg, "ARC-Message-Signature", ams, "X-Spam-Score");
     // The AAR carries the forwarder's results from arrival.
-    let aar = fields(&msg, "ARC-Authentication-Results");
-    assert!(aar[0].starts_with("i=1; fwd.test; spf=none"), "{msg}");
-    assert!(aar[0].contains("arc=none"), "{msg}");
+    assert_field(
+        &msg,
+        "ARC-Authentication-Results",
+        "i=1; fwd.test; spf=none",
+        "arc=none",
+    );
     assert!(msg.contains("\r\nX-Spam-Score: "), "{msg}");
     let sealed = h.fwd.wait_for_log("ARC sealed", 1);
     assert!(
@@ -187,12 +185,7 @@ fn mail_from_outside_changed_by_a_plugin_leaves_with_an_arc_set_dkimpy_verifies(
     // An independent verifier, and the next hop (mail-auth through DNS).
     let verdict = h.dkimpy_verdict(&msg);
     assert!(verdict.starts_with("pass"), "{verdict}\n{msg}");
-    let ar = auth_results(msg.as_bytes());
-    assert!(
-        ar.iter()
-            .any(|a| a.starts_with("mx.test;") && a.contains("arc=pass")),
-        "{ar:?}"
-    );
+    assert_field(&msg, "Authentication-Results", "mx.test;", "arc=pass");
     // A signed field changed after the seal: dkimpy sees it.
     let at = msg.find("\r\nX-Spam-Score: ").unwrap() + 2;
     let end = at + msg[at..].find("\r\n").unwrap();
@@ -214,25 +207,10 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
         intact.as_bytes(),
     );
     let msg = h.delivered("pass");
-    let seals = fields(&msg, "ARC-Seal");
-    assert_eq!(seals.len(), 2, "{msg}");
-    assert!(
-        seals
-            .iter()
-            .any(|s| s.starts_with("i=2; a=rsa-sha256; s=arc1; d=fwd.test; cv=pass;")),
-        "{msg}"
-    );
-    let ar = auth_results(msg.as_bytes());
-    assert!(
-        ar.iter()
-            .any(|a| a.starts_with("fwd.test;") && a.contains("arc=pass")),
-        "{ar:?}"
-    );
-    assert!(
-        ar.iter()
-            .any(|a| a.starts_with("mx.test;") && a.contains("arc=pass")),
-        "{ar:?}"
-    );
+    assert_eq!(fields(&msg, "ARC-Seal").len(), 2, "{msg}");
+    assert_sealed(&msg, 2, "pass");
+    assert_field(&msg, "Authentication-Results", "fwd.test;", "arc=pass");
+    assert_field(&msg, "Authentication-Results", "mx.test;", "arc=pass");
     let verdict = h.dkimpy_verdict(&msg);
     assert!(verdict.starts_with("pass"), "{verdict}\n{msg}");
 
@@ -247,19 +225,8 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
         broken.as_bytes(),
     );
     let msg = h.delivered("broken");
-    let seals = fields(&msg, "ARC-Seal");
-    assert!(
-        seals
-            .iter()
-            .any(|s| s.starts_with("i=2; a=rsa-sha256; s=arc1; d=fwd.test; cv=fail;")),
-        "{msg}"
-    );
-    let ar = auth_results(msg.as_bytes());
-    assert!(
-        ar.iter()
-            .any(|a| a.starts_with("fwd.test;") && a.contains("arc=fail")),
-        "{ar:?}"
-    );
+    assert_sealed(&msg, 2, "fail");
+    assert_field(&msg, "Authentication-Results", "fwd.test;", "arc=fail");
     let verdict = h.dkimpy_verdict(&msg);
     assert!(
         verdict.starts_with("fail ARC-Seal[2] reported failure"),
@@ -288,11 +255,11 @@ fn an_authenticated_submission_is_dkim_signed_not_sealed() {
         "{msg}"
     );
     assert!(!msg.contains("ARC-"), "{msg}");
-    let ar = auth_results(msg.as_bytes());
-    assert!(
-        ar.iter()
-            .any(|a| a.starts_with("mx.test;") && a.contains("dkim=pass header.d=fwd.test")),
-        "{ar:?}"
+    assert_field(
+        &msg,
+        "Authentication-Results",
+        "mx.test;",
+        "dkim=pass header.d=fwd.test",
     );
     h.fwd.wait_for_log("DKIM signed", 1);
     assert!(h.fwd.log_lines("ARC sealed").is_empty());

@@ -12,9 +12,9 @@ use crate::support::{BIN, Client, Server, b64, check_config_file, field};
 
 // ------------------------------------------------------------- helpers
 
-/// The Authentication-Results fields of a message's header block,
-/// unfolded (CRLF + white space → one space), in order.
-pub(crate) fn auth_results(msg: &[u8]) -> Vec<String> {
+/// The fields named `name` of a message's header block, unfolded (CRLF +
+/// white space → one space), their values in order.
+pub(crate) fn header_fields(msg: &[u8], name: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
     let head = text.split("\n\n").next().unwrap_or_default();
     let mut fields: Vec<String> = Vec::new();
@@ -31,11 +31,17 @@ pub(crate) fn auth_results(msg: &[u8]) -> Vec<String> {
     fields
         .into_iter()
         .filter_map(|f| {
-            let (name, value) = f.split_once(':')?;
-            name.eq_ignore_ascii_case("Authentication-Results")
+            let (n, value) = f.split_once(':')?;
+            n.eq_ignore_ascii_case(name)
                 .then(|| value.trim().to_string())
         })
         .collect()
+}
+
+/// The Authentication-Results fields of a message's header block,
+/// unfolded, in order.
+pub(crate) fn auth_results(msg: &[u8]) -> Vec<String> {
+    header_fields(msg, "Authentication-Results")
 }
 
 /// Debian's python3 (python3-dkim lives in its dist-packages), else PATH's.
