@@ -320,3 +320,54 @@ fn arc_config_errors_name_the_key() {
     );
     assert!(!ok && err.contains("key `arc.headers`"), "{err}");
 }
+
+#[test]
+fn sighup_rotates_the_sealing_key() {
+    let h = Hops::start("");
+    let send_to = |mailbox: &str| {
+        let to = format!("{mailbox}@lists.test");
+        send(
+            h.fwd.addr,
+            "alice@origin.test",
+            &to,
+            message(&to, mailbox).as_bytes(),
+        );
+        h.delivered(mailbox)
+    };
+    assert_sealed(&send_to("before"), 1, "none");
+    // A new key under a new selector; the config names it for both.
+    let (arc2, name, value) = keygen(h.keys.path(), "fwd.test", "arc2", "rsa");
+    let cfg = h.fwd.config_file();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let old_key = h.keys.path().join("fwd.test.arc1.key");
+    let rotated = text
+        .replace("selector = \"arc1\"", "selector = \"arc2\"")
+        .replace(&old_key.display().to_string(), &arc2.display().to_string());
+    assert_ne!(rotated, text);
+    std::fs::write(&cfg, rotated).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &h.fwd.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = h.fwd.wait_for_log("DKIM signing keys reloaded", 1);
+    assert!(reloaded[0].contains("fwd.test/arc2"), "{reloaded:?}");
+    let msg = send_to("after");
+    assert_field(
+        &msg,
+        "ARC-Seal",
+        "i=1; a=rsa-sha256; s=arc2; d=fwd.test; cv=none;",
+        "",
+    );
+    assert_field(
+        &msg,
+        "ARC-Message-Signature",
+        "i=1; a=rsa-sha256; s=arc2;",
+        "",
+    );
+    // It verifies with the new record (given to dkimpy directly).
+    let mut records: Vec<&str> = h.records.iter().map(String::as_str).collect();
+    records.extend([name.as_str(), value.as_str()]);
+    let verdict = String::from_utf8(dkimpy(DKIMPY_ARC_VERIFY, &records, msg.as_bytes())).unwrap();
+    assert!(verdict.starts_with("pass"), "{verdict}\n{msg}");
+}

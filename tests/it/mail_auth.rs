@@ -623,3 +623,37 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
     send(s.addr, "a@example.test", "third@example.test", body);
     assert_eq!(selector_of("third"), "two");
 }
+
+#[test]
+fn keygen_keeps_an_existing_key_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, first) = keygen(dir.path(), "example.test", "k1", "ed25519");
+    let before = std::fs::read(&key).unwrap();
+    let run = |force: bool| {
+        Command::new(BIN)
+            .args(["dkim", "keygen", "example.test", "--selector", "k1"])
+            .args(["--algorithm", "ed25519", "--dir"])
+            .arg(dir.path())
+            .args(force.then_some("--force"))
+            .output()
+            .unwrap()
+    };
+    let again = run(false);
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let forced = run(true);
+    let out = String::from_utf8_lossy(&forced.stdout).to_string();
+    assert!(forced.status.success(), "{out}");
+    let after = std::fs::read(&key).unwrap();
+    assert_ne!(after, before);
+    assert!(after.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+    // The record printed is the new key's.
+    assert!(
+        out.contains("(name k1._domainkey.example.test, value v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+    assert!(!out.contains(&first), "{out}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
