@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dns::DnsServer;
 use crate::mail_auth::{PLAIN_AUTH, dkimpy, header_fields, keygen, send, submit_as_alice, txt};
+use crate::ops::http;
 use crate::support::{Server, check_config_file, plugin_toml};
 
 /// dkimpy's ARC sealer: argv = selector domain keyfile authserv-id; stdin
@@ -197,7 +198,7 @@ fn mail_from_outside_changed_by_a_plugin_leaves_with_an_arc_set_dkimpy_verifies(
 
 #[test]
 fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
-    let h = Hops::start("");
+    let h = Hops::start("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     let intact = sealed_at_origin(&h, "pass@lists.test", "intact");
     assert!(intact.starts_with("ARC-Seal: i=1;"), "{intact}");
     send(
@@ -238,6 +239,29 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
             .any(|l| l.contains("\"instance\":2") && l.contains("\"cv\":\"fail\"")),
         "{log:?}"
     );
+
+    // That chain ended with our cv=fail: passing it through again adds no
+    // set (RFC 8617 §5.1.2), and says why.
+    send(
+        h.fwd.addr,
+        "alice@origin.test",
+        "again@lists.test",
+        msg.as_bytes(),
+    );
+    let again = h.delivered("again");
+    assert_eq!(fields(&again, "ARC-Seal").len(), 2, "{again}");
+    let skipped = h.fwd.wait_for_log("not ARC sealed", 1);
+    assert!(skipped[0].contains("chain_failed"), "{skipped:?}");
+
+    let (code, metrics) = http(h.fwd.admin.as_ref().unwrap(), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    for line in [
+        "wasmtp_arc_seals_total{cv=\"pass\"} 1",
+        "wasmtp_arc_seals_total{cv=\"fail\"} 1",
+        "wasmtp_arc_seals_skipped_total{reason=\"chain_failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 }
 
 #[test]
