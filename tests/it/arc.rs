@@ -92,6 +92,14 @@ impl Hops {
         self.keys.path().join("origin.test.o1.key")
     }
 
+    /// Sends `body` from outside (alice@origin.test) to the forwarder for
+    /// `mailbox@lists.test`; what `next` delivered.
+    fn relay(&self, mailbox: &str, body: &str) -> String {
+        let to = format!("{mailbox}@lists.test");
+        send(self.fwd.addr, "alice@origin.test", &to, body.as_bytes());
+        self.delivered(mailbox)
+    }
+
     /// The message `next` delivered to `mailbox`, as text.
     fn delivered(&self, mailbox: &str) -> String {
         let msg = self.next.wait_for_mail(mailbox, 1).remove(0);
@@ -159,13 +167,7 @@ fn mail_from_outside_changed_by_a_plugin_leaves_with_an_arc_set_dkimpy_verifies(
     let h = Hops::start(
         "headers = [\"From\", \"To\", \"Subject\", \"Date\", \"Message-ID\", \"X-Spam-Score\", \"X-Spam-Status\"]\n",
     );
-    send(
-        h.fwd.addr,
-        "alice@origin.test",
-        "list@lists.test",
-        message("list@lists.test", "plain").as_bytes(),
-    );
-    let msg = h.delivered("list");
+    let msg = h.relay("list", &message("list@lists.test", "plain"));
     assert_eq!(fields(&msg, "ARC-Seal").len(), 1, "{msg}");
     assert_sealed(&msg, 1, "none");
     let ams = "i=1; a=rsa-sha256; s=arc1; d=fwd.test; c=relaxed/relaxed;";
@@ -201,13 +203,7 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
     let h = Hops::start("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     let intact = sealed_at_origin(&h, "pass@lists.test", "intact");
     assert!(intact.starts_with("ARC-Seal: i=1;"), "{intact}");
-    send(
-        h.fwd.addr,
-        "alice@origin.test",
-        "pass@lists.test",
-        intact.as_bytes(),
-    );
-    let msg = h.delivered("pass");
+    let msg = h.relay("pass", &intact);
     assert_eq!(fields(&msg, "ARC-Seal").len(), 2, "{msg}");
     assert_sealed(&msg, 2, "pass");
     assert_field(&msg, "Authentication-Results", "fwd.test;", "arc=pass");
@@ -219,13 +215,7 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
     // broken, the forwarder says so in its seal.
     let broken = sealed_at_origin(&h, "broken@lists.test", "broken")
         .replace("Forwarded  once,", "Forwarded twice,");
-    send(
-        h.fwd.addr,
-        "alice@origin.test",
-        "broken@lists.test",
-        broken.as_bytes(),
-    );
-    let msg = h.delivered("broken");
+    let msg = h.relay("broken", &broken);
     assert_sealed(&msg, 2, "fail");
     assert_field(&msg, "Authentication-Results", "fwd.test;", "arc=fail");
     let verdict = h.dkimpy_verdict(&msg);
@@ -242,13 +232,7 @@ fn an_arriving_chain_gets_i2_with_cv_pass_and_a_broken_one_cv_fail() {
 
     // That chain ended with our cv=fail: passing it through again adds no
     // set (RFC 8617 §5.1.2), and says why.
-    send(
-        h.fwd.addr,
-        "alice@origin.test",
-        "again@lists.test",
-        msg.as_bytes(),
-    );
-    let again = h.delivered("again");
+    let again = h.relay("again", &msg);
     assert_eq!(fields(&again, "ARC-Seal").len(), 2, "{again}");
     let skipped = h.fwd.wait_for_log("not ARC sealed", 1);
     assert!(skipped[0].contains("chain_failed"), "{skipped:?}");
@@ -348,16 +332,8 @@ fn arc_config_errors_name_the_key() {
 #[test]
 fn sighup_rotates_the_sealing_key() {
     let h = Hops::start("");
-    let send_to = |mailbox: &str| {
-        let to = format!("{mailbox}@lists.test");
-        send(
-            h.fwd.addr,
-            "alice@origin.test",
-            &to,
-            message(&to, mailbox).as_bytes(),
-        );
-        h.delivered(mailbox)
-    };
+    let send_to =
+        |mailbox: &str| h.relay(mailbox, &message(&format!("{mailbox}@lists.test"), mailbox));
     assert_sealed(&send_to("before"), 1, "none");
     // A new key under a new selector; the config names it for both.
     let (arc2, name, value) = keygen(h.keys.path(), "fwd.test", "arc2", "rsa");
