@@ -300,9 +300,9 @@ impl Verifier {
     }
 }
 
-/// The same for the last ARC-Message-Signature: RFC 8617 §5.2 fails a
-/// chain whose latest AMS does not validate, whatever the reason, and the
-/// `cv=` of our seal must say so.
+/// As `body_hash_mismatch_fails` below, for the last ARC-Message-Signature:
+/// RFC 8617 §5.2 fails a chain whose latest AMS does not validate, whatever
+/// the reason, and the `cv=` of our seal must say so.
 fn arc_body_hash_mismatch_fails(a: &ArcOutput<'_>) -> ArcOutput<'static> {
     let result = match a.result() {
         DkimResult::Neutral(e @ Error::Arc(ArcError::FailedBodyHashMatch)) => {
