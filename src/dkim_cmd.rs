@@ -1,6 +1,7 @@
-//! `wasmtp dkim keygen DOMAIN --selector S [--algorithm rsa|ed25519] [--dir D]`:
-//! writes a new signing key (mode 0600, never over an existing file) and
-//! prints the TXT record to publish and the `[[dkim.sign]]` block to add.
+//! `wasmtp dkim keygen DOMAIN --selector S [--algorithm rsa|ed25519] [--dir D] [--force]`:
+//! writes a new signing key (mode 0600, over an existing file only with
+//! `--force`) and prints the TXT record to publish and the `[[dkim.sign]]`
+//! block to add.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ pub enum DkimCmd {
         /// Where to write DOMAIN.SELECTOR.key.
         #[arg(long, short, default_value = "wasmtp-data/dkim")]
         dir: PathBuf,
+        /// Replace an existing key file of that domain and selector (its
+        /// published record no longer matches: mail signed with it and
+        /// still queued will fail verification).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -44,6 +50,7 @@ pub fn run(cmd: DkimCmd) -> anyhow::Result<()> {
             selector,
             algorithm,
             dir,
+            force,
         } => {
             let domain = domain.trim_end_matches('.').to_lowercase();
             wasmtp::smtp::address::check_domain(&domain)
@@ -55,7 +62,7 @@ pub fn run(cmd: DkimCmd) -> anyhow::Result<()> {
                 KeyType::Ed25519 => Algorithm::Ed25519,
             };
             let g = keygen::generate(&domain, &selector, algorithm).map_err(|e| anyhow!(e))?;
-            let path = keygen::write_key(&dir, &domain, &selector, &g.private_pem)
+            let path = keygen::write_key(&dir, &domain, &selector, &g.private_pem, force)
                 .map_err(|e| anyhow!(e))?;
             println!(
                 "wrote {} ({}, mode 0600)\n",

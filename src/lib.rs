@@ -26,7 +26,7 @@
 //! | `tls` | certificates, SNI, reload, the rustls acceptor |
 //! | `auth` | AUTH settings, SASL mechanisms, failure throttle, relay networks |
 //! | `users` | the users file (argon2id), reloaded on change, bounded checks |
-//! | `mailauth` | SPF/DKIM/ARC/DMARC verification into Authentication-Results, DKIM signing keys and signing, `dkim keygen` |
+//! | `mailauth` | SPF/DKIM/ARC/DMARC verification into Authentication-Results, DKIM signing keys and signing, ARC sealing, `dkim keygen` |
 //! | `fuzz` | fuzz targets, run by `fuzz/` and as property tests |
 
 pub mod admin;

@@ -166,6 +166,14 @@ fn describe() {
         "wasmtp_dkim_signatures_total",
         "DKIM signatures added to accepted messages, by signing domain."
     );
+    c!(
+        "wasmtp_arc_seals_total",
+        "ARC sets added to accepted messages from outside, by the cv= they carry (none, pass, fail)."
+    );
+    c!(
+        "wasmtp_arc_seals_skipped_total",
+        "Messages from outside left unsealed with [arc] configured, by reason (malformed_chain, chain_failed, chain_too_long, chain_not_verified, error)."
+    );
     g!(
         "wasmtp_kv_backend_up",
         "1 while the shared kv backend (Redis) answers, 0 during an outage, by role (kv, connections)."
@@ -344,6 +352,16 @@ pub fn auth_verification(took: Duration) {
 /// A DKIM signature was added for `domain` (a configured signing domain).
 pub fn dkim_signed(domain: &str) {
     counter!("wasmtp_dkim_signatures_total", "domain" => domain.to_string()).increment(1);
+}
+
+/// An ARC set was added, with `cv` (`none`, `pass`, `fail`).
+pub fn arc_sealed(cv: &'static str) {
+    counter!("wasmtp_arc_seals_total", "cv" => cv).increment(1);
+}
+
+/// A message from outside was not sealed, for `reason`.
+pub fn arc_not_sealed(reason: &'static str) {
+    counter!("wasmtp_arc_seals_skipped_total", "reason" => reason).increment(1);
 }
 
 /// Whether the shared kv backend answers (set on every call's outcome).

@@ -110,6 +110,9 @@ pub struct RawConfig {
     /// `[dkim]`
     #[serde(default)]
     pub dkim: crate::mailauth::sign::RawDkim,
+    /// `[arc]`
+    #[serde(default)]
+    pub arc: crate::mailauth::arc::RawArc,
     /// `[kv]`
     #[serde(default)]
     pub kv: crate::plugin::kv::RawKv,
@@ -678,7 +681,7 @@ pub struct Settings {
     pub admin: crate::admin::AdminSettings,
     /// Inbound verification (`[authentication]`).
     pub authentication: crate::mailauth::AuthSettings,
-    /// DKIM signing keys (`[[dkim.sign]]`).
+    /// DKIM signing keys (`[[dkim.sign]]`) and the ARC sealer (`[arc]`).
     pub dkim: crate::mailauth::sign::Signer,
     /// Where the plugins' kv namespaces live.
     pub kv: crate::plugin::kv::KvSettings,
@@ -941,7 +944,11 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
     let admin = crate::admin::resolve(raw.admin).map_err(|(key, m)| err(&key, m))?;
     let authentication =
         crate::mailauth::resolve(raw.authentication, &hostname).map_err(|(key, m)| err(&key, m))?;
-    let dkim = crate::mailauth::sign::resolve(raw.dkim).map_err(|(key, m)| err(&key, m))?;
+    let mut dkim = crate::mailauth::sign::resolve(raw.dkim).map_err(|(key, m)| err(&key, m))?;
+    dkim.set_arc(
+        crate::mailauth::arc::resolve(raw.arc, &dkim, &authentication)
+            .map_err(|(key, m)| err(&key, m))?,
+    );
     let kv = crate::plugin::kv::resolve(raw.kv).map_err(|(key, m)| err(&key, m))?;
 
     let trust = crate::plugin::sign::resolve(raw.plugin_trust).map_err(|(key, m)| err(&key, m))?;

@@ -92,26 +92,55 @@ pub fn generate(domain: &str, selector: &str, algorithm: Algorithm) -> Result<Ge
     })
 }
 
-/// Writes the private key to `DIR/DOMAIN.SELECTOR.key`, mode 0600; an
-/// existing file is never overwritten (it may be the key in use).
-pub fn write_key(dir: &Path, domain: &str, selector: &str, pem: &str) -> Result<PathBuf, String> {
+/// Writes the private key to `DIR/DOMAIN.SELECTOR.key`, mode 0600. An
+/// existing file is not overwritten (it may be the key in use) unless
+/// `force`: then the new key is written and synced beside it and renamed
+/// over it, so a reload reads the old key or the new one, never half.
+pub fn write_key(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    pem: &str,
+    force: bool,
+) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{domain}.{selector}.key"));
+    let target = if force {
+        dir.join(format!(
+            ".{domain}.{selector}.key.{}.new",
+            std::process::id()
+        ))
+    } else {
+        path.clone()
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(&target)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => format!(
-                "{} exists: not overwriting a key that may be in use (choose another selector)",
+            std::io::ErrorKind::AlreadyExists if !force => format!(
+                "{} exists: not overwriting a key that may be in use (choose another selector, or --force to replace it)",
                 path.display()
             ),
-            _ => format!("cannot create {}: {e}", path.display()),
+            _ => format!("cannot create {}: {e}", target.display()),
         })?;
-    f.write_all(pem.as_bytes())
+    let written = f
+        .write_all(pem.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .and_then(|()| {
+            if force {
+                std::fs::rename(&target, &path)
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = written {
+        if force {
+            let _ = std::fs::remove_file(&target);
+        }
+        return Err(format!("cannot write {}: {e}", path.display()));
+    }
     Ok(path)
 }
 
@@ -131,12 +160,19 @@ mod tests {
         assert_eq!(raw.len(), 32);
         assert!(g.private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         let dir = tempfile::tempdir().unwrap();
-        let path = write_key(dir.path(), "example.org", "ed", &g.private_pem).unwrap();
+        let path = write_key(dir.path(), "example.org", "ed", &g.private_pem, false).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = write_key(dir.path(), "example.org", "ed", &g.private_pem).unwrap_err();
+        let again = write_key(dir.path(), "example.org", "ed", &g.private_pem, false).unwrap_err();
         assert!(again.contains("not overwriting"), "{again}");
+        let other = generate("example.org", "ed", Algorithm::Ed25519).unwrap();
+        write_key(dir.path(), "example.org", "ed", &other.private_pem, true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), other.private_pem);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

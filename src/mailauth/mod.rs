@@ -11,12 +11,15 @@
 //!   claim our authserv-id but came from outside.
 //! - `sign`: `[[dkim.sign]]` keys (RSA or Ed25519, read at start and on
 //!   SIGHUP) and signing at acceptance (see the module for why then).
+//! - `arc`: ARC sealing of mail from outside (`[arc]`, one of the
+//!   `[[dkim.sign]]` keys), at acceptance after the data plugins.
 //! - `keygen`: `wasmtp dkim keygen`.
 //! - `cache`: the parsed-record DNS cache.
 //!
 //! Policy (reject a DMARC failure, quarantine) is not decided here: that
 //! belongs to plugins, which get these results in a later contract version.
 
+pub mod arc;
 mod cache;
 pub mod header;
 pub mod keygen;
@@ -140,7 +143,7 @@ impl MailAuth {
 }
 
 /// On every reload signal (SIGHUP): read the config file again and take its
-/// `[[dkim.sign]]` keys. A file or key that fails leaves the keys in force
+/// `[[dkim.sign]]` keys and `[arc]` sealer. A file or key that fails leaves the keys in force
 /// and logs why (file, key, what is wrong).
 pub async fn reload_keys(auth: Arc<MailAuth>, source: String, mut reload: watch::Receiver<u64>) {
     while reload.changed().await.is_ok() {
@@ -156,8 +159,12 @@ pub async fn reload_keys(auth: Arc<MailAuth>, source: String, mut reload: watch:
         match fresh {
             Ok(Ok(s)) => {
                 let n = s.dkim.keys().len();
+                let arc = s.dkim.arc().map_or_else(
+                    || "none".to_string(),
+                    |a| format!("{}/{}", a.domain, a.selector),
+                );
                 auth.replace_signer(s.dkim);
-                info!(keys = n, "DKIM signing keys reloaded");
+                info!(keys = n, arc_seal = %arc, "DKIM signing keys reloaded");
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "DKIM signing keys not reloaded; keeping the previous ones")

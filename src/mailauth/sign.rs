@@ -99,6 +99,8 @@ impl std::fmt::Debug for SignKey {
 #[derive(Debug, Clone, Default)]
 pub struct Signer {
     keys: Vec<SignKey>,
+    /// `[arc]`'s sealer (one of these keys), reloaded with them.
+    arc: Option<Arc<super::arc::Sealer>>,
 }
 
 /// What signing one message did.
@@ -114,6 +116,16 @@ impl Signer {
     /// The loaded keys.
     pub fn keys(&self) -> &[SignKey] {
         &self.keys
+    }
+
+    /// The ARC sealer, when `[arc]` is configured.
+    pub fn arc(&self) -> Option<&super::arc::Sealer> {
+        self.arc.as_deref()
+    }
+
+    /// Sets the ARC sealer (`arc::resolve` picks its key among these).
+    pub fn set_arc(&mut self, sealer: Option<Arc<super::arc::Sealer>>) {
+        self.arc = sealer;
     }
 
     /// Signs with every key of the most specific configured domain that is
@@ -255,11 +267,11 @@ pub fn resolve(raw: RawDkim) -> Result<Signer, (String, String)> {
             signer: Arc::new(signer),
         });
     }
-    Ok(Signer { keys })
+    Ok(Signer { keys, arc: None })
 }
 
 /// Reads a PEM private key: PKCS#8 (Ed25519 or RSA) or PKCS#1 (RSA).
-fn load_key(path: &std::path::Path) -> Result<(DkimKey, &'static str), String> {
+pub(super) fn load_key(path: &std::path::Path) -> Result<(DkimKey, &'static str), String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         format!(

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use hickory_resolver::net::NetError;
+use mail_auth::arc::ArcError;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
@@ -43,6 +44,9 @@ pub struct Outcome {
     pub header: String,
     /// `method=result` pairs for the log line, e.g. `spf=pass dkim=fail`.
     pub summary: Vec<(&'static str, &'static str)>,
+    /// What the ARC chain's verification found (None: not verified), for
+    /// the `cv=` of our seal.
+    pub arc: Option<DkimResult>,
 }
 
 impl Outcome {
@@ -88,6 +92,7 @@ impl Verifier {
                 pvalue(user)
             ),
             summary: vec![("auth", "pass")],
+            arc: None,
         }
     }
 
@@ -262,7 +267,8 @@ impl Verifier {
                 }
             }
         }
-        if let Some(a) = arc {
+        let arc = arc.map(arc_body_hash_mismatch_fails);
+        if let Some(a) = &arc {
             pieces.push(piece(
                 AuthenticationResults::new(aid).with_arc_result(a, id.ip),
             ));
@@ -289,8 +295,22 @@ impl Verifier {
                 pieces.join(";\r\n\t")
             ),
             summary,
+            arc: arc.map(|a| a.result().clone()),
         }
     }
+}
+
+/// As `body_hash_mismatch_fails` below, for the last ARC-Message-Signature:
+/// RFC 8617 §5.2 fails a chain whose latest AMS does not validate, whatever
+/// the reason, and the `cv=` of our seal must say so.
+fn arc_body_hash_mismatch_fails(a: &ArcOutput<'_>) -> ArcOutput<'static> {
+    let result = match a.result() {
+        DkimResult::Neutral(e @ Error::Arc(ArcError::FailedBodyHashMatch)) => {
+            DkimResult::Fail(e.clone())
+        }
+        r => r.clone(),
+    };
+    ArcOutput::default().with_result(result)
 }
 
 /// mail-auth calls a signature whose body hash does not match `neutral`;

@@ -132,9 +132,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         reply
     }
 
-    /// Verifies, runs the data-time plugins, signs, then queues.
+    /// Verifies, runs the data-time plugins, signs or seals, then queues.
     async fn queue_checked(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
-        let data = self.authenticate(&tx, data).await;
+        let (data, verified) = self.authenticate(&tx, data).await;
         let (tx, data) = match self.data_hooks(tx, data).await {
             Ok(x) => x,
             Err(reply) => {
@@ -143,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let data = self.dkim_sign(data);
+        let data = self.arc_seal(data, verified.as_ref());
         let id = tx.id.clone().unwrap_or_else(new_queue_id);
         let now = now_secs();
         let msg = QueuedMessage {

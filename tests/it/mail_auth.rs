@@ -12,9 +12,9 @@ use crate::support::{BIN, Client, Server, b64, check_config_file, field};
 
 // ------------------------------------------------------------- helpers
 
-/// The Authentication-Results fields of a message's header block,
-/// unfolded (CRLF + white space → one space), in order.
-fn auth_results(msg: &[u8]) -> Vec<String> {
+/// The fields named `name` of a message's header block, unfolded (CRLF +
+/// white space → one space), their values in order.
+pub(crate) fn header_fields(msg: &[u8], name: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
     let head = text.split("\n\n").next().unwrap_or_default();
     let mut fields: Vec<String> = Vec::new();
@@ -31,11 +31,17 @@ fn auth_results(msg: &[u8]) -> Vec<String> {
     fields
         .into_iter()
         .filter_map(|f| {
-            let (name, value) = f.split_once(':')?;
-            name.eq_ignore_ascii_case("Authentication-Results")
+            let (n, value) = f.split_once(':')?;
+            n.eq_ignore_ascii_case(name)
                 .then(|| value.trim().to_string())
         })
         .collect()
+}
+
+/// The Authentication-Results fields of a message's header block,
+/// unfolded, in order.
+pub(crate) fn auth_results(msg: &[u8]) -> Vec<String> {
+    header_fields(msg, "Authentication-Results")
 }
 
 /// Debian's python3 (python3-dkim lives in its dist-packages), else PATH's.
@@ -49,7 +55,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs a dkimpy script with `args`, `stdin` as input; its stdout.
-fn dkimpy(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+pub(crate) fn dkimpy(script: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new(python())
         .arg("-c")
@@ -97,7 +103,12 @@ for i in range(n):
 "#;
 
 /// `wasmtp dkim keygen`: the key file and the TXT record (name, value).
-fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String, String) {
+pub(crate) fn keygen(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+) -> (PathBuf, String, String) {
     let out = Command::new(BIN)
         .args(["dkim", "keygen", domain, "--selector", selector])
         .args(["--algorithm", algorithm, "--dir"])
@@ -125,7 +136,7 @@ fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf
 
 /// A dnsmasq option serving `value` as a TXT record at `name`, cut into
 /// strings of 255 characters (dnsmasq splits its argument at commas).
-fn txt(name: &str, value: &str) -> String {
+pub(crate) fn txt(name: &str, value: &str) -> String {
     let parts: Vec<&str> = value
         .as_bytes()
         .chunks(255)
@@ -135,7 +146,7 @@ fn txt(name: &str, value: &str) -> String {
 }
 
 /// Sends `body` to the MX listener at `mx` from `from` to `to`; expects 250.
-fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
+pub(crate) fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
     let mut c = Client::greeted(mx);
     c.cmd("EHLO client.test", 250);
     let r = c.send_message(from, &[to], body);
@@ -144,10 +155,11 @@ fn send(mx: std::net::SocketAddr, from: &str, to: &str, body: &[u8]) {
 }
 
 /// Lets alice (password "pw") use AUTH PLAIN over plaintext on loopback.
-const PLAIN_AUTH: &str = "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n";
+pub(crate) const PLAIN_AUTH: &str =
+    "[auth]\nallow_plaintext_on_loopback = true\nfailure_delay = \"0s\"\n";
 
 /// Adds user alice, authenticates as her and sends `body`; expects 250.
-fn submit_as_alice(s: &Server, from: &str, to: &str, body: &[u8]) {
+pub(crate) fn submit_as_alice(s: &Server, from: &str, to: &str, body: &[u8]) {
     s.add_user("alice", "pw");
     let mut c = Client::greeted(s.addr);
     c.cmd("EHLO client.test", 250);
@@ -610,4 +622,38 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
     assert!(failed[0].contains("/nonexistent/gone.key"), "{failed:?}");
     send(s.addr, "a@example.test", "third@example.test", body);
     assert_eq!(selector_of("third"), "two");
+}
+
+#[test]
+fn keygen_keeps_an_existing_key_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, first) = keygen(dir.path(), "example.test", "k1", "ed25519");
+    let before = std::fs::read(&key).unwrap();
+    let run = |force: bool| {
+        Command::new(BIN)
+            .args(["dkim", "keygen", "example.test", "--selector", "k1"])
+            .args(["--algorithm", "ed25519", "--dir"])
+            .arg(dir.path())
+            .args(force.then_some("--force"))
+            .output()
+            .unwrap()
+    };
+    let again = run(false);
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let forced = run(true);
+    let out = String::from_utf8_lossy(&forced.stdout).to_string();
+    assert!(forced.status.success(), "{out}");
+    let after = std::fs::read(&key).unwrap();
+    assert_ne!(after, before);
+    assert!(after.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+    // The record printed is the new key's.
+    assert!(
+        out.contains("(name k1._domainkey.example.test, value v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+    assert!(!out.contains(&first), "{out}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `wasmtp` binary over real TCP sockets, with
 //! real clients (lettre, Python's smtplib, swaks).
 
+mod arc;
 mod auth;
 mod clients;
 mod config;
