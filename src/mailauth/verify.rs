@@ -43,6 +43,8 @@ pub struct Outcome {
     pub header: String,
     /// `method=result` pairs for the log line, e.g. `spf=pass dkim=fail`.
     pub summary: Vec<(&'static str, &'static str)>,
+    /// The same results as data, for plugins.
+    pub results: super::Results,
 }
 
 impl Outcome {
@@ -88,6 +90,7 @@ impl Verifier {
                 pvalue(user)
             ),
             summary: vec![("auth", "pass")],
+            results: super::Results::authenticated(&self.settings.authserv_id, user),
         }
     }
 
@@ -146,7 +149,14 @@ impl Verifier {
                 &format!("client {} helo {}", id.ip, id.helo),
             );
         }
-        let outcome = self.render(id, &spf, dkim.as_deref(), arc.as_ref(), dmarc.as_ref());
+        let mut outcome = self.render(id, &spf, dkim.as_deref(), arc.as_ref(), dmarc.as_ref());
+        outcome.results = super::Results::collect(
+            &self.settings.authserv_id,
+            &spf,
+            dkim.as_deref().filter(|_| self.settings.dkim),
+            arc.as_ref(),
+            dmarc.as_ref(),
+        );
         crate::metrics::auth_verification(started.elapsed());
         for (method, result) in &outcome.summary {
             crate::metrics::auth_result(method, result);
@@ -289,6 +299,7 @@ impl Verifier {
                 pieces.join(";\r\n\t")
             ),
             summary,
+            results: super::Results::default(),
         }
     }
 }
@@ -297,7 +308,7 @@ impl Verifier {
 /// RFC 6376 §6.1.3 makes it a PERMFAIL, which RFC 8601 §2.7.1 reports as
 /// `fail` (the body changed after signing), and a DMARC or spam policy
 /// reading our header must see it as one.
-fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
+pub(super) fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
     let mismatch = Error::Dkim(DkimError::FailedBodyHashMatch);
     match (d.result(), d.signature()) {
         (DkimResult::Neutral(e), Some(sig)) if *e == mismatch => {

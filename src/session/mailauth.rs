@@ -13,8 +13,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The message with forged `Authentication-Results` (our authserv-id)
     /// removed and ours added below our Received field. An authenticated
     /// client gets `auth=pass` instead of checks. Never refuses: results
-    /// are data.
-    pub(super) async fn authenticate(&mut self, tx: &Transaction, data: Vec<u8>) -> Vec<u8> {
+    /// are data, kept in `tx.auth` for the data hook.
+    pub(super) async fn authenticate(&mut self, tx: &mut Transaction, data: Vec<u8>) -> Vec<u8> {
         let verifier = &self.ctx.mailauth.verifier;
         let settings = verifier.settings();
         if !settings.enable {
@@ -48,6 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             forged_removed = forged,
             "message authentication"
         );
+        tx.auth = Some(outcome.results);
         out
     }
 
