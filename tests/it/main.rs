@@ -4,7 +4,9 @@
 mod auth;
 mod clients;
 mod config;
+mod contract_versions;
 mod data;
+mod dmarc_policy;
 mod dns;
 mod dsn;
 mod durability;

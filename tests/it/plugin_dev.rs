@@ -188,6 +188,19 @@ fn the_cases_of_the_shipped_plugins_pass() {
         ],
     ));
     assert!(greylist.contains("1 case(s) passed"), "{greylist}");
+    let dmarc = ok(wasmtp(
+        repo,
+        &[
+            "test",
+            "--config",
+            "plugins/dmarc-policy/tests/wasmtp.toml",
+            "plugins/dmarc-policy/tests/cases/",
+        ],
+    ));
+    assert!(
+        dmarc.contains("6 case(s) passed (chain: dmarc-policy)"),
+        "{dmarc}"
+    );
 }
 
 #[test]

@@ -106,6 +106,15 @@ fn action_word(a: Action) -> &'static str {
     }
 }
 
+/// The policy an action applies, in DMARC's words.
+fn policy_word(a: Action) -> &'static str {
+    match a {
+        Action::Accept => "none",
+        Action::Quarantine => "quarantine",
+        Action::Reject => "reject",
+    }
+}
+
 fn result_word(r: AuthResult) -> &'static str {
     match r {
         AuthResult::None => "none",
@@ -152,7 +161,7 @@ impl DmarcPolicy {
                     action,
                     why: format!(
                         "dmarc=fail policy={} ({source}{testing}) header.from={domain}",
-                        action_word(action)
+                        policy_word(action)
                     ),
                     tempfail: false,
                 }
@@ -194,7 +203,7 @@ impl DmarcPolicy {
             why.push_str(f);
         }
         if action != Action::Accept {
-            why.push_str(&format!(" policy={} (local)", action_word(action)));
+            why.push_str(&format!(" policy={} (local)", policy_word(action)));
         }
         Decision {
             action,
