@@ -75,7 +75,7 @@ fn new_rust_project(name: &str) -> (tempfile::TempDir, PathBuf) {
     let manifest = dir.join("Cargo.toml");
     let toml = std::fs::read_to_string(&manifest).unwrap();
     // The template depends on the SDK by version, as it would outside this repository.
-    assert!(toml.contains("wasmtp-plugin-sdk = \"0.1.0\""), "{toml}");
+    assert!(toml.contains("wasmtp-plugin-sdk = \"0.2.0\""), "{toml}");
     std::fs::write(
         &manifest,
         format!(
