@@ -848,9 +848,13 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
     let mut ungranted: Vec<&str> = Vec::new();
     let mut grants: Vec<&str> = Vec::new();
     let mut unavailable: Vec<&str> = Vec::new();
+    let mut unserved: Vec<&str> = Vec::new();
     for import in imports {
         match import_need(import) {
             ImportNeed::Always | ImportNeed::Stub => {}
+            ImportNeed::Unavailable if import.starts_with("wasmtp:plugin/") => {
+                unserved.push(import)
+            }
             ImportNeed::Grant(g) if spec.grants.contains(&g) => {}
             ImportNeed::Grant(g) => {
                 ungranted.push(import);
@@ -861,7 +865,7 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
             ImportNeed::Unavailable => unavailable.push(import),
         }
     }
-    if ungranted.is_empty() && unavailable.is_empty() {
+    if ungranted.is_empty() && unavailable.is_empty() && unserved.is_empty() {
         return Ok(());
     }
     let quoted = |v: &[&str]| {
@@ -892,11 +896,18 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
             quoted(&unavailable)
         ));
     }
+    if !unserved.is_empty() {
+        hints.push(format!(
+            "{} of a contract version this server does not serve (it serves {})",
+            quoted(&unserved),
+            contract::served_list()
+        ));
+    }
     Err(PluginError::Import {
         name: spec.name.clone(),
         import: format!(
             "{} interface(s) the server will not link",
-            ungranted.len() + unavailable.len()
+            ungranted.len() + unavailable.len() + unserved.len()
         ),
         hint: hints.join("; "),
     })
@@ -989,5 +1000,15 @@ mod tests {
         );
         let linked = names(&["wasmtp:plugin/kv@0.1.0", "wasi:cli/stdout@0.2.6"]);
         assert!(import_problems(&spec("\"kv\""), &linked).is_ok());
+        // Both served contract versions link; one this host does not serve is named.
+        let both = names(&["wasmtp:plugin/types@0.1.0", "wasmtp:plugin/types@0.2.0"]);
+        assert!(import_problems(&spec(""), &both).is_ok());
+        let err = import_problems(&spec(""), &names(&["wasmtp:plugin/types@0.3.0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`wasmtp:plugin/types@0.3.0` of a contract version this server does not serve (it serves wasmtp:plugin@0.1.0, wasmtp:plugin@0.2.0)"),
+            "{err}"
+        );
     }
 }

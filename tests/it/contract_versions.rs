@@ -88,3 +88,29 @@ fn inspect_names_the_contract_version_and_whether_it_is_served() {
     );
     assert!(text.contains("wasmtp:plugin/hooks@0.1.0"), "{text}");
 }
+
+#[test]
+fn plugin_test_replays_a_0_1_0_plugin_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("reject.toml");
+    std::fs::write(
+        &case,
+        "message_text = \"Subject: please reject\\n\\nhello\\n\"\n\
+         [expect]\nresult = \"refused at data\"\n\
+         [expect.data]\nverdict = \"reject\"\nreply = \"550 5.7.1 contract 0.1.0 fixture rejects: size=\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(fixture())
+        .arg(&case)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 case(s) passed"), "{text}");
+}
