@@ -26,17 +26,7 @@ use super::message::MessageRes;
 
 /// Bindings generated from `wit/0.1.0/` (world `plugin`).
 pub mod v010 {
-    wasmtime::component::bindgen!({
-        path: "wit/0.1.0",
-        world: "plugin",
-        imports: {
-            "wasmtp:plugin/dns": async | trappable,
-            "wasmtp:plugin/kv": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-        with: { "wasmtp:plugin/types.message": crate::plugin::message::MessageRes },
-    });
+    super::super::plugin_bindings!("wit/0.1.0");
 }
 
 use v010::wasmtp::plugin as v1;

@@ -41,20 +41,30 @@ use crate::config::{Grant, HookName, PluginSpec, Settings};
 
 pub use run::{PluginSession, TxView};
 
+/// The `bindgen!` of one contract version's world `plugin` from the WIT directory `$path`: the
+/// same options for every version (kv and dns async, every import trappable, the message
+/// resource backed by `MessageRes`), so the versions differ only in their WIT.
+macro_rules! plugin_bindings {
+    ($path:literal) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "plugin",
+            imports: {
+                "wasmtp:plugin/dns": async | trappable,
+                "wasmtp:plugin/kv": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+            with: { "wasmtp:plugin/types.message": crate::plugin::message::MessageRes },
+        });
+    };
+}
+pub(crate) use plugin_bindings;
+
 /// Bindings generated from `wit/` (world `plugin`, the current contract; the older one is in
 /// `contract`).
 pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "wit",
-        world: "plugin",
-        imports: {
-            "wasmtp:plugin/dns": async | trappable,
-            "wasmtp:plugin/kv": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-        with: { "wasmtp:plugin/types.message": super::message::MessageRes },
-    });
+    super::plugin_bindings!("wit");
 }
 
 use contract::{Contract, Pre};
