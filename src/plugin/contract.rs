@@ -98,6 +98,14 @@ impl Contract {
     }
 }
 
+/// Sets `wasmtp_plugins_loaded{contract}` for every served version from `set`.
+pub fn record_loaded(set: &super::PluginSet) {
+    for c in SERVED {
+        let n = set.plugins.iter().filter(|p| p.contract == c).count();
+        crate::metrics::plugins_loaded(c.as_str(), n);
+    }
+}
+
 /// `wasmtp:plugin@0.1.0, wasmtp:plugin@0.2.0`.
 pub fn served_list() -> String {
     SERVED.map(Contract::as_str).join(", ")

@@ -17,7 +17,7 @@ fn fixture() -> String {
 #[test]
 fn a_plugin_built_against_0_1_0_runs_its_hooks_in_the_0_2_0_host() {
     let cfg = format!(
-        "[[plugin]]\nname = \"old\"\npath = \"{}\"\non_error = \"tempfail\"\n\n{}",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[plugin]]\nname = \"old\"\npath = \"{}\"\non_error = \"tempfail\"\n\n{}",
         fixture(),
         plugin_toml(
             "dmarc-policy",
@@ -71,6 +71,27 @@ fn a_plugin_built_against_0_1_0_runs_its_hooks_in_the_0_2_0_host() {
     let msg = String::from_utf8(s.wait_for_mail("u", 1).remove(0)).unwrap();
     assert!(msg.contains("\nX-Contract-010: size="), "{msg}");
     assert!(msg.contains("\nX-DMARC-Policy: "), "{msg}");
+
+    // The metric counts the set's plugins per contract version.
+    let metrics = get_metrics(s.admin.as_deref().expect("admin listening logged"));
+    for want in [
+        "wasmtp_plugins_loaded{contract=\"wasmtp:plugin@0.1.0\"} 1",
+        "wasmtp_plugins_loaded{contract=\"wasmtp:plugin@0.2.0\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
+}
+
+/// GET /metrics from the admin endpoint at `addr`, the body.
+fn get_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }
 
 #[test]
