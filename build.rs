@@ -80,6 +80,9 @@ fn main() {
          set WASMTP_NO_BUILTIN_PLUGINS=1 to build wasmtp without them"
     );
     let built = target_dir.join("wasm32-wasip2/release/spam_score.wasm");
+    // A new file, not the old one rewritten: a target dir whose files are hard links shared
+    // with another checkout must not change under that checkout.
+    let _ = std::fs::remove_file(out.join("spam_score.wasm"));
     std::fs::copy(&built, out.join("spam_score.wasm"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
     println!("cargo::rustc-cfg=wasmtp_builtin");
@@ -159,6 +162,7 @@ fn embed_templates() {
     ));
     let dest =
         PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("templates.rs");
+    let _ = std::fs::remove_file(&dest);
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
 }
 

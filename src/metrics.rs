@@ -308,6 +308,12 @@ pub fn plugin_generation(generation: u64) {
     gauge!("wasmtp_plugin_set_generation").set(generation as f64);
 }
 
+/// How many plugins of the current set were built against each contract version the host
+/// serves (set at scrape time), e.g. `contract="wasmtp:plugin@0.1.0"`.
+pub fn plugins_loaded(contract: &'static str, n: usize) {
+    gauge!("wasmtp_plugins_loaded", "contract" => contract).set(n as f64);
+}
+
 /// A limit was hit (called by `observe::limit_hit`).
 pub fn limit_hit(limit: &'static str) {
     counter!("wasmtp_limit_hits_total", "limit" => limit).increment(1);

@@ -49,6 +49,12 @@ pub use host::{clock, dns, kv, log, notes};
 pub use message::Message;
 pub use plugin::Plugin;
 
+/// What the server's mail authentication found, as [`Message::auth_results`] returns it
+/// (contract 0.2.0).
+pub use bindings::wasmtp::plugin::types::{
+    ArcCheck, AuthResult, AuthResults, DkimCheck, DmarcCheck, DmarcDisposition, SpfCheck,
+    SpfIdentity,
+};
 pub use bindings::wasmtp::plugin::types::{
     Connection, DeliveryReport, Envelope, Header, Modification, Outcome, Params, Recipient,
     RelayTarget, Reply, Route, TlsInfo, Verdict,

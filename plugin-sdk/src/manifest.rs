@@ -12,7 +12,7 @@
 pub const SECTION: &str = "wasmtp-manifest";
 
 /// The WIT contract this SDK binds, as recorded in every manifest it builds.
-pub const CONTRACT: &str = "wasmtp:plugin@0.1.0";
+pub const CONTRACT: &str = "wasmtp:plugin@0.2.0";
 
 /// Hook names a manifest may list, as in the WIT contract and the server config.
 pub const HOOKS: [&str; 9] = [

@@ -1,8 +1,8 @@
 //! The message seen by the `data` hook: a thin wrapper over the host's `message` resource (or a
 //! fake one in tests), adding conveniences that read on demand.
 
-use crate::Header;
 use crate::bindings::wasmtp::plugin::types as wit;
+use crate::{AuthResults, Header};
 
 /// The message of the current transaction. Each call asks the host, so a plugin that only reads
 /// headers copies no body bytes.
@@ -94,6 +94,16 @@ impl<'a> Message<'a> {
             out.extend_from_slice(&chunk);
         }
         out
+    }
+
+    /// What the server's mail authentication found for this message (SPF, DKIM, ARC, DMARC),
+    /// the same results as its `Authentication-Results` header; None when verification is off.
+    pub fn auth_results(&self) -> Option<AuthResults> {
+        match &self.inner {
+            Inner::Host(m) => m.auth_results(),
+            #[cfg(fake_host)]
+            Inner::Fake(m) => m.auth.clone(),
+        }
     }
 
     /// The decoded text parts as UTF-8, at most `max_bytes` bytes (see the WIT `text` docs).

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::dns::{DnsError, MxRecord};
 use crate::log::Level;
-use crate::{Config, Connection, Envelope, Header, Message, Recipient};
+use crate::{AuthResults, Config, Connection, Envelope, Header, Message, Recipient};
 
 /// The fake clock's time when a [`FakeHost`] is created: 2023-11-14T22:13:20Z.
 pub const DEFAULT_NOW_MILLIS: u64 = 1_700_000_000_000;
@@ -320,10 +320,18 @@ pub fn message(raw: impl AsRef<[u8]>) -> Message<'static> {
     Message::fake(FakeMessage::parse(raw.as_ref()))
 }
 
+/// The same with the authentication results [`Message::auth_results`] returns.
+pub fn message_with_auth(raw: impl AsRef<[u8]>, auth: AuthResults) -> Message<'static> {
+    let mut m = FakeMessage::parse(raw.as_ref());
+    m.auth = Some(auth);
+    Message::fake(m)
+}
+
 /// The in-memory message behind [`message`].
 pub(crate) struct FakeMessage {
     pub(crate) raw: Vec<u8>,
     pub(crate) headers: Vec<Header>,
+    pub(crate) auth: Option<AuthResults>,
 }
 
 impl FakeMessage {
@@ -352,7 +360,11 @@ impl FakeMessage {
                 });
             }
         }
-        FakeMessage { raw: norm, headers }
+        FakeMessage {
+            raw: norm,
+            headers,
+            auth: None,
+        }
     }
 
     pub(crate) fn text(&self, max_bytes: u32) -> String {

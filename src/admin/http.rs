@@ -166,6 +166,7 @@ async fn metrics(state: &AdminState) -> Resp {
         }
     }
     crate::metrics::plugin_generation(state.plugins.current().generation);
+    crate::plugin::contract::record_loaded(&state.plugins.current());
     handle.run_upkeep();
     let mut r = text(StatusCode::OK, handle.render());
     r.headers_mut().insert(

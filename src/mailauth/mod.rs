@@ -16,13 +16,17 @@
 //! - `keygen`: `wasmtp dkim keygen`.
 //! - `cache`: the parsed-record DNS cache.
 //!
+//! - `results`: the same findings as data, which plugins read through
+//!   `message.auth-results` (contract 0.2.0).
+//!
 //! Policy (reject a DMARC failure, quarantine) is not decided here: that
-//! belongs to plugins, which get these results in a later contract version.
+//! belongs to plugins (the shipped one is `dmarc-policy`).
 
 pub mod arc;
 mod cache;
 pub mod header;
 pub mod keygen;
+pub mod results;
 pub mod sign;
 mod verify;
 
@@ -35,6 +39,7 @@ use tracing::{info, warn};
 
 use crate::config::value::{AtLeast, Domain, Dur};
 
+pub use results::Results;
 pub use verify::{Identity, Outcome, Verifier};
 
 /// `[authentication]` as written.

@@ -47,6 +47,8 @@ pub struct Outcome {
     /// What the ARC chain's verification found (None: not verified), for
     /// the `cv=` of our seal.
     pub arc: Option<DkimResult>,
+    /// The same results as data, for plugins.
+    pub results: super::Results,
 }
 
 impl Outcome {
@@ -93,6 +95,7 @@ impl Verifier {
             ),
             summary: vec![("auth", "pass")],
             arc: None,
+            results: super::Results::authenticated(&self.settings.authserv_id, user),
         }
     }
 
@@ -151,7 +154,14 @@ impl Verifier {
                 &format!("client {} helo {}", id.ip, id.helo),
             );
         }
-        let outcome = self.render(id, &spf, dkim.as_deref(), arc.as_ref(), dmarc.as_ref());
+        let mut outcome = self.render(id, &spf, dkim.as_deref(), arc.as_ref(), dmarc.as_ref());
+        outcome.results = super::Results::collect(
+            &self.settings.authserv_id,
+            &spf,
+            dkim.as_deref().filter(|_| self.settings.dkim),
+            arc.as_ref(),
+            dmarc.as_ref(),
+        );
         crate::metrics::auth_verification(started.elapsed());
         for (method, result) in &outcome.summary {
             crate::metrics::auth_result(method, result);
@@ -296,6 +306,7 @@ impl Verifier {
             ),
             summary,
             arc: arc.map(|a| a.result().clone()),
+            results: super::Results::default(),
         }
     }
 }
@@ -317,7 +328,7 @@ fn arc_body_hash_mismatch_fails(a: &ArcOutput<'_>) -> ArcOutput<'static> {
 /// RFC 6376 §6.1.3 makes it a PERMFAIL, which RFC 8601 §2.7.1 reports as
 /// `fail` (the body changed after signing), and a DMARC or spam policy
 /// reading our header must see it as one.
-fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
+pub(super) fn body_hash_mismatch_fails<'x>(d: &'x DkimOutput<'x>) -> DkimOutput<'x> {
     let mismatch = Error::Dkim(DkimError::FailedBodyHashMatch);
     match (d.result(), d.signature()) {
         (DkimResult::Neutral(e), Some(sig)) if *e == mismatch => {

@@ -154,9 +154,15 @@ impl Inspection {
         let _ = writeln!(
             s,
             "contract:  {}",
-            self.contract
-                .as_deref()
-                .unwrap_or("none (it does not export wasmtp:plugin/hooks)")
+            match self.contract.as_deref() {
+                None => "none (it does not export wasmtp:plugin/hooks)".to_string(),
+                Some(c) if super::contract::Contract::of_name(c).is_some() =>
+                    format!("{c} (served)"),
+                Some(c) => format!(
+                    "{c} (not served: this server serves {})",
+                    super::contract::served_list()
+                ),
+            }
         );
         match (&self.manifest, &self.manifest_error) {
             (Some(m), _) => {

@@ -16,8 +16,8 @@ use crate::config::{Grant, HookName, PluginSpec};
 /// The custom section's name.
 pub const SECTION: &str = "wasmtp-manifest";
 
-/// The contract version this host serves.
-pub const CONTRACT: &str = "wasmtp:plugin@0.1.0";
+/// The current contract version (the host serves the older ones in `contract::SERVED` too).
+pub const CONTRACT: &str = "wasmtp:plugin@0.2.0";
 
 /// The manifest as the section holds it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -186,10 +186,11 @@ pub(crate) enum Refusal {
 impl Manifest {
     /// Applies the manifest to `spec`: the hooks default, the grant check, the config check.
     pub(crate) fn apply(&self, spec: &mut PluginSpec) -> Result<(), Refusal> {
-        if self.contract != CONTRACT {
+        if super::contract::Contract::of_name(&self.contract).is_none() {
             return Err(Refusal::Manifest(format!(
-                "it was built for {}, and this server serves {CONTRACT}",
-                self.contract
+                "it was built for {}, and this server serves {}",
+                self.contract,
+                super::contract::served_list()
             )));
         }
         for g in &self.grants {
@@ -213,7 +214,7 @@ impl Manifest {
                     .find(|k| k.as_str() == h)
                     .ok_or_else(|| {
                         Refusal::Manifest(format!(
-                            "its manifest lists the hook {h:?}, which {CONTRACT} does not have"
+                            "its manifest lists the hook {h:?}, which the contract does not have"
                         ))
                     })?;
                 wanted.push(hook);

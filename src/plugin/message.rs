@@ -6,22 +6,31 @@ use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::Resource;
 
-use super::bindings::wasmtp::plugin::types::{Header, HostMessage};
+use super::bindings::wasmtp::plugin::types::{self as wit, Header, HostMessage};
 use super::host::HostState;
+use crate::mailauth::results as auth;
 
 /// The message as the data hook sees it (CRLF line endings, unstuffed).
 pub struct MessageData {
     /// Raw bytes (headers and body).
     pub raw: Vec<u8>,
     headers: OnceLock<Vec<(String, String)>>,
+    /// What mail authentication found (none when it is off).
+    pub auth: Option<auth::Results>,
 }
 
 impl MessageData {
     /// Wraps raw message bytes.
     pub fn new(raw: Vec<u8>) -> Arc<MessageData> {
+        MessageData::with_auth(raw, None)
+    }
+
+    /// Wraps raw message bytes with the authentication results.
+    pub fn with_auth(raw: Vec<u8>, auth: Option<auth::Results>) -> Arc<MessageData> {
         Arc::new(MessageData {
             raw,
             headers: OnceLock::new(),
+            auth,
         })
     }
 
@@ -134,9 +143,70 @@ impl HostMessage for HostState {
         Ok(out)
     }
 
+    fn auth_results(
+        &mut self,
+        this: Resource<MessageRes>,
+    ) -> wasmtime::Result<Option<wit::AuthResults>> {
+        Ok(self.table.get(&this)?.0.auth.as_ref().map(auth_results))
+    }
+
     fn drop(&mut self, this: Resource<MessageRes>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
+    }
+}
+
+/// The verification results as the WIT records (contract 0.2.0).
+fn auth_results(r: &auth::Results) -> wit::AuthResults {
+    let result = |r: auth::AuthResult| match r {
+        auth::AuthResult::None => wit::AuthResult::None,
+        auth::AuthResult::Pass => wit::AuthResult::Pass,
+        auth::AuthResult::Fail => wit::AuthResult::Fail,
+        auth::AuthResult::Softfail => wit::AuthResult::Softfail,
+        auth::AuthResult::Neutral => wit::AuthResult::Neutral,
+        auth::AuthResult::Temperror => wit::AuthResult::Temperror,
+        auth::AuthResult::Permerror => wit::AuthResult::Permerror,
+    };
+    wit::AuthResults {
+        authserv_id: r.authserv_id.clone(),
+        authenticated: r.authenticated.clone(),
+        spf: r
+            .spf
+            .iter()
+            .map(|s| wit::SpfCheck {
+                result: result(s.result),
+                identity: match s.identity {
+                    auth::SpfIdentity::MailFrom => wit::SpfIdentity::MailFrom,
+                    auth::SpfIdentity::Helo => wit::SpfIdentity::Helo,
+                },
+                domain: s.domain.clone(),
+            })
+            .collect(),
+        dkim: r
+            .dkim
+            .iter()
+            .map(|d| wit::DkimCheck {
+                result: result(d.result),
+                domain: d.domain.clone(),
+                selector: d.selector.clone(),
+            })
+            .collect(),
+        arc: r.arc.as_ref().map(|a| wit::ArcCheck {
+            result: result(a.result),
+        }),
+        dmarc: r.dmarc.as_ref().map(|d| wit::DmarcCheck {
+            result: result(d.result),
+            from_domain: d.from_domain.clone(),
+            policy: d.policy.map(|p| match p {
+                auth::Disposition::None => wit::DmarcDisposition::None,
+                auth::Disposition::Quarantine => wit::DmarcDisposition::Quarantine,
+                auth::Disposition::Reject => wit::DmarcDisposition::Reject,
+            }),
+            testing: d.testing,
+            spf_aligned: d.spf_aligned,
+            dkim_aligned: d.dkim_aligned,
+            rua: d.rua.clone(),
+        }),
     }
 }
 

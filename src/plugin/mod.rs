@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod contract;
 pub mod fake;
 pub mod host;
 pub mod inspect;
@@ -33,29 +34,40 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::config::{Grant, HookName, PluginSpec, Settings};
 
 pub use run::{PluginSession, TxView};
 
-/// Bindings generated from `wit/` (world `plugin`).
+/// The `bindgen!` of one contract version's world `plugin` from the WIT directory `$path`: the
+/// same options for every version (kv and dns async, every import trappable, the message
+/// resource backed by `MessageRes`), so the versions differ only in their WIT.
+macro_rules! plugin_bindings {
+    ($path:literal) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "plugin",
+            imports: {
+                "wasmtp:plugin/dns": async | trappable,
+                "wasmtp:plugin/kv": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+            with: { "wasmtp:plugin/types.message": crate::plugin::message::MessageRes },
+        });
+    };
+}
+pub(crate) use plugin_bindings;
+
+/// Bindings generated from `wit/` (world `plugin`, the current contract; the older one is in
+/// `contract`).
 pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "wit",
-        world: "plugin",
-        imports: {
-            "wasmtp:plugin/dns": async | trappable,
-            "wasmtp:plugin/kv": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-        with: { "wasmtp:plugin/types.message": super::message::MessageRes },
-    });
+    super::plugin_bindings!("wit");
 }
 
-use bindings::PluginPre;
+use contract::{Contract, Pre};
 use host::HostState;
 
 /// Bytes of a pooled memory slot reset in place rather than decommitted.
@@ -217,10 +229,12 @@ impl PluginStats {
 pub struct LoadedPlugin {
     /// Its configuration.
     pub spec: PluginSpec,
+    /// The contract version it was built against.
+    pub contract: Contract,
     /// Pre-linked template (pooled engine, when there is a pool).
-    pre: PluginPre<HostState>,
+    pre: Pre,
     /// The same on the on-demand engine, for when the pool is full.
-    fallback: Option<PluginPre<HostState>>,
+    fallback: Option<Pre>,
     /// True if `pre` is on the pooled engine.
     pooled: bool,
     /// Warm instances waiting for their next transaction (`reuse` > 0).
@@ -238,15 +252,10 @@ impl LoadedPlugin {
     }
 }
 
-/// What `load_one` gives: the template (on the pooled engine when there is
-/// a pool), the same on the on-demand engine, the digest, and whether the
-/// compile cache had it (`hit` or `miss`).
-type Linked = (
-    PluginPre<HostState>,
-    Option<PluginPre<HostState>>,
-    String,
-    &'static str,
-);
+/// What `load_one` gives: the contract version, the template (on the pooled
+/// engine when there is a pool), the same on the on-demand engine, the
+/// digest, and whether the compile cache had it (`hit` or `miss`).
+type Linked = (Contract, Pre, Option<Pre>, String, &'static str);
 
 /// A checked, ready set of plugins; sessions hold the set they started with.
 pub struct PluginSet {
@@ -382,7 +391,7 @@ impl PluginHost {
         for spec in specs {
             let started = std::time::Instant::now();
             let mut spec = spec.clone();
-            let (mut pre, mut fallback, digest, cache) = self.load_one(&mut spec)?;
+            let (contract, mut pre, mut fallback, digest, cache) = self.load_one(&mut spec)?;
             let mut pooled = self.fallback.is_some();
             if let Err(e) = self.check_init(&spec, &self.engine, &pre) {
                 // A component that does not fit a pool slot (more core
@@ -413,9 +422,11 @@ impl PluginHost {
                 ms = started.elapsed().as_millis() as u64,
                 cache,
                 pooled,
+                contract = contract.as_str(),
                 "plugin loaded"
             );
             plugins.push(Arc::new(LoadedPlugin {
+                contract,
                 spec,
                 pre,
                 fallback,
@@ -437,12 +448,7 @@ impl PluginHost {
     /// Runs on its own thread with its own small runtime, so it works the
     /// same from `check-config`, at start (inside the server's runtime)
     /// and at reload.
-    fn check_init(
-        &self,
-        spec: &PluginSpec,
-        engine: &Engine,
-        pre: &PluginPre<HostState>,
-    ) -> Result<(), PluginError> {
+    fn check_init(&self, spec: &PluginSpec, engine: &Engine, pre: &Pre) -> Result<(), PluginError> {
         let init_failed = |detail: String| PluginError::Init {
             name: spec.name.clone(),
             detail,
@@ -473,11 +479,7 @@ impl PluginHost {
                         .instantiate_async(&mut store)
                         .await
                         .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
-                    match plugin
-                        .wasmtp_plugin_hooks()
-                        .call_init(&mut store, &spec.config_json)
-                        .await
-                    {
+                    match plugin.init(&mut store, &spec.config_json).await {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(msg)) => Err(format!(
                             "refused its config: {}",
@@ -533,19 +535,25 @@ impl PluginHost {
             import_problems(spec, &imports)?;
         }
         let (component, cache) = self.compile_cached(spec, &bytes, &digest)?;
+        let contract =
+            Contract::of(&self.engine, &component).map_err(|detail| PluginError::Compile {
+                name: name.clone(),
+                path: spec.path.clone(),
+                detail,
+            })?;
         check_imports(&self.engine, &component, spec)?;
-        let pre = prelink(&self.engine, &self.linker, &component, &name)?;
+        let pre = prelink(&self.engine, &self.linker, &component, &name, contract)?;
         let fallback = match &self.fallback {
             Some((engine, linker)) => {
                 let bytes = component.serialize().map_err(engine_err)?;
                 // SAFETY: serialized just now by an engine with the same
                 // compilation settings (see `new_engine`).
                 let c = unsafe { Component::deserialize(engine, &bytes) }.map_err(engine_err)?;
-                Some(prelink(engine, linker, &c, &name)?)
+                Some(prelink(engine, linker, &c, &name, contract)?)
             }
             None => None,
         };
-        Ok((pre, fallback, digest, cache))
+        Ok((contract, pre, fallback, digest, cache))
     }
 
     /// Reads the component's manifest and applies it to `spec` (see `manifest`).
@@ -681,7 +689,8 @@ fn prelink(
     base: &Linker<HostState>,
     component: &Component,
     name: &str,
-) -> Result<PluginPre<HostState>, PluginError> {
+    contract: Contract,
+) -> Result<Pre, PluginError> {
     let link_err = |e: wasmtime::Error| PluginError::Link {
         name: name.to_string(),
         detail: format!("{e:#}"),
@@ -709,10 +718,10 @@ fn prelink(
         .define_unknown_imports_as_traps(component)
         .map_err(link_err)?;
     let pre = linker.instantiate_pre(component).map_err(link_err)?;
-    PluginPre::new(pre).map_err(|e| PluginError::Import {
+    Pre::new(contract, pre).map_err(|e| PluginError::Import {
         name: name.to_string(),
         import: "an interface of a different shape".into(),
-        hint: format!("it does not match the wasmtp:plugin@0.1.0 world: {e:#}"),
+        hint: format!("it does not match the {} world: {e:#}", contract.as_str()),
     })
 }
 
@@ -767,8 +776,8 @@ fn new_engine(limits: &crate::config::PluginLimits, pooled: bool) -> Result<Engi
 
 fn new_linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
     let mut linker: Linker<HostState> = Linker::new(engine);
-    bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-        .map_err(engine_err)?;
+    // Both contract versions' host functions: a plugin links against the one it imports.
+    contract::add_to_linker(&mut linker).map_err(engine_err)?;
     Ok(linker)
 }
 
@@ -824,9 +833,13 @@ pub enum ImportNeed {
     Unavailable,
 }
 
-/// What `import` (an instance name such as `wasmtp:plugin/kv@0.1.0`) takes from the host.
+/// What `import` (an instance name such as `wasmtp:plugin/kv@0.2.0`) takes from the host. A
+/// `wasmtp:plugin` interface of a contract version this host does not serve is unavailable.
 pub fn import_need(import: &str) -> ImportNeed {
     let base = import.split('@').next().unwrap_or(import);
+    if base.starts_with("wasmtp:plugin/") && contract::Contract::of_name(import).is_none() {
+        return ImportNeed::Unavailable;
+    }
     match base {
         "wasmtp:plugin/types" | "wasmtp:plugin/log" | "wasmtp:plugin/notes" => ImportNeed::Always,
         "wasi:random/insecure-seed" => ImportNeed::Always,
@@ -845,9 +858,13 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
     let mut ungranted: Vec<&str> = Vec::new();
     let mut grants: Vec<&str> = Vec::new();
     let mut unavailable: Vec<&str> = Vec::new();
+    let mut unserved: Vec<&str> = Vec::new();
     for import in imports {
         match import_need(import) {
             ImportNeed::Always | ImportNeed::Stub => {}
+            ImportNeed::Unavailable if import.starts_with("wasmtp:plugin/") => {
+                unserved.push(import)
+            }
             ImportNeed::Grant(g) if spec.grants.contains(&g) => {}
             ImportNeed::Grant(g) => {
                 ungranted.push(import);
@@ -858,7 +875,7 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
             ImportNeed::Unavailable => unavailable.push(import),
         }
     }
-    if ungranted.is_empty() && unavailable.is_empty() {
+    if ungranted.is_empty() && unavailable.is_empty() && unserved.is_empty() {
         return Ok(());
     }
     let quoted = |v: &[&str]| {
@@ -889,11 +906,18 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
             quoted(&unavailable)
         ));
     }
+    if !unserved.is_empty() {
+        hints.push(format!(
+            "{} of a contract version this server does not serve (it serves {})",
+            quoted(&unserved),
+            contract::served_list()
+        ));
+    }
     Err(PluginError::Import {
         name: spec.name.clone(),
         import: format!(
             "{} interface(s) the server will not link",
-            ungranted.len() + unavailable.len()
+            ungranted.len() + unavailable.len() + unserved.len()
         ),
         hint: hints.join("; "),
     })
@@ -986,5 +1010,15 @@ mod tests {
         );
         let linked = names(&["wasmtp:plugin/kv@0.1.0", "wasi:cli/stdout@0.2.6"]);
         assert!(import_problems(&spec("\"kv\""), &linked).is_ok());
+        // Both served contract versions link; one this host does not serve is named.
+        let both = names(&["wasmtp:plugin/types@0.1.0", "wasmtp:plugin/types@0.2.0"]);
+        assert!(import_problems(&spec(""), &both).is_ok());
+        let err = import_problems(&spec(""), &names(&["wasmtp:plugin/types@0.3.0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`wasmtp:plugin/types@0.3.0` of a contract version this server does not serve (it serves wasmtp:plugin@0.1.0, wasmtp:plugin@0.2.0)"),
+            "{err}"
+        );
     }
 }

@@ -52,6 +52,9 @@ pub struct Case {
     /// DNS answers: name (or IP address, for `ptr`) → records.
     #[serde(default)]
     pub dns: BTreeMap<String, FakeName>,
+    /// What the server's mail authentication found, as `message.auth-results` gives it to
+    /// the data hook (contract 0.2.0); none when absent.
+    pub auth: Option<crate::mailauth::Results>,
     /// What the chain must decide.
     #[serde(default)]
     pub expect: Expect,
@@ -184,6 +187,8 @@ pub struct Input {
     pub rcpts: Vec<String>,
     /// The message, CRLF line ends.
     pub message: Vec<u8>,
+    /// The authentication results the data hook sees.
+    pub auth: Option<crate::mailauth::Results>,
 }
 
 /// Reads a case file; errors name the file and key.
@@ -266,6 +271,7 @@ fn case_input(case: &Case, message: Vec<u8>) -> Input {
         sender: case.envelope.mail_from.clone(),
         rcpts: case.envelope.rcpt_to.clone(),
         message,
+        auth: case.auth.clone(),
     }
 }
 
@@ -432,7 +438,7 @@ impl Runner {
         if disposition.is_none() {
             disposition = quarantine.map(Decision::Quarantine);
         }
-        let msg = MessageData::new(input.message.clone());
+        let msg = MessageData::with_auth(input.message.clone(), input.auth.clone());
         if self.session.wants(HookName::Data) {
             let t = self.timer();
             let tx = TxView {

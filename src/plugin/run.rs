@@ -21,8 +21,8 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use wasmtime::Store;
 
-use super::bindings::Plugin;
 use super::bindings::wasmtp::plugin::types as wit;
+use super::contract::{self, Guest};
 use super::host::{HostState, Notes, escape_long};
 use super::message::{MessageData, MessageRes};
 use super::{LoadedPlugin, PluginHost, PluginSet};
@@ -65,7 +65,7 @@ pub struct TxView<'a> {
 /// A live instance with its store.
 pub(crate) struct Live {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Guest,
     /// Transactions it has finished (counts towards `reuse`).
     uses: u32,
 }
@@ -394,8 +394,11 @@ impl PluginSession {
     async fn call_live(live: &mut Live, call: &Call<'_>) -> Result<Ret, CallError> {
         live.store.data_mut().output.take();
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
-        let hooks = live.plugin.wasmtp_plugin_hooks();
         let store = &mut live.store;
+        let hooks = match &live.plugin {
+            Guest::V0_2(p) => p.wasmtp_plugin_hooks(),
+            Guest::V0_1(p) => return Self::call_v010(p, store, call).await.map_err(trap),
+        };
         Ok(match call {
             Call::Connect(c) => {
                 Ret::Verdict(hooks.call_connect(&mut *store, c).await.map_err(trap)?)
@@ -443,6 +446,83 @@ impl PluginSession {
                     .call_deliver(&mut *store, c, env)
                     .await
                     .map_err(trap)?,
+            ),
+        })
+    }
+}
+
+impl PluginSession {
+    /// `call_live` for a plugin built against contract 0.1.0: the same hooks through its own
+    /// bindings, arguments and answers converted (its message has no `auth-results`).
+    async fn call_v010(
+        plugin: &contract::v010::Plugin,
+        store: &mut Store<HostState>,
+        call: &Call<'_>,
+    ) -> wasmtime::Result<Ret> {
+        let hooks = plugin.wasmtp_plugin_hooks();
+        Ok(match call {
+            Call::Connect(c) => Ret::Verdict(contract::verdict(
+                hooks
+                    .call_connect(&mut *store, &contract::connection(c))
+                    .await?,
+            )),
+            Call::Ehlo(c, n) => Ret::Verdict(contract::verdict(
+                hooks
+                    .call_ehlo(&mut *store, &contract::connection(c), n)
+                    .await?,
+            )),
+            Call::MailFrom(c, s, params) => Ret::Outcome(contract::outcome(
+                hooks
+                    .call_mail_from(&mut *store, &contract::connection(c), s, params)
+                    .await?,
+            )),
+            Call::Rcpt(c, env, r) => Ret::Outcome(contract::outcome(
+                hooks
+                    .call_rcpt(
+                        &mut *store,
+                        &contract::connection(c),
+                        &contract::envelope(env),
+                        &contract::recipient(r),
+                    )
+                    .await?,
+            )),
+            Call::Data(c, env, msg) => {
+                let res = store.data_mut().table.push(MessageRes((*msg).clone()))?;
+                let rep = res.rep();
+                let out = hooks
+                    .call_data(
+                        &mut *store,
+                        &contract::connection(c),
+                        &contract::envelope(env),
+                        res,
+                    )
+                    .await;
+                let _ = store
+                    .data_mut()
+                    .table
+                    .delete(wasmtime::component::Resource::<MessageRes>::new_own(rep));
+                Ret::Outcome(contract::outcome(out?))
+            }
+            Call::Notify(hook, report) => {
+                let report = contract::report(report);
+                match hook {
+                    HookName::Delivered => hooks.call_delivered(&mut *store, &report).await,
+                    HookName::Deferred => hooks.call_deferred(&mut *store, &report).await,
+                    _ => hooks.call_bounced(&mut *store, &report).await,
+                }?;
+                Ret::Notified
+            }
+            Call::Deliver(c, env) => Ret::Routes(
+                hooks
+                    .call_deliver(
+                        &mut *store,
+                        &contract::connection(c),
+                        &contract::envelope(env),
+                    )
+                    .await?
+                    .into_iter()
+                    .map(contract::route)
+                    .collect(),
             ),
         })
     }
@@ -512,7 +592,7 @@ enum Fresh {
 /// A new instance of `pre` on `engine`, `init` run.
 async fn fresh(
     engine: &wasmtime::Engine,
-    pre: &super::bindings::PluginPre<HostState>,
+    pre: &contract::Pre,
     host: &PluginHost,
     notes: Arc<Mutex<Notes>>,
     p: &LoadedPlugin,
@@ -535,11 +615,7 @@ async fn fresh(
             Fresh::Failed(CallError::Trap(format!("{e:#}")))
         }
     })?;
-    match plugin
-        .wasmtp_plugin_hooks()
-        .call_init(&mut store, &p.spec.config_json)
-        .await
-    {
+    match plugin.init(&mut store, &p.spec.config_json).await {
         Ok(Ok(())) => Ok(Live {
             store,
             plugin,

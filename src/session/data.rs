@@ -133,8 +133,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Verifies, runs the data-time plugins, signs or seals, then queues.
-    async fn queue_checked(&mut self, tx: super::Transaction, data: Vec<u8>) -> Reply {
-        let (data, verified) = self.authenticate(&tx, data).await;
+    async fn queue_checked(&mut self, mut tx: super::Transaction, data: Vec<u8>) -> Reply {
+        let (data, verified) = self.authenticate(&mut tx, data).await;
         let (tx, data) = match self.data_hooks(tx, data).await {
             Ok(x) => x,
             Err(reply) => {

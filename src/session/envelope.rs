@@ -44,6 +44,8 @@ pub struct Transaction {
     pub mods: Vec<Modification>,
     /// What happens to the message once accepted.
     pub disposition: Disposition,
+    /// What mail authentication found (set after DATA, for the data hook).
+    pub auth: Option<crate::mailauth::Results>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {

@@ -133,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tx.disposition = Disposition::Quarantine(reason);
         }
         if self.plugins.wants(crate::config::HookName::Data) {
-            let msg = MessageData::new(data);
+            let msg = MessageData::with_auth(data, tx.auth.take());
             let conn = self.conn_record();
             let env = Self::envelope_record(&tx);
             let (decision, mods) = self

@@ -13,10 +13,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The message with forged `Authentication-Results` (our authserv-id)
     /// removed and ours added below our Received field. An authenticated
     /// client gets `auth=pass` instead of checks. Never refuses: results
-    /// are data. The outcome goes on to `arc_seal`.
+    /// are data, kept in `tx.auth` for the data hook. The outcome goes on
+    /// to `arc_seal`.
     pub(super) async fn authenticate(
         &mut self,
-        tx: &Transaction,
+        tx: &mut Transaction,
         data: Vec<u8>,
     ) -> (Vec<u8>, Option<Outcome>) {
         let verifier = &self.ctx.mailauth.verifier;
@@ -52,6 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             forged_removed = forged,
             "message authentication"
         );
+        tx.auth = Some(outcome.results.clone());
         (out, Some(outcome))
     }
 

@@ -75,7 +75,7 @@ fn new_rust_project(name: &str) -> (tempfile::TempDir, PathBuf) {
     let manifest = dir.join("Cargo.toml");
     let toml = std::fs::read_to_string(&manifest).unwrap();
     // The template depends on the SDK by version, as it would outside this repository.
-    assert!(toml.contains("wasmtp-plugin-sdk = \"0.1.0\""), "{toml}");
+    assert!(toml.contains("wasmtp-plugin-sdk = \"0.2.0\""), "{toml}");
     std::fs::write(
         &manifest,
         format!(
@@ -188,6 +188,19 @@ fn the_cases_of_the_shipped_plugins_pass() {
         ],
     ));
     assert!(greylist.contains("1 case(s) passed"), "{greylist}");
+    let dmarc = ok(wasmtp(
+        repo,
+        &[
+            "test",
+            "--config",
+            "plugins/dmarc-policy/tests/wasmtp.toml",
+            "plugins/dmarc-policy/tests/cases/",
+        ],
+    ));
+    assert!(
+        dmarc.contains("6 case(s) passed (chain: dmarc-policy)"),
+        "{dmarc}"
+    );
 }
 
 #[test]

@@ -218,7 +218,7 @@ fn inspect_reports_manifest_imports_and_digest() {
     assert_eq!(v["manifest"]["grants"], serde_json::json!(["kv", "clock"]));
     assert_eq!(v["manifest"]["hooks"], serde_json::json!(["rcpt"]));
     assert!(v["manifest"]["config_schema"]["properties"]["delay_secs"].is_object());
-    assert_eq!(v["contract"], "wasmtp:plugin@0.1.0");
+    assert_eq!(v["contract"], "wasmtp:plugin@0.2.0");
     assert_eq!(v["size"], std::fs::metadata(&wasm).unwrap().len());
     let digest = wasmtp(&["plugin", "digest", &wasm]).unwrap();
     assert!(
@@ -238,13 +238,13 @@ fn inspect_reports_manifest_imports_and_digest() {
     assert_eq!(import("wasi:cli/stderr@")["provided"], "stub");
     assert_eq!(
         v["exports"],
-        serde_json::json!(["wasmtp:plugin/hooks@0.1.0"])
+        serde_json::json!(["wasmtp:plugin/hooks@0.2.0"])
     );
     assert!(v["signatures"].is_null());
 
     // The text form, and the `plugins` alias of the group.
     let text = wasmtp(&["plugins", "inspect", "builtin:spam-score"]).unwrap();
-    assert!(text.contains("name:        spam-score 0.1.0"), "{text}");
+    assert!(text.contains("name:        spam-score 0.2.0"), "{text}");
     assert!(text.contains("hooks:       data"), "{text}");
 }
 
@@ -256,7 +256,7 @@ fn embed_manifest_replaces_the_manifest_and_the_host_applies_it() {
     let manifest = dir.path().join("m.json");
     std::fs::write(
         &manifest,
-        r#"{"name": "renamed", "contract": "wasmtp:plugin@0.1.0", "hooks": ["ehlo"], "grants": ["dns"]}"#,
+        r#"{"name": "renamed", "contract": "wasmtp:plugin@0.2.0", "hooks": ["ehlo"], "grants": ["dns"]}"#,
     )
     .unwrap();
     let embed = || {

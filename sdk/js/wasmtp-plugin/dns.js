@@ -1,7 +1,7 @@
 // Lookups through the server's resolver (grant "dns"). Import this module only when the plugin
 // is built against the `plugin` world. A failure throws the dns-error variant
 // (`{ tag: 'not-found' }`, `{ tag: 'timeout' }`, ...).
-import * as host from 'wasmtp:plugin/dns@0.1.0';
+import * as host from 'wasmtp:plugin/dns@0.2.0';
 
 export const a = (name) => host.a(name);
 export const aaaa = (name) => host.aaaa(name);

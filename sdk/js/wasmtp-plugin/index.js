@@ -32,10 +32,10 @@
 //
 // Native tests: `./testing.js` (FakeHost), run with `./build.sh test`.
 
-import { log as hostLog } from 'wasmtp:plugin/log@0.1.0';
-import * as hostNotes from 'wasmtp:plugin/notes@0.1.0';
+import { log as hostLog } from 'wasmtp:plugin/log@0.2.0';
+import * as hostNotes from 'wasmtp:plugin/notes@0.2.0';
 
-export const SDK_VERSION = '0.1.0';
+export const SDK_VERSION = '0.2.0';
 
 // Verdicts ---------------------------------------------------------------------------------------
 

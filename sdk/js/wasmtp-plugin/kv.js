@@ -1,7 +1,7 @@
 // The plugin's persistent key-value namespace (grant "kv"). Import this module only when the
 // plugin is built against the `plugin` world (`build.sh --world plugin`). Failures throw the
 // host's message.
-import * as host from 'wasmtp:plugin/kv@0.1.0';
+import * as host from 'wasmtp:plugin/kv@0.2.0';
 
 const enc = new TextEncoder();
 

@@ -17,9 +17,13 @@
 
 import { exportPlugin } from './index.js';
 
-/** The `message` resource of the data hook, over raw text. */
+/**
+ * The `message` resource of the data hook, over raw text; `auth` is what `authResults()` returns
+ * (an object shaped like the WIT `auth-results`, or undefined as when verification is off).
+ */
 export class FakeMessage {
-  constructor(raw) {
+  constructor(raw, auth = undefined) {
+    this.auth = auth;
     this.raw = new TextEncoder().encode(String(raw).replace(/\r?\n/g, '\r\n'));
     const text = new TextDecoder().decode(this.raw);
     const end = text.indexOf('\r\n\r\n');
@@ -40,6 +44,7 @@ export class FakeMessage {
   size() { return BigInt(this.raw.length); }
   body(offset, len) { return this.raw.slice(Number(offset), Number(offset) + len); }
   text(maxBytes) { return new TextDecoder().decode(new TextEncoder().encode(this.bodyText).slice(0, maxBytes)); }
+  authResults() { return this.auth; }
 }
 
 /**
@@ -90,7 +95,7 @@ export class FakeHost {
     return { sender, senderParams: [], recipients: recipients.map((address) => ({ address, params: [] })) };
   }
   recipient(address) { return { address, params: [] }; }
-  message(raw) { return new FakeMessage(raw); }
+  message(raw, auth = undefined) { return new FakeMessage(raw, auth); }
   report(recipient, detail = '250 ok', sender = 'a@example.org') {
     return { queueId: 'TESTQUEUEID', sender, recipient, attempts: 1, detail };
   }

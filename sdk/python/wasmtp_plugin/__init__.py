@@ -43,7 +43,7 @@ import traceback
 import typing
 from typing import Any, Dict, List, Optional, Tuple
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "Plugin", "ConfigError", "Outcome", "outcome",
     "continue_", "accept", "reject", "tempfail", "disconnect", "discard", "quarantine",

@@ -38,10 +38,12 @@ except ImportError as e:  # pragma: no cover
 
 
 class FakeMessage(_types.Message):
-    """The `message` resource of the data hook, over raw bytes."""
+    """The `message` resource of the data hook, over raw bytes; `auth` is what `auth_results()`
+    returns (an `AuthResults` of the bindings, or None as when the server's verification is off)."""
 
-    def __init__(self, raw: bytes):
+    def __init__(self, raw: bytes, auth: Any = None):
         self.raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self.auth = auth
         self._parsed = email.message_from_bytes(self.raw, policy=email.policy.compat32)
 
     def headers(self) -> List[Any]:
@@ -64,6 +66,9 @@ class FakeMessage(_types.Message):
                 parts.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
         text = "\n\n".join(parts).encode()[:max_bytes]
         return text.decode("utf-8", "ignore")
+
+    def auth_results(self) -> Any:
+        return self.auth
 
     def __exit__(self, *args) -> None:
         return None
@@ -104,8 +109,8 @@ class FakeHost:
     def recipient(self, address: str) -> Any:
         return _types.Recipient(address=address, params=[])
 
-    def message(self, raw: bytes) -> FakeMessage:
-        return FakeMessage(raw)
+    def message(self, raw: bytes, auth: Any = None) -> FakeMessage:
+        return FakeMessage(raw, auth)
 
     def report(self, recipient: str, detail: str = "250 ok", sender: str = "a@example.org") -> Any:
         return _types.DeliveryReport(queue_id="TESTQUEUEID", sender=sender, recipient=recipient,
