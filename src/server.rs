@@ -362,7 +362,9 @@ async fn cluster_slot(
     ip: IpAddr,
 ) -> Result<Option<crate::plugin::kv::ClusterSlot>, String> {
     match cluster {
-        Some(cluster) => cluster.acquire(ip).await,
+        // Boxed: the Redis round trip's state would otherwise sit inline in
+        // every session's task (1 KiB) for the session's whole life.
+        Some(cluster) => Box::pin(cluster.acquire(ip)).await,
         None => Ok(None),
     }
 }

@@ -7,9 +7,11 @@
 //! of replies.
 
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -58,9 +60,10 @@ pub enum Input {
     TooLong,
 }
 
-/// Read size while waiting for commands: an idle connection holds no more
-/// than this (10,000 idle sessions should fit in a few hundred MiB), and a
-/// pipelined burst is still read in few calls.
+/// Read size while waiting for commands. The read goes through a buffer on
+/// the stack of the poll that finds input, so a session waiting for its
+/// next command holds no input buffer at all; a pipelined burst is still
+/// read in few calls.
 const LINE_READ: usize = 2 * 1024;
 /// Read size for DATA and BDAT payloads.
 const DATA_READ: usize = 64 * 1024;
@@ -122,7 +125,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(Stop::WriteTimeout);
                 }
             }
-            self.out.clear();
+            // Freed, not cleared: a session waiting for its next command
+            // holds no reply buffer either.
+            self.out = Vec::new();
         }
         Ok(())
     }
@@ -145,10 +150,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.inbuf[self.pos..]
     }
 
-    /// Flushes replies, then reads up to `want` more octets. The buffer is
-    /// filled without zeroing it first (`read_buf`), so memory a read does
-    /// not use is never touched, and a buffer grown for DATA is given back
-    /// once it is drained.
+    /// Flushes replies, then reads up to `want` more octets. Waiting for a
+    /// command (`want` = `LINE_READ`) with the buffer drained, the buffer is
+    /// freed and the read allocates only once input is there (see
+    /// [`read_appending`]); DATA and BDAT fill the buffer without zeroing
+    /// it first (`read_buf`), so memory a read does not use is never
+    /// touched, and a buffer grown for them is given back once drained.
     async fn fill(
         &mut self,
         timeout: Duration,
@@ -156,8 +163,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         want: usize,
     ) -> Result<(), Stop> {
         self.flush().await?;
-        if self.pos > 0 && self.pos == self.inbuf.len() {
-            if self.inbuf.capacity() > 2 * want {
+        let lines = want <= LINE_READ;
+        if self.pos == self.inbuf.len() {
+            if lines || self.inbuf.capacity() > 2 * want {
                 self.inbuf = Vec::new();
             } else {
                 self.inbuf.clear();
@@ -167,9 +175,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.inbuf.drain(..self.pos);
             self.pos = 0;
         }
-        self.inbuf.reserve(want);
         let (timeout, at_deadline) = self.bounded(timeout);
-        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
+        let (stream, inbuf) = (&mut self.stream, &mut self.inbuf);
+        let read = tokio::time::timeout(timeout, async move {
+            if lines && inbuf.len() == inbuf.capacity() {
+                read_appending(stream, inbuf).await
+            } else {
+                inbuf.reserve(want);
+                stream.read_buf(inbuf).await
+            }
+        });
         let result = match shutdown {
             Some(rx) => tokio::select! {
                 r = read => r,
@@ -269,6 +284,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.fill(timeout, None, DATA_READ).await?;
         }
     }
+}
+
+/// Reads at most `LINE_READ` octets into a buffer on the stack of the poll
+/// that finds them ready and appends them to `buf`: nothing is allocated,
+/// and nothing but this future's two references is held, while the client
+/// is silent. The price is one copy of at most `LINE_READ` octets per read.
+fn read_appending<'a, S: AsyncRead + Unpin>(
+    stream: &'a mut S,
+    buf: &'a mut Vec<u8>,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); LINE_READ];
+        let mut rb = ReadBuf::uninit(&mut chunk);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
+        buf.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
+    })
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
