@@ -60,12 +60,11 @@ pub enum Input {
     TooLong,
 }
 
-/// Read size while waiting for commands. The read goes through a buffer on
-/// the stack of the poll that finds input, so a session waiting for its
-/// next command holds no input buffer at all; a pipelined burst is still
-/// read in few calls.
+/// Read size while waiting for commands: a pipelined burst is read in few
+/// calls.
 const LINE_READ: usize = 2 * 1024;
-/// Read size for DATA and BDAT payloads.
+/// Read size for DATA and BDAT payloads (a buffer on a worker thread's
+/// stack, for the duration of one poll).
 const DATA_READ: usize = 64 * 1024;
 
 /// Buffered connection.
@@ -150,12 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.inbuf[self.pos..]
     }
 
-    /// Flushes replies, then reads up to `want` more octets. Waiting for a
-    /// command (`want` = `LINE_READ`) with the buffer drained, the buffer is
-    /// freed and the read allocates only once input is there (see
-    /// [`read_appending`]); DATA and BDAT fill the buffer without zeroing
-    /// it first (`read_buf`), so memory a read does not use is never
-    /// touched, and a buffer grown for them is given back once drained.
+    /// Flushes replies, then reads up to `want` more octets. A drained
+    /// buffer is freed first and the read goes through a buffer on the stack
+    /// (see [`read_appending`]), so a session that waits for a command or
+    /// for the next piece of a message holds no input buffer while it
+    /// waits. Only a partial command line waits in a buffer, filled without
+    /// zeroing it first (`read_buf`).
     async fn fill(
         &mut self,
         timeout: Duration,
@@ -163,13 +162,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         want: usize,
     ) -> Result<(), Stop> {
         self.flush().await?;
-        let lines = want <= LINE_READ;
         if self.pos == self.inbuf.len() {
-            if lines || self.inbuf.capacity() > 2 * want {
-                self.inbuf = Vec::new();
-            } else {
-                self.inbuf.clear();
-            }
+            self.inbuf = Vec::new();
             self.pos = 0;
         } else if self.pos > want {
             self.inbuf.drain(..self.pos);
@@ -178,11 +172,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let (timeout, at_deadline) = self.bounded(timeout);
         let (stream, inbuf) = (&mut self.stream, &mut self.inbuf);
         let read = tokio::time::timeout(timeout, async move {
-            if lines && inbuf.len() == inbuf.capacity() {
-                read_appending(stream, inbuf).await
-            } else {
-                inbuf.reserve(want);
-                stream.read_buf(inbuf).await
+            match (inbuf.is_empty(), want > LINE_READ) {
+                (true, false) => read_appending::<_, LINE_READ>(stream, inbuf).await,
+                (true, true) => read_appending::<_, DATA_READ>(stream, inbuf).await,
+                (false, _) => {
+                    inbuf.reserve(want);
+                    stream.read_buf(inbuf).await
+                }
             }
         });
         let result = match shutdown {
@@ -286,16 +282,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Reads at most `LINE_READ` octets into a buffer on the stack of the poll
-/// that finds them ready and appends them to `buf`: nothing is allocated,
-/// and nothing but this future's two references is held, while the client
-/// is silent. The price is one copy of at most `LINE_READ` octets per read.
-fn read_appending<'a, S: AsyncRead + Unpin>(
+/// Reads at most `N` octets into a buffer on the stack of the poll that
+/// finds them ready, and appends them to `buf`: nothing is allocated, and
+/// nothing but this future's two references is held, while the client is
+/// silent. The price is one copy of what was read (at most `N` octets).
+fn read_appending<'a, S: AsyncRead + Unpin, const N: usize>(
     stream: &'a mut S,
     buf: &'a mut Vec<u8>,
 ) -> impl Future<Output = io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); LINE_READ];
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); N];
         let mut rb = ReadBuf::uninit(&mut chunk);
         std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
         buf.extend_from_slice(rb.filled());

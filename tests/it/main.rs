@@ -8,6 +8,7 @@ mod data;
 mod dns;
 mod dsn;
 mod durability;
+mod footprint;
 mod hostile;
 mod mail_auth;
 mod ops;
