@@ -143,7 +143,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// An async block rather than an `async fn`: an `async fn` moves its
     /// arguments into its body, and the future keeps room for both copies
     /// of the session. Here the session is stored once and the conversation
-    /// borrows it.
+    /// borrows it (1.2 KiB less per idle connection, measured by
+    /// `footprint::idle_sessions_cost_a_few_kib_each`: 3.7 against 4.9).
+    #[allow(clippy::manual_async_fn)]
     pub fn run(mut self) -> impl Future<Output = Option<S>> {
         async move {
             if self.converse().await {

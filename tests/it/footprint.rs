@@ -116,7 +116,8 @@ fn start_limited(limits: &str, max_connections: usize) -> (Child, Vec<String>, t
             return (child, lines, dir);
         }
     }
-    panic!("server did not start:\n{}", lines.join("\n"));
+    let status = child.wait().unwrap();
+    panic!("server did not start ({status}):\n{}", lines.join("\n"));
 }
 
 fn open_files_limit(pid: u32) -> String {
