@@ -190,6 +190,7 @@ fn main() -> ExitCode {
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
             );
+            raise_open_file_limit(&settings);
             match serve(settings, watch_plugins) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -294,6 +295,49 @@ fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
     })?;
     Ok(())
+}
+
+/// Open files besides connections: the store, message files being written,
+/// Maildir deliveries, plugin caches, listeners, the admin endpoint.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit (many systems start
+/// services at 1024, far below `limits.max_connections` + outbound
+/// connections), and warns when the configured connections still do not fit:
+/// past the limit `accept` fails with EMFILE instead of the client getting
+/// the 421 that `limits.max_connections` promises.
+fn raise_open_file_limit(settings: &Settings) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let connections = (settings.limits.max_connections + settings.outbound.max_connections) as u64;
+    let needed = connections + FILES_BESIDES_CONNECTIONS;
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            needed,
+            "the open-file limit is below limits.max_connections + outbound.max_connections + {FILES_BESIDES_CONNECTIONS}: \
+             past it connections fail at accept instead of getting 421; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
+    } else if before < lim.rlim_cur {
+        tracing::info!(from = before, to = lim.rlim_cur, "open-file limit raised");
+    }
 }
 
 /// SIGHUP bumps a counter; subscribers (certificates, plugins) reload when

@@ -140,6 +140,7 @@ pub async fn serve(
     )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let plugins = PluginHost::new(&settings, store.db())?;
+    return_freed_memory("plugins loaded");
     let (queue, queue_task) = QueueManager::start(
         store.clone(),
         settings.clone(),
@@ -362,7 +363,9 @@ async fn cluster_slot(
     ip: IpAddr,
 ) -> Result<Option<crate::plugin::kv::ClusterSlot>, String> {
     match cluster {
-        Some(cluster) => cluster.acquire(ip).await,
+        // Boxed: the Redis round trip's state would otherwise sit inline in
+        // every session's task (1 KiB) for the session's whole life.
+        Some(cluster) => Box::pin(cluster.acquire(ip)).await,
         None => Ok(None),
     }
 }
@@ -402,11 +405,47 @@ async fn reload_plugins(ctx: Arc<ServerCtx>, mut reload: watch::Receiver<u64>) {
         })
         .await;
         match result {
-            Ok(Ok(generation)) => info!(generation, "plugin reload done"),
+            Ok(Ok(generation)) => {
+                info!(generation, "plugin reload done");
+                return_freed_memory("plugins reloaded");
+            }
             Ok(Err(e)) => warn!(error = %e, "plugin reload failed; the running plugin set stays"),
             Err(e) => warn!(error = %e, "plugin reload failed"),
         }
     }
+}
+
+/// Hands memory the allocator holds but nothing uses back to the system.
+/// Compiling plugins frees its working memory into glibc's arenas, which
+/// keep it mapped: 8 MiB of the server's 49 MiB PSS after compiling the
+/// three example plugins (README "Memory per connection").
+fn return_freed_memory(after: &str) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let before = resident_kib();
+        // SAFETY: malloc_trim only gives free pages of the allocator back.
+        unsafe { libc::malloc_trim(0) };
+        debug!(
+            rss_before_kib = before,
+            rss_after_kib = resident_kib(),
+            after,
+            "freed memory returned to the system"
+        );
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = after;
+}
+
+/// The process's resident set in KiB (0 where /proc cannot say).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        // SAFETY: sysconf only reads a system constant.
+        .map_or(0, |pages| {
+            pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024
+        })
 }
 
 /// Re-reads the certificates on every reload signal. Sessions keep the

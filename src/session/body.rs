@@ -77,7 +77,9 @@ impl BodyReader {
         let mut reader = BodyReader {
             cap,
             decoder,
-            buf: Vec::with_capacity(prefix.len() + 8 * KIB),
+            // Small to start (a slow client mid-DATA holds what it sent, not
+            // a fixed reservation); it doubles as the message grows.
+            buf: Vec::with_capacity(prefix.len() + 2 * KIB),
             budget: budget.kib.clone(),
             held: None,
             over_budget: false,

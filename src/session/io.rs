@@ -7,9 +7,11 @@
 //! of replies.
 
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -58,11 +60,11 @@ pub enum Input {
     TooLong,
 }
 
-/// Read size while waiting for commands: an idle connection holds no more
-/// than this (10,000 idle sessions should fit in a few hundred MiB), and a
-/// pipelined burst is still read in few calls.
+/// Read size while waiting for commands: a pipelined burst is read in few
+/// calls.
 const LINE_READ: usize = 2 * 1024;
-/// Read size for DATA and BDAT payloads.
+/// Read size for DATA and BDAT payloads (a buffer on a worker thread's
+/// stack, for the duration of one poll).
 const DATA_READ: usize = 64 * 1024;
 
 /// Buffered connection.
@@ -122,7 +124,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(Stop::WriteTimeout);
                 }
             }
-            self.out.clear();
+            // Freed, not cleared: a session waiting for its next command
+            // holds no reply buffer either.
+            self.out = Vec::new();
         }
         Ok(())
     }
@@ -145,10 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.inbuf[self.pos..]
     }
 
-    /// Flushes replies, then reads up to `want` more octets. The buffer is
-    /// filled without zeroing it first (`read_buf`), so memory a read does
-    /// not use is never touched, and a buffer grown for DATA is given back
-    /// once it is drained.
+    /// Flushes replies, then reads up to `want` more octets. A drained
+    /// buffer is freed first and the read goes through a buffer on the stack
+    /// (see [`read_appending`]), so a session that waits for a command or
+    /// for the next piece of a message holds no input buffer while it
+    /// waits. Only a partial command line waits in a buffer, filled without
+    /// zeroing it first (`read_buf`).
     async fn fill(
         &mut self,
         timeout: Duration,
@@ -156,20 +162,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         want: usize,
     ) -> Result<(), Stop> {
         self.flush().await?;
-        if self.pos > 0 && self.pos == self.inbuf.len() {
-            if self.inbuf.capacity() > 2 * want {
-                self.inbuf = Vec::new();
-            } else {
-                self.inbuf.clear();
-            }
+        if self.pos == self.inbuf.len() {
+            self.inbuf = Vec::new();
             self.pos = 0;
         } else if self.pos > want {
             self.inbuf.drain(..self.pos);
             self.pos = 0;
         }
-        self.inbuf.reserve(want);
         let (timeout, at_deadline) = self.bounded(timeout);
-        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.inbuf));
+        let (stream, inbuf) = (&mut self.stream, &mut self.inbuf);
+        let read = tokio::time::timeout(timeout, async move {
+            match (inbuf.is_empty(), want > LINE_READ) {
+                (true, false) => read_appending::<_, LINE_READ>(stream, inbuf).await,
+                (true, true) => read_appending::<_, DATA_READ>(stream, inbuf).await,
+                (false, _) => {
+                    inbuf.reserve(want);
+                    stream.read_buf(inbuf).await
+                }
+            }
+        });
         let result = match shutdown {
             Some(rx) => tokio::select! {
                 r = read => r,
@@ -269,6 +280,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.fill(timeout, None, DATA_READ).await?;
         }
     }
+}
+
+/// Reads at most `N` octets into a buffer on the stack of the poll that
+/// finds them ready, and appends them to `buf`: nothing is allocated, and
+/// nothing but this future's two references is held, while the client is
+/// silent. The price is one copy of what was read (at most `N` octets).
+fn read_appending<'a, S: AsyncRead + Unpin, const N: usize>(
+    stream: &'a mut S,
+    buf: &'a mut Vec<u8>,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); N];
+        let mut rb = ReadBuf::uninit(&mut chunk);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
+        buf.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
+    })
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {

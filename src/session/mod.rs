@@ -139,23 +139,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Runs the conversation to its end; returns the stream when the client
     /// asked for STARTTLS (see `starttls.rs`).
-    pub async fn run(mut self) -> Option<S> {
-        if self.greet {
-            if self.plugins.wants(HookName::Connect) {
-                let conn = self.conn_record();
-                let decision = Box::pin(self.plugins.connect(&conn)).await;
-                if let Some(mut r) = self.refusal(&decision) {
-                    // Before the greeting a refusal ends the session (RFC 5321 §3.1).
-                    if r.code < 500 {
-                        r.code = 421;
-                    }
-                    self.conn.reply(&r);
-                    self.conn.shutdown().await;
-                    return None;
-                }
+    ///
+    /// An async block rather than an `async fn`: an `async fn` moves its
+    /// arguments into its body, and the future keeps room for both copies
+    /// of the session. Here the session is stored once and the conversation
+    /// borrows it (1.2 KiB less per idle connection, measured by
+    /// `footprint::idle_sessions_cost_a_few_kib_each`: 3.7 against 4.9).
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self) -> impl Future<Output = Option<S>> {
+        async move {
+            if self.converse().await {
+                Some(self.into_tls_stream())
+            } else {
+                None
             }
-            let greeting = Reply::greeting(&self.settings().hostname);
-            self.conn.reply(&greeting);
+        }
+    }
+
+    /// The greeting and the command loop; true when STARTTLS was accepted
+    /// and its 220 written, so the stream is to be handed over.
+    async fn converse(&mut self) -> bool {
+        // Boxed like the command stages: an idle session's future holds only
+        // what waiting for a command needs.
+        if self.greet && !Box::pin(self.greeting()).await {
+            return false;
         }
         loop {
             let max = self.settings().limits.command_line_length;
@@ -169,18 +176,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(Input::Line(line)) => match self.command(line).await {
                     Ok(r) => r,
                     Err(stop) => {
-                        self.stopped(stop).await;
-                        return None;
+                        Box::pin(self.stopped(stop)).await;
+                        return false;
                     }
                 },
                 Err(stop) => {
-                    self.stopped(stop).await;
-                    return None;
+                    Box::pin(self.stopped(stop)).await;
+                    return false;
                 }
             };
             self.conn.reply(&reply);
             if self.upgrade {
-                return self.into_tls_stream().await;
+                return self.conn.flush().await.is_ok();
             }
             if reply.closes() || self.closing {
                 break;
@@ -196,7 +203,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.conn.shutdown().await;
-        None
+        false
+    }
+
+    /// The connect hook, then the 220 greeting (queued, written with the
+    /// first flush); false when a plugin refused the connection.
+    async fn greeting(&mut self) -> bool {
+        if self.plugins.wants(HookName::Connect) {
+            let conn = self.conn_record();
+            let decision = self.plugins.connect(&conn).await;
+            if let Some(mut r) = self.refusal(&decision) {
+                // Before the greeting a refusal ends the session (RFC 5321 §3.1).
+                if r.code < 500 {
+                    r.code = 421;
+                }
+                self.conn.reply(&r);
+                self.conn.shutdown().await;
+                return false;
+            }
+            // No other hook can run in the connect hook's instances: the next
+            // one is ehlo, after the EHLO boundary has dropped them. Dropped
+            // now, an idle greeted connection holds no plugin instance
+            // (~55 KiB each, see README "Memory per connection").
+            self.plugins.end_tx();
+        }
+        let greeting = Reply::greeting(&self.settings().hostname);
+        self.conn.reply(&greeting);
+        true
     }
 
     /// Answers the end of input: a 421 where the client is still there.

@@ -35,10 +35,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Reply::ready_for_tls()
     }
 
-    /// Flushes the 220 and gives the stream back, dropping any input the
-    /// client sent after STARTTLS.
-    pub(super) async fn into_tls_stream(mut self) -> Option<S> {
-        self.conn.flush().await.ok()?;
+    /// Gives the stream back after the 220 was written, dropping any input
+    /// the client sent after STARTTLS.
+    pub(super) fn into_tls_stream(self) -> S {
         let (stream, unread) = self.conn.into_inner();
         if unread > 0 {
             info!(
@@ -46,7 +45,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "discarded plaintext pipelined after STARTTLS"
             );
         }
-        Some(stream)
+        stream
     }
 }
 
@@ -57,24 +56,33 @@ pub async fn serve_connection(
     mut info: ConnInfo,
     shutdown: watch::Receiver<bool>,
 ) {
-    // The TLS parts are boxed: the connection's future then holds only the
-    // stage it is in, not room for a plaintext and a TLS session at once.
+    // Each stage (a session, a handshake) is built inside its own box and
+    // awaited there, and the values handed from one to the next (the plain
+    // stream, the TLS stream) go out of scope before the next await: the
+    // connection's task holds only the stage it is in, never room for a
+    // plaintext and a TLS session at once, nor moved-from copies of them.
     if info.role == Role::Submissions {
-        if let Some(tls) = Box::pin(handshake(stream, &ctx, &mut info)).await {
-            Box::pin(Session::new(tls, ctx, info, shutdown).run()).await;
-        }
+        let session = match Box::pin(handshake(stream, &ctx, &mut info)).await {
+            Some(tls) => Box::pin(Session::new(tls, ctx, info, shutdown).run()),
+            None => return,
+        };
+        session.await;
         return;
     }
-    let plain = Session::new(stream, ctx.clone(), info.clone(), shutdown.clone());
-    let Some(stream) = Box::pin(plain.run()).await else {
+    let plain = Box::pin(Session::new(stream, ctx.clone(), info.clone(), shutdown.clone()).run());
+    let Some(stream) = plain.await else {
         return;
     };
-    if let Some(tls) = Box::pin(handshake(stream, &ctx, &mut info)).await {
-        let mut session = Session::new(tls, ctx, info, shutdown);
-        session.greet = false;
-        // A TLS session never asks for another upgrade (`starttls` refuses).
-        let _ = Box::pin(session.run()).await;
-    }
+    let session = match Box::pin(handshake(stream, &ctx, &mut info)).await {
+        Some(tls) => {
+            let mut session = Session::new(tls, ctx, info, shutdown);
+            session.greet = false;
+            Box::pin(session.run())
+        }
+        None => return,
+    };
+    // A TLS session never asks for another upgrade (`starttls` refuses).
+    let _ = session.await;
 }
 
 /// The server side of a TLS handshake, bounded by `timeouts.tls_handshake`

@@ -11,6 +11,7 @@ mod dmarc_policy;
 mod dns;
 mod dsn;
 mod durability;
+mod footprint;
 mod hostile;
 mod mail_auth;
 mod ops;
