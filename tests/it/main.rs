@@ -9,6 +9,7 @@ mod dns;
 mod dsn;
 mod durability;
 mod hostile;
+mod http_plugins;
 mod mail_auth;
 mod ops;
 mod outbound;
