@@ -645,7 +645,7 @@ mod tests {
             max_calls: None,
             ca_file: Some("/nonexistent/ca.pem".into()),
         });
-        let (key, msg) = r.err().expect("missing CA file");
+        let (key, msg) = r.expect_err("missing CA file");
         assert_eq!(key, "ca_file");
         assert!(msg.contains("/nonexistent/ca.pem"), "{msg}");
     }
