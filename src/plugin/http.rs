@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -369,6 +370,20 @@ fn refused(e: Error) -> Sent {
 }
 
 impl WasiHttpHooks for Hooks {
+    /// A certificate that does not verify is `TLS-certificate-error`, not a protocol error, so
+    /// the plugin's log says what to fix (`ca_file`).
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        let certificate = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+        if certificate {
+            ErrorCode::TlsCertificateError
+        } else {
+            ErrorCode::TlsProtocolError
+        }
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,

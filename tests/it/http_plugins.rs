@@ -34,6 +34,11 @@ struct HttpPeer {
 
 impl HttpPeer {
     fn start(script: Vec<(u16, Vec<u8>)>) -> HttpPeer {
+        HttpPeer::start_with(script, None)
+    }
+
+    /// The same over TLS with `tls`.
+    fn start_with(script: Vec<(u16, Vec<u8>)>, tls: Option<Arc<rustls::ServerConfig>>) -> HttpPeer {
         let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -86,11 +91,24 @@ impl HttpPeer {
                             }
                         },
                     );
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        let _ = match tls {
+                            Some(cfg) => {
+                                let Ok(stream) =
+                                    tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                                else {
+                                    return;
+                                };
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                http.serve_connection(io, service).await
+                            }
+                            None => {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                http.serve_connection(io, service).await
+                            }
+                        };
                     });
                 }
             });
@@ -258,6 +276,47 @@ fn http_grant_caps_response_size_and_calls_per_transaction() {
 }
 
 #[test]
+fn https_requests_verify_the_server_against_public_roots_and_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let peer = HttpPeer::start_with(vec![], Some(Arc::new(cfg)));
+    let port = peer.addr.port();
+    let probe = |name: &str, ca_file: &str| {
+        plugin_toml(
+            name,
+            "fixture_http_probe.wasm",
+            &format!(
+                "http = {{ allowed_hosts = [\"localhost:{port}\"]{ca_file} }}\n[plugin.config]\nurl = \"https://localhost:{port}/tls\"\n"
+            ),
+        )
+    };
+    // Trusted through ca_file: the request goes through.
+    let s = Server::start(&probe(
+        "probe",
+        &format!(", ca_file = \"{}\"", ca.display()),
+    ));
+    accepted(send_one(&s, "b@example.test", MESSAGE));
+    assert_eq!(probe_header(&s, "b"), "200:2");
+    assert_eq!(peer.seen()[0].path, "/tls");
+    drop(s);
+    // The public roots alone do not know this certificate.
+    let s = Server::start(&probe("probe", ""));
+    accepted(send_one(&s, "b@example.test", MESSAGE));
+    assert_eq!(probe_header(&s, "b"), "err:ErrorCode::TlsCertificateError");
+    assert_eq!(peer.seen().len(), 1);
+}
+
+#[test]
 fn webhook_posts_notifications_as_json_and_retries_after_a_500() {
     let peer = HttpPeer::start(vec![(500, b"busy".to_vec())]);
     let s = Server::start(&plugin_toml(
@@ -292,9 +351,19 @@ fn webhook_posts_notifications_as_json_and_retries_after_a_500() {
         assert_eq!(v["recipient"], "b@example.test");
         assert_eq!(v["attempts"], 1);
     }
-    // Posted once it succeeded: no third request.
+    // Posted once it succeeded: no third request for b. The marker message
+    // is delivered after it, and its own notification arrives.
     s.marker();
-    assert_eq!(peer.seen().len(), 2);
+    let seen = peer.wait_for(3);
+    let recipient = |r: &Seen| {
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["recipient"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let for_b = seen.iter().filter(|r| recipient(r) == "b@example.test");
+    assert_eq!(for_b.count(), 2, "{seen:?}");
+    assert_eq!(recipient(&seen[2]), "marker@example.test");
 }
 
 /// A real rspamd on a loopback port, with a config of its own: no Redis,
