@@ -276,6 +276,37 @@ fn http_grant_caps_response_size_and_calls_per_transaction() {
 }
 
 #[test]
+fn http_grant_timeout_cuts_off_a_server_that_never_answers() {
+    // Accepts the connection (so the request is sent) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in silent.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    let s = Server::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        plugin_toml(
+            "probe",
+            "fixture_http_probe.wasm",
+            &format!(
+                "timeout = \"10s\"\nhttp = {{ allowed_hosts = [\"{addr}\"], timeout = \"300ms\" }}\n[plugin.config]\nurl = \"http://{addr}/slow\"\n"
+            ),
+        )
+    ));
+    accepted(send_one(&s, "b@example.test", MESSAGE));
+    assert_eq!(probe_header(&s, "b"), "err:ErrorCode::HttpResponseTimeout");
+    assert_eq!(held.lock().unwrap().len(), 1);
+    assert!(
+        admin_get(&s, "/metrics")
+            .contains("wasmtp_plugin_http_calls_total{plugin=\"probe\",outcome=\"timeout\"} 1")
+    );
+}
+
+#[test]
 fn https_requests_verify_the_server_against_public_roots_and_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
