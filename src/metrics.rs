@@ -113,6 +113,10 @@ fn describe() {
         "Plugin calls by plugin and hook."
     );
     c!(
+        "wasmtp_plugin_http_calls_total",
+        "HTTP requests of plugins (the http grant) by plugin and outcome (ok, denied, limit, timeout, too-large, error)."
+    );
+    c!(
         "wasmtp_plugin_instances_total",
         "Plugin instances a transaction got, by plugin and source (pool, on-demand, warm)."
     );
@@ -293,6 +297,15 @@ pub fn plugin_call(plugin: &str, hook: &'static str, result: &'static str, micro
     }
     histogram!("wasmtp_plugin_call_duration_seconds", "plugin" => p, "hook" => hook)
         .record(micros as f64 / 1e6);
+}
+
+/// One HTTP request of a plugin with the `http` grant: `ok` (a response
+/// arrived), `denied` (host or scheme not allowed), `limit` (over
+/// `max_calls`), `timeout`, `too-large` (declared body over
+/// `max_response`) or `error`.
+pub fn plugin_http_call(plugin: &str, outcome: &'static str) {
+    counter!("wasmtp_plugin_http_calls_total", "plugin" => plugin.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// A transaction got an instance of `plugin`: a fresh one from the `pool`,

@@ -28,7 +28,7 @@ pub const HOOKS: [&str; 9] = [
 ];
 
 /// Capabilities a manifest may ask for, as in the server config's `grants`.
-pub const GRANTS: [&str; 3] = ["kv", "dns", "clock"];
+pub const GRANTS: [&str; 4] = ["kv", "dns", "clock", "http"];
 
 /// Declares the plugin's manifest and embeds it in the component. Call it once, at the crate
 /// root, with a JSON object holding `hooks`, `grants` and `config_schema` (each optional):

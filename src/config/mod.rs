@@ -150,6 +150,8 @@ pub struct RawPlugin {
     /// The plugin's own settings, handed to its `init` as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
+    /// The `http` grant: outgoing HTTP to the listed hosts (`plugin::http`).
+    pub http: Option<crate::plugin::http::RawHttpGrant>,
 }
 
 /// `[dns]`
@@ -253,11 +255,13 @@ pub enum Grant {
     Dns,
     /// Wall clock.
     Clock,
+    /// Outgoing HTTP to the hosts of the plugin's `http` table.
+    Http,
 }
 
 impl Grant {
     /// Every grant.
-    pub const ALL: [Grant; 3] = [Grant::Kv, Grant::Dns, Grant::Clock];
+    pub const ALL: [Grant; 4] = [Grant::Kv, Grant::Dns, Grant::Clock, Grant::Http];
 
     /// The config/manifest name.
     pub fn as_str(self) -> &'static str {
@@ -265,6 +269,7 @@ impl Grant {
             Grant::Kv => "kv",
             Grant::Dns => "dns",
             Grant::Clock => "clock",
+            Grant::Http => "http",
         }
     }
 }
@@ -312,6 +317,8 @@ pub struct PluginSpec {
     pub oci: Option<String>,
     /// Whose signatures count (`[plugin_trust]`).
     pub trust: std::sync::Arc<crate::plugin::sign::TrustPolicy>,
+    /// The `http` grant (also in `grants` as `Grant::Http`).
+    pub http: Option<std::sync::Arc<crate::plugin::http::HttpGrant>>,
 }
 
 impl PluginSpec {
@@ -1014,6 +1021,27 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             .map(|h| (*h, p.timeouts.get(h).map_or(default_timeout, |d| d.0)))
             .collect();
         let config = p.config.unwrap_or_default();
+        let mut grants = p.grants;
+        let http = match p.http {
+            Some(raw) => {
+                let g = crate::plugin::http::resolve(raw)
+                    .map_err(|(key, m)| err(&format!("plugin.http.{key}"), m))?;
+                if !grants.contains(&Grant::Http) {
+                    grants.push(Grant::Http);
+                }
+                Some(std::sync::Arc::new(g))
+            }
+            None if grants.contains(&Grant::Http) => {
+                return Err(err(
+                    "grants",
+                    format!(
+                        "plugin {:?}: the \"http\" grant needs the hosts it may reach: give the plugin an `http` table instead, e.g. http = {{ allowed_hosts = [\"rspamd.example:11333\"] }}",
+                        p.name
+                    ),
+                ));
+            }
+            None => None,
+        };
         plugins.push(PluginSpec {
             name: p.name,
             path,
@@ -1022,7 +1050,8 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             sha256,
             hooks_configured: p.hooks.is_some(),
             hooks: p.hooks.unwrap_or_else(|| HookName::ALL.to_vec()),
-            grants: p.grants,
+            grants,
+            http,
             on_error: p.on_error.unwrap_or_default(),
             timeouts,
             memory: p.memory.map_or(64 * 1024 * 1024, |b| b.0),

@@ -239,6 +239,8 @@ pub struct HostState {
     reported: HashSet<&'static str>,
     /// What the guest wrote to stdout/stderr in the current call (a panic message, usually).
     pub(crate) output: super::wasi::Output,
+    /// WASI and wasi-http state of a plugin granted `http` (None for the others).
+    pub(crate) http: Option<Box<super::http::HttpState>>,
 }
 
 impl HostState {
@@ -258,6 +260,30 @@ impl HostState {
             shared,
             reported: HashSet::new(),
             output: Default::default(),
+            http: None,
+        }
+    }
+
+    /// Gives the instance its `http` grant, if it has one.
+    pub(crate) fn with_http(mut self, grant: Option<&Arc<super::http::HttpGrant>>) -> HostState {
+        self.http =
+            grant.map(|g| Box::new(super::http::HttpState::new(self.plugin.clone(), g.clone())));
+        self
+    }
+
+    /// What the guest wrote to stdout/stderr since the last call.
+    pub(crate) fn take_output(&mut self) -> Option<String> {
+        match &mut self.http {
+            Some(h) => h.take_output(),
+            None => self.output.take(),
+        }
+    }
+
+    /// A warm instance starts another transaction (per-transaction bounds start again).
+    pub(crate) fn begin_transaction(&mut self, notes: Arc<Mutex<Notes>>) {
+        self.notes = notes;
+        if let Some(h) = &mut self.http {
+            h.begin_transaction();
         }
     }
 

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod contract;
 pub mod fake;
 pub mod host;
+pub mod http;
 pub mod inspect;
 pub mod kv;
 pub mod limits;
@@ -102,7 +103,8 @@ pub enum PluginError {
     },
     /// The manifest says the plugin needs a grant its config does not give.
     #[error(
-        "plugin {name}: its manifest says it needs the {grant:?} grant: add \"{grant}\" to its grants ([[plugin]] name = {name:?}, key grants)"
+        "plugin {name}: its manifest says it needs the {grant:?} grant: {} ([[plugin]] name = {name:?}, key grants)",
+        grant_how(grant)
     )]
     Grant {
         /// Plugin name.
@@ -469,7 +471,8 @@ impl PluginHost {
                     spec.memory,
                     notes,
                     self.shared.clone(),
-                );
+                )
+                .with_http(spec.http.as_ref());
                 let mut store = wasmtime::Store::new(engine, state);
                 store.limiter(|s| &mut s.limits);
                 store.set_epoch_deadline(1);
@@ -487,7 +490,7 @@ impl PluginHost {
                         )),
                         Err(e) => Err(run::with_output(
                             &format!("trapped: {e:#}"),
-                            store.data_mut().output.take().as_deref(),
+                            store.data_mut().take_output().as_deref(),
                         )),
                     }
                 };
@@ -542,14 +545,15 @@ impl PluginHost {
                 detail,
             })?;
         check_imports(&self.engine, &component, spec)?;
-        let pre = prelink(&self.engine, &self.linker, &component, &name, contract)?;
+        let http = spec.grants.contains(&Grant::Http);
+        let pre = prelink(&self.engine, &self.linker, &component, &name, contract, http)?;
         let fallback = match &self.fallback {
             Some((engine, linker)) => {
                 let bytes = component.serialize().map_err(engine_err)?;
                 // SAFETY: serialized just now by an engine with the same
                 // compilation settings (see `new_engine`).
                 let c = unsafe { Component::deserialize(engine, &bytes) }.map_err(engine_err)?;
-                Some(prelink(engine, linker, &c, &name, contract)?)
+                Some(prelink(engine, linker, &c, &name, contract, http)?)
             }
             None => None,
         };
@@ -683,46 +687,62 @@ impl PluginHost {
 }
 
 /// Links `component` against the host functions of `base` (plus the hash-map
-/// seed and the WASI stdio/env subset it imports) and pre-instantiates it.
+/// seed and the WASI stdio/env subset it imports; with the `http` grant,
+/// wasmtime-wasi's WASI and wasi-http instead) and pre-instantiates it.
 fn prelink(
     engine: &Engine,
     base: &Linker<HostState>,
     component: &Component,
     name: &str,
     contract: Contract,
+    http: bool,
 ) -> Result<Pre, PluginError> {
     let link_err = |e: wasmtime::Error| PluginError::Link {
         name: name.to_string(),
         detail: format!("{e:#}"),
     };
     let mut linker = base.clone();
-    // Hash maps in guests ask for a seed (wasi:random/insecure-seed); it
-    // grants nothing, so it is provided to everyone.
-    for (import, _) in component.component_type().imports(engine) {
-        if import.starts_with("wasi:random/insecure-seed") {
-            linker
-                .instance(import)
-                .and_then(|mut i| {
-                    i.func_wrap("insecure-seed", |_, (): ()| {
-                        Ok(((rand::random::<u64>(), rand::random::<u64>()),))
-                    })
-                })
-                .map_err(link_err)?;
-        }
+    if http {
+        // Everything the import check let through is defined; filling in
+        // "unknown" imports would give the resources an interface re-exports
+        // (`error` in wasi:io/streams) a type of their own and break linking.
+        http::link(&mut linker).map_err(link_err)?;
+    } else {
+        link_wasi_slice(&mut linker, engine, component).map_err(link_err)?;
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(link_err)?;
     }
-    // Rust std guests import WASI stdio/env interfaces only to print
-    // panics: the environment is empty and stdout/stderr are captured
-    // for the log; the rest traps (check_imports allowed only those).
-    wasi::link(&mut linker, engine, component).map_err(link_err)?;
-    linker
-        .define_unknown_imports_as_traps(component)
-        .map_err(link_err)?;
     let pre = linker.instantiate_pre(component).map_err(link_err)?;
     Pre::new(contract, pre).map_err(|e| PluginError::Import {
         name: name.to_string(),
         import: "an interface of a different shape".into(),
         hint: format!("it does not match the {} world: {e:#}", contract.as_str()),
     })
+}
+
+/// The hash-map seed and the hand-written WASI stdio/env slice, for plugins
+/// without the `http` grant.
+fn link_wasi_slice(
+    linker: &mut Linker<HostState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    // Hash maps in guests ask for a seed (wasi:random/insecure-seed); it
+    // grants nothing, so it is provided to everyone.
+    for (import, _) in component.component_type().imports(engine) {
+        if import.starts_with("wasi:random/insecure-seed") {
+            linker.instance(import).and_then(|mut i| {
+                i.func_wrap("insecure-seed", |_, (): ()| {
+                    Ok(((rand::random::<u64>(), rand::random::<u64>()),))
+                })
+            })?;
+        }
+    }
+    // Rust std guests import WASI stdio/env interfaces only to print
+    // panics: the environment is empty and stdout/stderr are captured
+    // for the log; the rest traps (check_imports allowed only those).
+    wasi::link(linker, engine, component)
 }
 
 fn engine_err(e: wasmtime::Error) -> PluginError {
@@ -819,6 +839,19 @@ const STUBBED_WASI: &[&str] = &[
     "wasi:cli/terminal-stderr",
 ];
 
+/// How to grant `http`: a table, not a `grants` entry.
+const HTTP_GRANT_HINT: &str = "give it an `http` table with the hosts it may reach (key http, \
+     e.g. http = { allowed_hosts = [\"rspamd.example:11333\"] })";
+
+/// How to give `grant` (named as in config): a `grants` entry, or for `http` its table.
+fn grant_how(grant: &str) -> String {
+    if grant == Grant::Http.as_str() {
+        HTTP_GRANT_HINT.to_string()
+    } else {
+        format!("add \"{grant}\" to its grants")
+    }
+}
+
 /// What a component import takes from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportNeed {
@@ -846,6 +879,11 @@ pub fn import_need(import: &str) -> ImportNeed {
         "wasmtp:plugin/kv" => ImportNeed::Grant(Grant::Kv),
         "wasmtp:plugin/dns" => ImportNeed::Grant(Grant::Dns),
         "wasmtp:plugin/clock" => ImportNeed::Grant(Grant::Clock),
+        // wasi-http's types use the monotonic clock's `duration` (timeouts)
+        // and its pollables; it comes with the `http` grant.
+        "wasi:http/outgoing-handler" | "wasi:http/types" | "wasi:clocks/monotonic-clock" => {
+            ImportNeed::Grant(Grant::Http)
+        }
         b if STUBBED_WASI.contains(&b) => ImportNeed::Stub,
         _ => ImportNeed::Unavailable,
     }
@@ -888,11 +926,17 @@ fn import_problems(spec: &PluginSpec, imports: &[String]) -> Result<(), PluginEr
     if !ungranted.is_empty() {
         let add = grants
             .iter()
+            .filter(|g| **g != "http")
             .map(|g| format!("\"{g}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let how = match (add.is_empty(), grants.contains(&"http")) {
+            (_, false) => format!("add {add} to its `grants`"),
+            (true, true) => HTTP_GRANT_HINT.to_string(),
+            (false, true) => format!("add {add} to its `grants` and {HTTP_GRANT_HINT}"),
+        };
         hints.push(format!(
-            "{} not granted: add {add} to its `grants` ([[plugin]] name = {:?}, key grants)",
+            "{} not granted: {how} ([[plugin]] name = {:?}, key grants)",
             quoted(&ungranted),
             spec.name
         ));
@@ -945,11 +989,16 @@ fn check_imports(
         };
         if !spec.grants.contains(&grant) {
             let g = grant.as_str();
+            let how = if grant == Grant::Http {
+                HTTP_GRANT_HINT.to_string()
+            } else {
+                format!("add \"{g}\" to its `grants`")
+            };
             return Err(PluginError::Import {
                 name: spec.name.clone(),
                 import: import.to_string(),
                 hint: format!(
-                    "which was not granted: add \"{g}\" to its `grants` ([[plugin]] name = {:?}, key grants)",
+                    "which was not granted: {how} ([[plugin]] name = {:?}, key grants)",
                     spec.name
                 ),
             });
@@ -981,7 +1030,7 @@ mod tests {
             "wasmtp:plugin/kv@0.1.0",
             "wasmtp:plugin/dns@0.1.0",
             "wasi:cli/stdout@0.2.6",
-            "wasi:http/outgoing-handler@0.2.3",
+            "wasi:sockets/tcp@0.2.3",
             "wasi:filesystem/types@0.2.6",
         ]);
         let err = import_problems(&spec(""), &imports)
@@ -992,7 +1041,7 @@ mod tests {
             "4 interface(s)",
             "`wasmtp:plugin/kv@0.1.0`, `wasmtp:plugin/dns@0.1.0` not granted",
             "add \"kv\", \"dns\" to its `grants`",
-            "`wasi:http/outgoing-handler@0.2.3`, `wasi:filesystem/types@0.2.6` which wasmtp",
+            "`wasi:sockets/tcp@0.2.3`, `wasi:filesystem/types@0.2.6` which wasmtp",
             "-d stdio random clocks http fetch-event",
             "--stub-wasi",
         ] {
@@ -1020,5 +1069,20 @@ mod tests {
             err.contains("`wasmtp:plugin/types@0.3.0` of a contract version this server does not serve (it serves wasmtp:plugin@0.1.0, wasmtp:plugin@0.2.0)"),
             "{err}"
         );
+        // wasi:http comes with the `http` table, and the refusal says so.
+        let http = names(&[
+            "wasi:http/outgoing-handler@0.2.6",
+            "wasi:http/types@0.2.6",
+            "wasi:clocks/monotonic-clock@0.2.6",
+            "wasi:io/streams@0.2.6",
+        ]);
+        let err = import_problems(&spec(""), &http).unwrap_err().to_string();
+        assert!(
+            err.contains("3 interface(s)") && err.contains("give it an `http` table"),
+            "{err}"
+        );
+        let mut granted = spec("");
+        granted.grants.push(Grant::Http);
+        assert!(import_problems(&granted, &http).is_ok());
     }
 }

@@ -331,7 +331,7 @@ impl PluginSession {
         // A failed instantiation carries its output in the error instead.
         let output = self.live[i]
             .as_mut()
-            .and_then(|l| l.store.data_mut().output.take());
+            .and_then(|l| l.store.data_mut().take_output());
         match &result {
             Ok(ret) => {
                 let verdict = ret.kind();
@@ -392,7 +392,7 @@ impl PluginSession {
     }
 
     async fn call_live(live: &mut Live, call: &Call<'_>) -> Result<Ret, CallError> {
-        live.store.data_mut().output.take();
+        live.store.data_mut().take_output();
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let store = &mut live.store;
         let hooks = match &live.plugin {
@@ -543,8 +543,9 @@ async fn instantiate(
     if p.spec.reuse > 0 {
         let warm = p.warm.lock().expect("warm lock").pop();
         if let Some(mut live) = warm {
-            // The only per-session state in the store: the notes handle.
-            live.store.data_mut().notes = notes;
+            // The only per-session state in the store: the notes handle
+            // (and the http grant's per-transaction call count).
+            live.store.data_mut().begin_transaction(notes);
             crate::metrics::plugin_instance(plugin, "warm");
             return Ok(live);
         }
@@ -603,7 +604,8 @@ async fn fresh(
         p.spec.memory,
         notes,
         host.shared().clone(),
-    );
+    )
+    .with_http(p.spec.http.as_ref());
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(1);
@@ -624,7 +626,7 @@ async fn fresh(
         Ok(Err(msg)) => Err(CallError::Trap(format!("init refused its config: {msg}"))),
         Err(e) => Err(CallError::Trap(with_output(
             &format!("init: {e:#}"),
-            store.data_mut().output.take().as_deref(),
+            store.data_mut().take_output().as_deref(),
         ))),
     }
     .map_err(Fresh::Failed)

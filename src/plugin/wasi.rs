@@ -24,7 +24,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         let room = OUTPUT_LIMIT.saturating_sub(self.buf.len());
         let keep = bytes.len().min(room);
         self.buf.extend_from_slice(&bytes[..keep]);

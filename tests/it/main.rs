@@ -13,6 +13,7 @@ mod dsn;
 mod durability;
 mod footprint;
 mod hostile;
+mod http_plugins;
 mod mail_auth;
 mod ops;
 mod outbound;
