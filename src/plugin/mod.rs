@@ -546,7 +546,14 @@ impl PluginHost {
             })?;
         check_imports(&self.engine, &component, spec)?;
         let http = spec.grants.contains(&Grant::Http);
-        let pre = prelink(&self.engine, &self.linker, &component, &name, contract, http)?;
+        let pre = prelink(
+            &self.engine,
+            &self.linker,
+            &component,
+            &name,
+            contract,
+            http,
+        )?;
         let fallback = match &self.fallback {
             Some((engine, linker)) => {
                 let bytes = component.serialize().map_err(engine_err)?;
