@@ -523,9 +523,17 @@ async fn send(
         .map_or("/", |p| p.as_str())
         .to_string();
     *req.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
-    let resp = tokio::time::timeout_at(t.deadline, sender.send_request(req))
-        .await
-        .map_err(|_| Error::HttpResponseTimeout)??;
+    let resp = match tokio::time::timeout_at(t.deadline, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp,
+        // The connection task above ends at the same deadline and may
+        // close the connection first: that is the timeout too, not a
+        // protocol error.
+        Ok(Err(_)) | Err(_) if tokio::time::Instant::now() >= t.deadline => {
+            return Err(Error::HttpResponseTimeout);
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(Error::HttpResponseTimeout),
+    };
     let max = grant.max_response;
     let declared = resp
         .headers()
