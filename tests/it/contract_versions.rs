@@ -1,6 +1,6 @@
-//! The host serves both contract versions: a plugin built against `wasmtp:plugin@0.1.0` before
-//! 0.2.0 existed (a committed binary, tests/fixtures/contract-0.1.0/) loads and runs its hooks,
-//! beside a 0.2.0 plugin in the same chain.
+//! The host serves both contract versions: a plugin built against `wasmtp:plugin@0.1.0` with
+//! wit-bindgen alone (no SDK; tests/fixtures/contract-0.1.0/, built by scripts/test against the
+//! frozen wit/0.1.0/) loads and runs its hooks, beside a 0.2.0 plugin in the same chain.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,9 +9,27 @@ use crate::support::{BIN, Client, Server, plugin_toml, queue_id};
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/contract-0.1.0/fixture_contract_010.wasm")
+        .join("plugins/target/contract-0.1.0/wasm32-wasip2/release/fixture_contract_010.wasm")
         .display()
         .to_string()
+}
+
+/// The 0.1.0 contract is frozen: plugins in the field were built against
+/// exactly this text, so a change to it would hide a break of theirs
+/// (the fixture is rebuilt from it).
+#[test]
+fn the_0_1_0_contract_is_frozen() {
+    use sha2::Digest;
+    let wit = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wit/0.1.0/plugin.wit"))
+        .unwrap();
+    let hex: String = sha2::Sha256::digest(&wit)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        hex, "8bbba97b8859519d55fdae48eaad42a69ee5ec5e9999d77527ebab5fb477b6cf",
+        "wit/0.1.0/plugin.wit changed: add a new version instead"
+    );
 }
 
 #[test]
