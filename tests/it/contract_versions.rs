@@ -20,8 +20,8 @@ fn fixture() -> String {
 #[test]
 fn the_0_1_0_contract_is_frozen() {
     use sha2::Digest;
-    let wit = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wit/0.1.0/plugin.wit"))
-        .unwrap();
+    let wit =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wit/0.1.0/plugin.wit")).unwrap();
     let hex: String = sha2::Sha256::digest(&wit)
         .iter()
         .map(|b| format!("{b:02x}"))
