@@ -362,26 +362,7 @@ impl Spool {
 
 /// Parses a whole message file.
 fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
-    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)])
-        .ok_or_else(|| format!("{INCOMPLETE}: no complete header line"))?;
-    let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not text")?;
-    let rest = head
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| format!("header {head:?} does not start with {MAGIC:?}"))?;
-    let mut env = None;
-    let mut body = None;
-    let mut crc = None;
-    for field in rest.split_ascii_whitespace() {
-        match field.split_once('=') {
-            Some(("env", v)) => env = v.parse::<usize>().ok(),
-            Some(("body", v)) => body = v.parse::<usize>().ok(),
-            Some(("crc32", v)) => crc = u32::from_str_radix(v, 16).ok(),
-            _ => return Err(format!("unknown header field {field:?}")),
-        }
-    }
-    let (Some(env), Some(body), Some(crc)) = (env, body, crc) else {
-        return Err(format!("header {head:?} lacks env, body or crc32"));
-    };
+    let Header { nl, env, body, crc } = header(&bytes)?;
     let start = nl + 1;
     let expected = start
         .checked_add(env)
@@ -436,24 +417,45 @@ fn read_record(path: &Path) -> io::Result<Vec<u8>> {
 
 /// The record's length from a header line, if it has one that parses.
 fn record_len(bytes: &[u8]) -> Option<usize> {
-    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)])?;
-    let head = std::str::from_utf8(&bytes[..nl]).ok()?;
-    let (env, body) = header_sizes(head.strip_prefix(MAGIC)?)?;
-    (nl + 1).checked_add(env)?.checked_add(1 + body)
+    let h = header(bytes).ok()?;
+    (h.nl + 1).checked_add(h.env)?.checked_add(1 + h.body)
 }
 
-/// `env=` and `body=` of a header line's fields.
-fn header_sizes(fields: &str) -> Option<(usize, usize)> {
+/// A file's header line, parsed.
+struct Header {
+    /// Where the line ends (its `\n`).
+    nl: usize,
+    /// Length of the envelope.
+    env: usize,
+    /// Length of the message.
+    body: usize,
+    /// CRC-32 of envelope and message.
+    crc: u32,
+}
+
+/// Parses the header line at the start of `bytes`.
+fn header(bytes: &[u8]) -> Result<Header, String> {
+    let nl = memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_HEADER)])
+        .ok_or_else(|| format!("{INCOMPLETE}: no complete header line"))?;
+    let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not text")?;
+    let rest = head
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| format!("header {head:?} does not start with {MAGIC:?}"))?;
     let mut env = None;
     let mut body = None;
-    for field in fields.split_ascii_whitespace() {
+    let mut crc = None;
+    for field in rest.split_ascii_whitespace() {
         match field.split_once('=') {
-            Some(("env", v)) => env = v.parse().ok(),
-            Some(("body", v)) => body = v.parse().ok(),
-            _ => {}
+            Some(("env", v)) => env = v.parse::<usize>().ok(),
+            Some(("body", v)) => body = v.parse::<usize>().ok(),
+            Some(("crc32", v)) => crc = u32::from_str_radix(v, 16).ok(),
+            _ => return Err(format!("unknown header field {field:?}")),
         }
     }
-    Some((env?, body?))
+    let (Some(env), Some(body), Some(crc)) = (env, body, crc) else {
+        return Err(format!("header {head:?} lacks env, body or crc32"));
+    };
+    Ok(Header { nl, env, body, crc })
 }
 
 /// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`.

@@ -200,36 +200,32 @@ fn http_grant_refuses_unlisted_hosts_before_any_connection() {
 
 #[test]
 fn http_grant_without_the_table_refuses_the_plugin_at_load() {
-    let (ok, err) = crate::support::check_plugin_config(&plugin_toml(
-        "probe",
-        "fixture_http_probe.wasm",
-        "[plugin.config]\nurl = \"http://127.0.0.1:1/\"\n",
-    ));
-    assert!(!ok);
-    assert!(
-        err.contains(
-            "plugin probe: its manifest says it needs the \"http\" grant: give it an `http` table"
+    // (keys of the [[plugin]] table, what the refusal must say)
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "[plugin.config]\nurl = \"http://127.0.0.1:1/\"\n",
+            &[
+                "plugin probe: its manifest says it needs the \"http\" grant: give it an `http` table",
+            ],
         ),
-        "{err}"
-    );
-    // "http" in `grants` is not enough: the table says where it may go.
-    let (ok, err) = crate::support::check_plugin_config(&plugin_toml(
-        "probe",
-        "fixture_http_probe.wasm",
-        "grants = [\"http\"]\n",
-    ));
-    assert!(!ok);
-    assert!(
-        err.contains("key `grants`") && err.contains("allowed_hosts"),
-        "{err}"
-    );
-    let (ok, err) = crate::support::check_plugin_config(&plugin_toml(
-        "probe",
-        "fixture_http_probe.wasm",
-        "http = { allowed_hosts = [\"*.example.*\"] }\n",
-    ));
-    assert!(!ok);
-    assert!(err.contains("plugin.http.allowed_hosts"), "{err}");
+        // "http" in `grants` is not enough: the table says where it may go.
+        ("grants = [\"http\"]\n", &["key `grants`", "allowed_hosts"]),
+        (
+            "http = { allowed_hosts = [\"*.example.*\"] }\n",
+            &["plugin.http.allowed_hosts"],
+        ),
+    ];
+    for (keys, wanted) in cases {
+        let (ok, err) = crate::support::check_plugin_config(&plugin_toml(
+            "probe",
+            "fixture_http_probe.wasm",
+            keys,
+        ));
+        assert!(!ok, "{keys}");
+        for w in wanted {
+            assert!(err.contains(w), "{keys}: {w} missing in {err}");
+        }
+    }
 }
 
 #[test]
