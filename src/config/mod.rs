@@ -147,6 +147,9 @@ pub struct RawPlugin {
     /// Transactions one warm instance serves before it is dropped; 0 (the
     /// default): a fresh instance per transaction.
     pub reuse: Option<u32>,
+    /// Run `init` once at load and start instances from the state it left
+    /// (default true); false: every fresh instance runs `init` itself.
+    pub snapshot: Option<bool>,
     /// The plugin's own settings, handed to its `init` as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
@@ -313,6 +316,9 @@ pub struct PluginSpec {
     /// Transactions one warm instance serves before it is dropped (0: a
     /// fresh instance per transaction).
     pub reuse: u32,
+    /// Start fresh instances from a snapshot taken after `init` at load
+    /// (`plugin::snapshot`) rather than running `init` in each.
+    pub snapshot: bool,
     /// The OCI reference `path` is pulled from, if any.
     pub oci: Option<String>,
     /// Whose signatures count (`[plugin_trust]`).
@@ -1057,6 +1063,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             memory: p.memory.map_or(64 * 1024 * 1024, |b| b.0),
             config_json: serde_json::to_string(&config).expect("TOML table converts to JSON"),
             reuse: p.reuse.unwrap_or(0),
+            snapshot: p.snapshot.unwrap_or(true),
         });
     }
     let dns = DnsSettings {

@@ -144,6 +144,27 @@ impl Pre {
             Pre::V0_2(p) => Guest::V0_2(p.instantiate_async(store).await?),
         })
     }
+
+    /// The same, with the component instance behind the bindings (the init snapshot reads the
+    /// memories through exports the bindings do not know).
+    pub(crate) async fn instantiate_raw(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<(Guest, wasmtime::component::Instance)> {
+        Ok(match self {
+            Pre::V0_1(p) => {
+                let i = p.instance_pre().instantiate_async(&mut *store).await?;
+                (Guest::V0_1(v010::Plugin::new(&mut *store, &i)?), i)
+            }
+            Pre::V0_2(p) => {
+                let i = p.instance_pre().instantiate_async(&mut *store).await?;
+                (
+                    Guest::V0_2(super::bindings::Plugin::new(&mut *store, &i)?),
+                    i,
+                )
+            }
+        })
+    }
 }
 
 impl Guest {

@@ -241,6 +241,9 @@ pub struct HostState {
     pub(crate) output: super::wasi::Output,
     /// WASI and wasi-http state of a plugin granted `http` (None for the others).
     pub(crate) http: Option<Box<super::http::HttpState>>,
+    /// Running `init` for a snapshot (`super::snapshot`): every capability but `log` refuses,
+    /// because what it answered would be frozen into every later instance.
+    sealed: bool,
 }
 
 impl HostState {
@@ -261,7 +264,23 @@ impl HostState {
             reported: HashSet::new(),
             output: Default::default(),
             http: None,
+            sealed: false,
         }
+    }
+
+    /// The state for `init` run once for a snapshot: no grant, no notes, no http.
+    pub(crate) fn sealed(mut self) -> HostState {
+        self.sealed = true;
+        self.http = None;
+        self
+    }
+
+    /// Refuses a capability call while sealed.
+    fn unsealed(&self, what: &str) -> wasmtime::Result<()> {
+        if self.sealed {
+            wasmtime::bail!("{SEALED}: it called {what}");
+        }
+        Ok(())
     }
 
     /// Gives the instance its `http` grant, if it has one.
@@ -297,6 +316,7 @@ impl HostState {
     }
 
     fn check(&self, grant: Grant) -> wasmtime::Result<()> {
+        self.unsealed(grant.as_str())?;
         if self.grants.contains(&grant) {
             Ok(())
         } else {
@@ -359,11 +379,16 @@ pub(crate) fn escape_long(s: &str) -> String {
 
 const MAX_NOTE: usize = 64 * 1024;
 
+/// How a capability refused while sealed starts its error (`super::snapshot` looks for it).
+pub(crate) const SEALED: &str = "init used a capability";
+
 impl notes::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.unsealed("notes")?;
         Ok(self.notes.lock().expect("notes lock").get(&key).cloned())
     }
     fn set(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        self.unsealed("notes")?;
         if key.len() + value.len() > MAX_NOTE {
             wasmtime::bail!("note {} is over {MAX_NOTE} bytes", escape(&key));
         }
@@ -377,10 +402,12 @@ impl notes::Host for HostState {
         Ok(())
     }
     fn remove(&mut self, key: String) -> wasmtime::Result<()> {
+        self.unsealed("notes")?;
         self.notes.lock().expect("notes lock").remove(&key);
         Ok(())
     }
     fn entries(&mut self, prefix: String) -> wasmtime::Result<Vec<(String, String)>> {
+        self.unsealed("notes")?;
         Ok(self.notes.lock().expect("notes lock").entries(&prefix))
     }
 }

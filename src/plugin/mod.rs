@@ -25,6 +25,7 @@ pub mod oci;
 pub mod replay;
 pub mod run;
 pub mod sign;
+mod snapshot;
 pub mod wasi;
 
 use std::collections::HashMap;
@@ -241,8 +242,13 @@ pub struct LoadedPlugin {
     pooled: bool,
     /// Warm instances waiting for their next transaction (`reuse` > 0).
     warm: std::sync::Mutex<Vec<run::Live>>,
-    /// sha256 of the component file (names its cached artifact).
+    /// sha256 of the component file.
     digest: String,
+    /// True if instances start from the state `init` left at load (`snapshot`) and do not run it.
+    preinit: bool,
+    /// The digests whose compiled artifacts this plugin uses (the component's, and with a
+    /// snapshot the instrumented and the rewritten one's).
+    cached: Vec<String>,
     /// Counters.
     pub stats: Arc<PluginStats>,
 }
@@ -254,10 +260,22 @@ impl LoadedPlugin {
     }
 }
 
-/// What `load_one` gives: the contract version, the template (on the pooled
-/// engine when there is a pool), the same on the on-demand engine, the
-/// digest, and whether the compile cache had it (`hit` or `miss`).
-type Linked = (Contract, Pre, Option<Pre>, String, &'static str);
+/// What `load_one` gives.
+struct Linked {
+    /// The contract version.
+    contract: Contract,
+    /// The template (on the pooled engine when there is a pool).
+    pre: Pre,
+    /// The same on the on-demand engine.
+    fallback: Option<Pre>,
+    /// sha256 of the component file.
+    digest: String,
+    /// Whether the compile cache had it (`hit` or `miss`).
+    cache: &'static str,
+    /// The snapshot's digests (instrumented, rewritten) if instances start from one; else why
+    /// not (`off` when the config says so).
+    snapshot: Result<[String; 2], String>,
+}
 
 /// A checked, ready set of plugins; sessions hold the set they started with.
 pub struct PluginSet {
@@ -393,15 +411,23 @@ impl PluginHost {
         for spec in specs {
             let started = std::time::Instant::now();
             let mut spec = spec.clone();
-            let (contract, mut pre, mut fallback, digest, cache) = self.load_one(&mut spec)?;
+            let Linked {
+                contract,
+                mut pre,
+                mut fallback,
+                digest,
+                cache,
+                snapshot,
+            } = self.load_one(&mut spec)?;
+            let preinit = snapshot.is_ok();
             let mut pooled = self.fallback.is_some();
-            if let Err(e) = self.check_init(&spec, &self.engine, &pre) {
+            if let Err(e) = self.check_init(&spec, &self.engine, &pre, !preinit) {
                 // A component that does not fit a pool slot (more core
                 // instances, memories or tables than a slot has) runs on
                 // the on-demand engine instead.
                 match (&self.fallback, fallback.take()) {
                     (Some((engine, _)), Some(fb))
-                        if self.check_init(&spec, engine, &fb).is_ok() =>
+                        if self.check_init(&spec, engine, &fb, !preinit).is_ok() =>
                     {
                         warn!(plugin = %spec.name, error = %e, "plugin does not fit a slot of the instance pool; its instances are allocated on demand");
                         pre = fb;
@@ -424,9 +450,12 @@ impl PluginHost {
                 ms = started.elapsed().as_millis() as u64,
                 cache,
                 pooled,
+                snapshot = snapshot.as_ref().map_or_else(String::as_str, |_| "yes"),
                 contract = contract.as_str(),
                 "plugin loaded"
             );
+            let mut cached = vec![digest.clone()];
+            cached.extend(snapshot.into_iter().flatten());
             plugins.push(Arc::new(LoadedPlugin {
                 contract,
                 spec,
@@ -435,6 +464,8 @@ impl PluginHost {
                 pooled,
                 warm: Default::default(),
                 digest,
+                preinit,
+                cached,
                 stats,
             }));
         }
@@ -446,11 +477,18 @@ impl PluginHost {
 
     /// Runs `init` once in a throwaway instance, so a config the plugin
     /// refuses (or an `init` that traps) refuses the set at load, naming
-    /// the plugin and its message, instead of failing every session later.
+    /// the plugin and its message, instead of failing every session later
+    /// (with `init` false, only instantiates: a snapshot ran it already).
     /// Runs on its own thread with its own small runtime, so it works the
     /// same from `check-config`, at start (inside the server's runtime)
     /// and at reload.
-    fn check_init(&self, spec: &PluginSpec, engine: &Engine, pre: &Pre) -> Result<(), PluginError> {
+    fn check_init(
+        &self,
+        spec: &PluginSpec,
+        engine: &Engine,
+        pre: &Pre,
+        init: bool,
+    ) -> Result<(), PluginError> {
         let init_failed = |detail: String| PluginError::Init {
             name: spec.name.clone(),
             detail,
@@ -482,6 +520,9 @@ impl PluginHost {
                         .instantiate_async(&mut store)
                         .await
                         .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
+                    if !init {
+                        return Ok(());
+                    }
                     match plugin.init(&mut store, &spec.config_json).await {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(msg)) => Err(format!(
@@ -537,7 +578,14 @@ impl PluginHost {
         if let Ok((imports, _)) = inspect::top_level_names(&bytes) {
             import_problems(spec, &imports)?;
         }
-        let (component, cache) = self.compile_cached(spec, &bytes, &digest)?;
+        // With a snapshot the original is never compiled: instances come from the rewritten one.
+        let (component, cache, snapshot) = match self.preinit(spec, &bytes) {
+            Ok((component, cache, digests)) => (component, cache, Ok(digests)),
+            Err(why) => {
+                let (component, cache) = self.compile_cached(spec, &bytes, &digest)?;
+                (component, cache, Err(why))
+            }
+        };
         let contract =
             Contract::of(&self.engine, &component).map_err(|detail| PluginError::Compile {
                 name: name.clone(),
@@ -564,7 +612,102 @@ impl PluginHost {
             }
             None => None,
         };
-        Ok((contract, pre, fallback, digest, cache))
+        Ok(Linked {
+            contract,
+            pre,
+            fallback,
+            digest,
+            cache,
+            snapshot,
+        })
+    }
+
+    /// The component with the state `init` left baked in (`snapshot`), compiled, whether the
+    /// compile cache had both components it compiled, and their digests (instrumented,
+    /// rewritten); Err: why instances run `init` themselves (`off`, or the reason, also logged).
+    /// Any failure here, a refused config included, falls back to the plain path, which reports
+    /// it as a load error.
+    fn preinit(
+        &self,
+        spec: &PluginSpec,
+        bytes: &[u8],
+    ) -> Result<(Component, &'static str, [String; 2]), String> {
+        if !spec.snapshot {
+            return Err("off".into());
+        }
+        if spec.grants.contains(&Grant::Http) {
+            // Linked with wasmtime-wasi (random, clocks): state that must not be frozen.
+            return Err("no (http grant)".into());
+        }
+        let deadline = spec
+            .timeout(HookName::Connect)
+            .max(std::time::Duration::from_secs(1));
+        let run = || -> Result<(Component, &'static str, [String; 2]), snapshot::NoSnapshot> {
+            use snapshot::NoSnapshot::Failed;
+            let (cx, instrumented) = snapshot::instrument(bytes)?;
+            let digest_i = digest(&instrumented);
+            let (component, cache_i) = self
+                .compile_cached(spec, &instrumented, &digest_i)
+                .map_err(|e| Failed(e.to_string()))?;
+            // The instrumented component has the original's imports and exports (and one more
+            // export): the contract and the import check read it.
+            let contract = Contract::of(&self.engine, &component).map_err(Failed)?;
+            check_imports(&self.engine, &component, spec).map_err(|e| Failed(e.to_string()))?;
+            let pre = prelink(
+                &self.engine,
+                &self.linker,
+                &component,
+                &spec.name,
+                contract,
+                false,
+            )
+            .map_err(|e| Failed(e.to_string()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| Failed(format!("could not run: {e}")))?;
+            let rewritten = rt.block_on(async {
+                let notes = Arc::new(std::sync::Mutex::new(host::Notes::new(&self.shared.limits)));
+                let state = HostState::new(
+                    spec.name.as_str().into(),
+                    spec.grants.clone(),
+                    spec.memory,
+                    notes,
+                    self.shared.clone(),
+                )
+                .sealed();
+                let mut store = wasmtime::Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limits);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_async_yield_and_update(1);
+                let take = snapshot::take(&cx, &pre, &mut store, &spec.config_json);
+                tokio::time::timeout(deadline, take)
+                    .await
+                    .unwrap_or_else(|_| Err(Failed(format!("did not finish within {deadline:?}"))))
+            })?;
+            let digest_s = digest(&rewritten);
+            let (component, cache_s) = self
+                .compile_cached(spec, &rewritten, &digest_s)
+                .map_err(|e| Failed(e.to_string()))?;
+            let cache = if cache_i == "hit" { cache_s } else { "miss" };
+            Ok((component, cache, [digest_i, digest_s]))
+        };
+        let result = std::thread::scope(|s| {
+            s.spawn(run).join().unwrap_or_else(|_| {
+                Err(snapshot::NoSnapshot::Failed("panicked in the host".into()))
+            })
+        });
+        result.map_err(|why| {
+            match &why {
+                snapshot::NoSnapshot::UsesCapability(_) => {
+                    info!(plugin = %spec.name, reason = %why, "no init snapshot: instances run init themselves")
+                }
+                snapshot::NoSnapshot::Failed(_) => {
+                    warn!(plugin = %spec.name, reason = %why, "no init snapshot: instances run init themselves")
+                }
+            }
+            "no".into()
+        })
     }
 
     /// Reads the component's manifest and applies it to `spec` (see `manifest`).
@@ -653,7 +796,7 @@ impl PluginHost {
         let keep: Vec<PathBuf> = set
             .plugins
             .iter()
-            .map(|p| self.cache_file(&p.digest))
+            .flat_map(|p| p.cached.iter().map(|d| self.cache_file(d)))
             .collect();
         let removed = cache::prune(&self.cache_dir, &keep);
         if removed > 0 {

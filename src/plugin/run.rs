@@ -617,7 +617,13 @@ async fn fresh(
             Fresh::Failed(CallError::Trap(format!("{e:#}")))
         }
     })?;
-    match plugin.init(&mut store, &p.spec.config_json).await {
+    // A plugin with an init snapshot starts from the state its `init` left.
+    let init = if p.preinit {
+        Ok(Ok(()))
+    } else {
+        plugin.init(&mut store, &p.spec.config_json).await
+    };
+    match init {
         Ok(Ok(())) => Ok(Live {
             store,
             plugin,

@@ -124,17 +124,19 @@ fn artifacts(dir: &Path) -> Vec<(String, u64)> {
 fn compile_cache_hits_misses_and_misses_when_the_engine_changes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    let write = |extra: &str| {
+    // Without the init snapshot first: one artifact, named by the component's digest.
+    let write_with = |extra: &str, plugin: &str| {
         std::fs::write(
             &cfg,
             format!(
                 "[server]\ndata_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra}\n{}",
                 dir.path().join("data").display(),
-                probe_toml("probe", &["rcpt"], "")
+                probe_toml("probe", &["rcpt"], plugin)
             ),
         )
         .unwrap();
     };
+    let write = |extra: &str| write_with(extra, "snapshot = false");
     let cache = dir.path().join("data/plugin-cache");
     let check = || {
         let out = check_config_file(&cfg);
@@ -175,6 +177,15 @@ fn compile_cache_hits_misses_and_misses_when_the_engine_changes() {
     assert_eq!(second.len(), 1, "{second:?}");
     assert!(second[0].0.starts_with(&format!("{digest}-")), "{second:?}");
     assert_ne!(second[0].0, first[0].0);
+    // With the snapshot: the instrumented component and the one rewritten after `init`, each
+    // under its own digest; the snapshot is the same bytes every time, so a second load hits.
+    write_with("", "");
+    check();
+    let snap = artifacts(&cache);
+    assert_eq!(snap.len(), 2, "{snap:?}");
+    assert!(snap.iter().all(|a| !a.0.starts_with(&digest)), "{snap:?}");
+    check();
+    assert_eq!(artifacts(&cache), snap);
 
     // The server says which it was.
     let s = Server::start(&probe_toml("probe", &["rcpt"], ""));
@@ -217,4 +228,49 @@ fn a_reload_that_takes_away_a_used_grant_is_refused_and_the_old_set_serves() {
     );
     let mut d = in_transaction(&s);
     assert_eq!(d.cmd("RCPT TO:<x@example.test>", 451).text(), "4.7.1 n=2");
+}
+
+#[test]
+fn init_runs_once_at_load_and_fresh_instances_start_from_its_state() {
+    // The probe logs a line from `init`. With the init snapshot (the default) `init` runs once,
+    // at load, and every fresh instance starts from the state it left (a call count of 0, so
+    // no transaction sees another's); with `snapshot = false` it runs at load (the config
+    // check) and once in every instance.
+    for (key, loaded, inits) in [("", "yes", 1), ("snapshot = false\n", "off", 4)] {
+        let s = Server::start(&probe_toml(
+            "probe",
+            &["rcpt"],
+            &format!("on_error = \"reject\"\n{key}[plugin.config]\ninit = \"log\"\nrcpt = [\"@\"]"),
+        ));
+        let mut c = greeted(&s);
+        for _ in 0..3 {
+            assert_eq!(transaction(&mut c), "4.7.1 calls=1", "{key}");
+        }
+        let line = s.wait_for_log("plugin loaded", 1).remove(0);
+        assert!(
+            line.contains(&format!("\"snapshot\":\"{loaded}\"")),
+            "{line}"
+        );
+        s.wait_for_log("fixture-probe init ran", inits);
+        assert_eq!(s.log_lines("fixture-probe init ran").len(), inits, "{key}");
+    }
+}
+
+#[test]
+fn an_init_that_uses_a_capability_runs_in_every_instance() {
+    // A kv write in `init` would be frozen into the snapshot: the host refuses it there and the
+    // plugin runs `init` per instance. The config check at load counts once, then each
+    // transaction's instance once more.
+    let s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "[plugin.config]\ninit = \"kv-incr:inits\"\nrcpt = [\"kv-counter:inits\", \"tempfail\"]",
+    ));
+    let mut c = greeted(&s);
+    assert_eq!(transaction(&mut c), "4.7.1 inits=2");
+    assert_eq!(transaction(&mut c), "4.7.1 inits=3");
+    let why = s.wait_for_log("no init snapshot", 1).remove(0);
+    assert!(why.contains("it called kv"), "{why}");
+    let line = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(line.contains("\"snapshot\":\"no\""), "{line}");
 }
