@@ -407,16 +407,6 @@ impl PluginHost {
     }
 
     fn load_set(&self, specs: &[PluginSpec], generation: u64) -> Result<PluginSet, PluginError> {
-        let set = self.load_plugins(specs, generation);
-        release_freed_memory();
-        set
-    }
-
-    fn load_plugins(
-        &self,
-        specs: &[PluginSpec],
-        generation: u64,
-    ) -> Result<PluginSet, PluginError> {
         let mut plugins = Vec::new();
         for spec in specs {
             let started = std::time::Instant::now();
@@ -983,18 +973,6 @@ fn new_linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
     // Both contract versions' host functions: a plugin links against the one it imports.
     contract::add_to_linker(&mut linker).map_err(engine_err)?;
     Ok(linker)
-}
-
-/// Gives the memory freed after compiling back to the system. Compiling (cranelift on several
-/// threads, each with a malloc arena of its own) leaves ~16 MiB of freed heap that glibc keeps
-/// mapped: after the first start with three plugins the server's PSS under load was 58 MiB, and
-/// 41 MiB on a start whose compiles all hit the cache.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of malloc's arenas to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// True if `e` says the pooling allocator is out of slots.
