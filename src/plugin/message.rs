@@ -1,5 +1,7 @@
 //! The `message` resource of the data hook: headers parsed once by the
-//! host, the raw bytes read on demand, decoded text through mail-parser.
+//! host, the raw bytes read on demand, decoded text through mail-parser,
+//! decoded once per message and shared by every data plugin (each `text`
+//! call used to parse the whole message again, every header included).
 //! A plugin that only looks at headers never copies the body.
 
 use std::sync::{Arc, OnceLock};
@@ -15,6 +17,7 @@ pub struct MessageData {
     /// Raw bytes (headers and body).
     pub raw: Vec<u8>,
     headers: OnceLock<Vec<(String, String)>>,
+    text: OnceLock<String>,
     /// What mail authentication found (none when it is off).
     pub auth: Option<auth::Results>,
 }
@@ -30,6 +33,7 @@ impl MessageData {
         Arc::new(MessageData {
             raw,
             headers: OnceLock::new(),
+            text: OnceLock::new(),
             auth,
         })
     }
@@ -38,6 +42,29 @@ impl MessageData {
     pub fn headers(&self) -> &[(String, String)] {
         self.headers.get_or_init(|| parse_headers(&self.raw))
     }
+
+    /// The decoded text of every text part, `\n\n` between parts.
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| decode_text(&self.raw))
+    }
+}
+
+/// The text parts of `raw`, decoded. Only the MIME headers are parsed (the
+/// others, Received and addresses included, are not needed for the text).
+fn decode_text(raw: &[u8]) -> String {
+    let mut out = String::new();
+    let parser = mail_parser::MessageParser::new().with_mime_headers();
+    if let Some(msg) = parser.parse(raw) {
+        let mut i = 0;
+        while let Some(t) = msg.body_text(i) {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(&t);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The resource handed to guests (a handle to shared message data).
@@ -120,27 +147,12 @@ impl HostMessage for HostState {
     }
 
     fn text(&mut self, this: Resource<MessageRes>, max_bytes: u32) -> wasmtime::Result<String> {
-        let raw = &self.table.get(&this)?.0.raw;
-        let mut out = String::new();
-        if let Some(msg) = mail_parser::MessageParser::default().parse(raw) {
-            let mut i = 0;
-            while let Some(t) = msg.body_text(i) {
-                if !out.is_empty() {
-                    out.push_str("\n\n");
-                }
-                out.push_str(&t);
-                i += 1;
-                if out.len() >= max_bytes as usize {
-                    break;
-                }
-            }
-        }
-        let mut cut = out.len().min(max_bytes as usize);
-        while !out.is_char_boundary(cut) {
+        let text = self.table.get(&this)?.0.text();
+        let mut cut = text.len().min(max_bytes as usize);
+        while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        out.truncate(cut);
-        Ok(out)
+        Ok(text[..cut].to_string())
     }
 
     fn auth_results(
@@ -226,5 +238,32 @@ mod tests {
             ]
         );
         assert_eq!(header_len(raw), 28);
+    }
+
+    #[test]
+    fn text_is_what_the_full_parser_decodes() {
+        // Parsing only the MIME headers decodes the same text as parsing all of them.
+        let raw = b"Received: from a (b [192.0.2.1]) by c; Mon, 1 Jan 2024 00:00:00 +0000\r\n\
+From: =?utf-8?q?J=C3=B6?= <jo@example.test>\r\nSubject: =?utf-8?b?w6k=?=\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=E9 =\r\nau lait\r\n\
+--b\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+PHA+aMOpPC9wPg==\r\n--b--\r\n";
+        let full = mail_parser::MessageParser::default()
+            .parse(&raw[..])
+            .unwrap();
+        let mut expected = Vec::new();
+        let mut i = 0;
+        while let Some(t) = full.body_text(i) {
+            expected.push(t.into_owned());
+            i += 1;
+        }
+        assert_eq!(expected.len(), 2, "{expected:?}");
+        assert!(expected[0].contains("Café au lait"), "{expected:?}");
+        let m = MessageData::new(raw.to_vec());
+        assert_eq!(m.text(), expected.join("\n\n"));
+        // Shared: the same decoded text, not decoded again.
+        assert!(std::ptr::eq(m.text(), m.text()));
     }
 }
