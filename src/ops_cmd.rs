@@ -260,10 +260,15 @@ pub fn status(common: Common) -> anyhow::Result<()> {
             .filter_map(|h| h.as_str())
             .collect();
         println!(
-            "  {:<14} sha256:{}  hooks {}  calls {} traps {} timeouts {}",
+            "  {:<14} sha256:{}  hooks {}{}  calls {} traps {} timeouts {}",
             p["name"].as_str().unwrap_or(""),
             p["digest"].as_str().unwrap_or(""),
             hooks.join(","),
+            if p["snapshot"] == true {
+                "  init snapshot"
+            } else {
+                ""
+            },
             p["calls"],
             p["traps"],
             p["timeouts"]

@@ -192,6 +192,7 @@ async fn status(state: &AdminState) -> Resp {
                 .map_or((0, 0, 0), |s| (s.1, s.2, s.3));
             let hooks: Vec<&str> = p.spec.hooks.iter().map(|h| h.as_str()).collect();
             json!({"name": name, "digest": p.digest(), "hooks": hooks,
+                   "snapshot": p.snapshot(),
                    "calls": calls, "traps": traps, "timeouts": timeouts})
         })
         .collect();

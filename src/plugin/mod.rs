@@ -258,6 +258,11 @@ impl LoadedPlugin {
     pub fn digest(&self) -> &str {
         &self.digest
     }
+
+    /// True if its instances start from the state its `init` left at load (the init snapshot).
+    pub fn snapshot(&self) -> bool {
+        self.preinit
+    }
 }
 
 /// What `load_one` gives.

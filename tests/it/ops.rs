@@ -215,6 +215,9 @@ fn prometheus_scrapes_messages_and_plugin_calls() {
     assert!(out.contains("calls 3"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&ok(&s, &["status", "--json"])).unwrap();
     assert_eq!(v["plugins"]["plugins"][0]["digest"], digest.as_str());
+    // spam-score's init touches no capability: its instances start from the snapshot.
+    assert_eq!(v["plugins"]["plugins"][0]["snapshot"], true);
+    assert!(out.contains("init snapshot"), "{out}");
     assert!(v["uptime_seconds"].as_u64().is_some());
     assert_eq!(http(&admin, "GET", "/healthz", None), (200, "ok\n".into()));
     assert_eq!(
