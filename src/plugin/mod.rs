@@ -724,6 +724,9 @@ impl PluginHost {
                 snapshot::NoSnapshot::Failed(_) => {
                     warn!(plugin = %spec.name, reason = %why, "no init snapshot: instances run init themselves")
                 }
+                snapshot::NoSnapshot::InitFailed(_) => {
+                    tracing::debug!(plugin = %spec.name, reason = %why, "no init snapshot: init failed")
+                }
             }
             "no".into()
         })

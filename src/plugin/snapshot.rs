@@ -27,6 +27,9 @@ use super::host::{HostState, SEALED};
 pub(crate) enum NoSnapshot {
     /// `init` called a capability: it runs per instance (expected for some plugins).
     UsesCapability(String),
+    /// `init` refused its config or trapped: the plain path runs it again and reports that as
+    /// the load error.
+    InitFailed(String),
     /// Anything else: instrumenting, compiling, `init` refusing or trapping, reading the state.
     Failed(String),
 }
@@ -34,7 +37,9 @@ pub(crate) enum NoSnapshot {
 impl std::fmt::Display for NoSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NoSnapshot::UsesCapability(s) | NoSnapshot::Failed(s) => f.write_str(s),
+            NoSnapshot::UsesCapability(s) | NoSnapshot::InitFailed(s) | NoSnapshot::Failed(s) => {
+                f.write_str(s)
+            }
         }
     }
 }
@@ -68,8 +73,13 @@ pub(crate) async fn take(
         .map_err(|e| failed("instantiating", e))?;
     match guest.init(store, config).await {
         Ok(Ok(())) => {}
-        Ok(Err(msg)) => return Err(NoSnapshot::Failed(format!("init refused: {msg}"))),
-        Err(e) => return Err(failed("init", e)),
+        Ok(Err(msg)) => return Err(NoSnapshot::InitFailed(format!("init refused: {msg}"))),
+        Err(e) => {
+            return Err(match failed("init", e) {
+                NoSnapshot::Failed(why) => NoSnapshot::InitFailed(why),
+                capability => capability,
+            });
+        }
     }
     let mut access = Access {
         store,
