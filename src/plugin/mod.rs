@@ -501,57 +501,42 @@ impl PluginHost {
         let deadline = spec
             .timeout(HookName::Connect)
             .max(std::time::Duration::from_secs(1));
-        let run = || -> Result<(), String> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .map_err(|e| format!("could not run: {e}"))?;
-            rt.block_on(async {
-                let notes = Arc::new(std::sync::Mutex::new(host::Notes::new(&self.shared.limits)));
-                let state = HostState::new(
-                    spec.name.as_str().into(),
-                    spec.grants.clone(),
-                    spec.memory,
-                    notes,
-                    self.shared.clone(),
-                )
-                .with_http(spec.http.as_ref());
-                let mut store = wasmtime::Store::new(engine, state);
-                store.limiter(|s| &mut s.limits);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_async_yield_and_update(1);
-                let call = async {
-                    let plugin = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
-                    if !init {
-                        return Ok(());
-                    }
-                    match plugin.init(&mut store, &spec.config_json).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(msg)) => Err(format!(
-                            "refused its config: {}",
-                            crate::observe::escape(&msg)
-                        )),
-                        Err(e) => Err(run::with_output(
-                            &format!("trapped: {e:#}"),
-                            store.data_mut().take_output().as_deref(),
-                        )),
-                    }
-                };
-                match tokio::time::timeout(deadline, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("did not finish within {deadline:?}")),
-                }
-            })
-        };
-        std::thread::scope(|s| {
-            s.spawn(run)
-                .join()
-                .unwrap_or_else(|_| Err("panicked in the host".into()))
+        run_apart(deadline, |why| why, async {
+            let state = self.load_state(spec).with_http(spec.http.as_ref());
+            let mut store = run::new_store(engine, state);
+            let plugin = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
+            if !init {
+                return Ok(());
+            }
+            match plugin.init(&mut store, &spec.config_json).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(msg)) => Err(format!(
+                    "refused its config: {}",
+                    crate::observe::escape(&msg)
+                )),
+                Err(e) => Err(run::with_output(
+                    &format!("trapped: {e:#}"),
+                    store.data_mut().take_output().as_deref(),
+                )),
+            }
         })
         .map_err(init_failed)
+    }
+
+    /// The state of an instance run at load (the config check, the init snapshot): notes of
+    /// its own, the plugin's grants.
+    fn load_state(&self, spec: &PluginSpec) -> HostState {
+        let notes = Arc::new(std::sync::Mutex::new(host::Notes::new(&self.shared.limits)));
+        HostState::new(
+            spec.name.as_str().into(),
+            spec.grants.clone(),
+            spec.memory,
+            notes,
+            self.shared.clone(),
+        )
     }
 
     /// Reads, checks and pre-links one plugin. The manifest, if the component has one, may
@@ -663,6 +648,7 @@ impl PluginHost {
             .max(std::time::Duration::from_secs(1));
         let run = || -> Result<(Component, &'static str, [String; 2]), snapshot::NoSnapshot> {
             use snapshot::NoSnapshot::Failed;
+            // On the calling thread: compiling needs no runtime. Only `init` runs apart.
             let (cx, instrumented) = snapshot::instrument(bytes)?;
             let digest_i = digest(&instrumented);
             let (component, cache_i) = self
@@ -681,28 +667,9 @@ impl PluginHost {
                 false,
             )
             .map_err(|e| Failed(e.to_string()))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .map_err(|e| Failed(format!("could not run: {e}")))?;
-            let rewritten = rt.block_on(async {
-                let notes = Arc::new(std::sync::Mutex::new(host::Notes::new(&self.shared.limits)));
-                let state = HostState::new(
-                    spec.name.as_str().into(),
-                    spec.grants.clone(),
-                    spec.memory,
-                    notes,
-                    self.shared.clone(),
-                )
-                .sealed();
-                let mut store = wasmtime::Store::new(&self.engine, state);
-                store.limiter(|s| &mut s.limits);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_async_yield_and_update(1);
-                let take = snapshot::take(&cx, &pre, &mut store, &spec.config_json);
-                tokio::time::timeout(deadline, take)
-                    .await
-                    .unwrap_or_else(|_| Err(Failed(format!("did not finish within {deadline:?}"))))
+            let rewritten = run_apart(deadline, Failed, async {
+                let mut store = run::new_store(&self.engine, self.load_state(spec).sealed());
+                snapshot::take(&cx, &pre, &mut store, &spec.config_json).await
             })?;
             let digest_s = digest(&rewritten);
             let (component, cache_s) = self
@@ -711,12 +678,7 @@ impl PluginHost {
             let cache = if cache_i == "hit" { cache_s } else { "miss" };
             Ok((component, cache, [digest_i, digest_s]))
         };
-        let result = std::thread::scope(|s| {
-            s.spawn(run).join().unwrap_or_else(|_| {
-                Err(snapshot::NoSnapshot::Failed("panicked in the host".into()))
-            })
-        });
-        result.map_err(|why| {
+        run().map_err(|why| {
             match &why {
                 snapshot::NoSnapshot::UsesCapability(_) => {
                     info!(plugin = %spec.name, reason = %why, "no init snapshot: instances run init themselves")
@@ -932,6 +894,32 @@ fn engine_err(e: wasmtime::Error) -> PluginError {
         name: "(engine)".into(),
         detail: format!("{e:#}"),
     }
+}
+
+/// Runs `fut` within `deadline` on a thread of its own with a small runtime of its own, so it
+/// works the same from `check-config`, at start (inside the server's runtime) and at reload;
+/// `err` makes the error for a runtime that cannot start, the deadline, or a panic.
+fn run_apart<T: Send, E: Send>(
+    deadline: Duration,
+    err: impl Fn(String) -> E + Sync,
+    fut: impl std::future::Future<Output = Result<T, E>> + Send,
+) -> Result<T, E> {
+    let run = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| err(format!("could not run: {e}")))?;
+        rt.block_on(async {
+            tokio::time::timeout(deadline, fut)
+                .await
+                .unwrap_or_else(|_| Err(err(format!("did not finish within {deadline:?}"))))
+        })
+    };
+    std::thread::scope(|s| {
+        s.spawn(run)
+            .join()
+            .unwrap_or_else(|_| Err(err("panicked in the host".into())))
+    })
 }
 
 /// An engine with epoch interruption and the configured memory

@@ -606,10 +606,7 @@ async fn fresh(
         host.shared().clone(),
     )
     .with_http(p.spec.http.as_ref());
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+    let mut store = new_store(engine, state);
     let plugin = pre.instantiate_async(&mut store).await.map_err(|e| {
         if super::pool_full(&e) {
             Fresh::PoolFull(format!("{e:#}"))
@@ -636,6 +633,16 @@ async fn fresh(
         ))),
     }
     .map_err(Fresh::Failed)
+}
+
+/// A store for one instance: memory and table limits from its state, and the epoch deadline
+/// that makes a long guest call yield to the runtime (the call's own timeout cuts it off).
+pub(crate) fn new_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+    store
 }
 
 /// A trap's text with what the guest printed before it (a panic message names the cause; the
