@@ -234,7 +234,11 @@ fn deliver_to(copy: &MaildirCopy<'_>, group: &Group) -> Result<PathBuf, MaildirE
     }
     result?;
     // The file and the rename are only durable once synced.
-    at("syncing", &copy.dir.join("new"), group_sync(group))?;
+    group_sync(group).map_err(|source| MaildirError {
+        step: "syncing",
+        path: copy.dir.join("new"),
+        source,
+    })?;
     Ok(dest)
 }
 

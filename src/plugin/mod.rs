@@ -246,8 +246,8 @@ pub struct LoadedPlugin {
     digest: String,
     /// True if instances start from the state `init` left at load (`snapshot`) and do not run it.
     preinit: bool,
-    /// The digests whose compiled artifacts this plugin uses (the component's, and with a
-    /// snapshot the instrumented and the rewritten one's).
+    /// The digests whose compiled artifacts this plugin uses: the component's, or with a
+    /// snapshot the instrumented and the rewritten one's.
     cached: Vec<String>,
     /// Counters.
     pub stats: Arc<PluginStats>,
@@ -459,8 +459,10 @@ impl PluginHost {
                 contract = contract.as_str(),
                 "plugin loaded"
             );
-            let mut cached = vec![digest.clone()];
-            cached.extend(snapshot.into_iter().flatten());
+            let cached = match snapshot {
+                Ok(digests) => digests.to_vec(),
+                Err(_) => vec![digest.clone()],
+            };
             plugins.push(Arc::new(LoadedPlugin {
                 contract,
                 spec,
@@ -498,10 +500,7 @@ impl PluginHost {
             name: spec.name.clone(),
             detail,
         };
-        let deadline = spec
-            .timeout(HookName::Connect)
-            .max(std::time::Duration::from_secs(1));
-        run_apart(deadline, |why| why, async {
+        run_apart(init_deadline(spec), |why| why, async {
             let state = self.load_state(spec).with_http(spec.http.as_ref());
             let mut store = run::new_store(engine, state);
             let plugin = pre
@@ -643,9 +642,6 @@ impl PluginHost {
             // Linked with wasmtime-wasi (random, clocks): state that must not be frozen.
             return Err("no (http grant)".into());
         }
-        let deadline = spec
-            .timeout(HookName::Connect)
-            .max(std::time::Duration::from_secs(1));
         let run = || -> Result<(Component, &'static str, [String; 2]), snapshot::NoSnapshot> {
             use snapshot::NoSnapshot::Failed;
             // On the calling thread: compiling needs no runtime. Only `init` runs apart.
@@ -667,7 +663,7 @@ impl PluginHost {
                 false,
             )
             .map_err(|e| Failed(e.to_string()))?;
-            let rewritten = run_apart(deadline, Failed, async {
+            let rewritten = run_apart(init_deadline(spec), Failed, async {
                 let mut store = run::new_store(&self.engine, self.load_state(spec).sealed());
                 snapshot::take(&cx, &pre, &mut store, &spec.config_json).await
             })?;
@@ -894,6 +890,11 @@ fn engine_err(e: wasmtime::Error) -> PluginError {
         name: "(engine)".into(),
         detail: format!("{e:#}"),
     }
+}
+
+/// How long `init` may run at load: the plugin's connect deadline, at least a second.
+fn init_deadline(spec: &PluginSpec) -> Duration {
+    spec.timeout(HookName::Connect).max(Duration::from_secs(1))
 }
 
 /// Runs `fut` within `deadline` on a thread of its own with a small runtime of its own, so it

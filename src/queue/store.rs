@@ -71,7 +71,7 @@ const MAX_BATCH: usize = 4096;
 type FlushReply = (Need, oneshot::Sender<Result<(), String>>);
 
 /// What a flush must make durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Need {
     /// The message files (and their names): `syncfs` alone. Enough for an
     /// accepted message, whose file is the truth a crash recovers from.
@@ -196,7 +196,7 @@ impl Store {
         };
         // What the repair changed is durable before anything is served, and
         // the clean-stop mark is gone until the next clean stop.
-        durable.sync()?;
+        durable.sync(Need::All)?;
         let mark = dir.join(recover::CLEAN_STOP);
         if mark.exists() {
             std::fs::remove_file(&mark).map_err(io)?;
@@ -488,11 +488,7 @@ struct Durable {
 }
 
 impl Durable {
-    fn sync(&self) -> Result<(), sled::Error> {
-        self.sync_need(Need::All)
-    }
-
-    fn sync_need(&self, need: Need) -> Result<(), sled::Error> {
+    fn sync(&self, need: Need) -> Result<(), sled::Error> {
         if need == Need::All {
             self.db.flush()?;
         }
@@ -513,12 +509,8 @@ fn flush_loop(durable: Durable, rx: mpsc::Receiver<FlushReply>, batch: usize) {
     while let Ok(first) = rx.recv() {
         waiting.push(first);
         waiting.extend(rx.try_iter().take(batch - 1));
-        let need = if waiting.iter().any(|(n, _)| *n == Need::All) {
-            Need::All
-        } else {
-            Need::Files
-        };
-        let result = durable.sync_need(need).map_err(|e| e.to_string());
+        let need = waiting.iter().map(|(n, _)| *n).max().unwrap_or(Need::Files);
+        let result = durable.sync(need).map_err(|e| e.to_string());
         tracing::trace!(batch = waiting.len(), ?need, "queue flush");
         for (_, done) in waiting.drain(..) {
             let _ = done.send(result.clone());
