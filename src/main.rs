@@ -96,6 +96,14 @@ enum Cmd {
         #[command(subcommand)]
         command: plugin_cmd::PluginCmd,
     },
+    /// The server's plugin compiler: a component on stdin, the compiled
+    /// artifact on stdout (`serve` runs it as a child process).
+    #[command(name = wasmtp::plugin::compiler::SUBCOMMAND, hide = true)]
+    CompilePlugin {
+        /// plugin_limits.memory_reservation of the server, in bytes.
+        #[arg(long)]
+        memory_reservation: u64,
+    },
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigError> {
@@ -143,6 +151,15 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Plugin { command } => report(plugin_cmd::run(command)),
+        Cmd::CompilePlugin { memory_reservation } => {
+            match wasmtp::plugin::compiler::child(memory_reservation) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Dkim { command } => report(dkim_cmd::run(command)),
         Cmd::TlsReport {
             config,
@@ -268,6 +285,11 @@ fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
     // create (sled's files) and is set before any thread exists.
     // SAFETY: umask(2) only replaces the process's file creation mask.
     unsafe { libc::umask(0o077) };
+    // Plugins compile in a child of this same binary, so the compiler's code
+    // and heap never stay in the server (`plugin::compiler`).
+    if let Ok(exe) = std::env::current_exe() {
+        wasmtp::plugin::compiler::compile_apart(exe);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

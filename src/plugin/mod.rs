@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod compiler;
 pub mod contract;
 pub mod fake;
 pub mod host;
@@ -757,10 +758,22 @@ impl PluginHost {
             path: spec.path.clone(),
             detail: format!("{e:#}"),
         };
-        let artifact = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(compile_err)?;
+        let (artifact, apart) = match compiler::compile(&spec.name, &self.shared.limits, bytes) {
+            compiler::Apart::Compiled(artifact) => (artifact, true),
+            compiler::Apart::Failed(detail) => {
+                return Err(PluginError::Compile {
+                    name: spec.name.clone(),
+                    path: spec.path.clone(),
+                    detail,
+                });
+            }
+            compiler::Apart::NotAvailable => (
+                self.engine
+                    .precompile_component(bytes)
+                    .map_err(compile_err)?,
+                false,
+            ),
+        };
         match cache::write(&self.cache_dir, &file, &artifact) {
             // Mapped from the file, the code is clean page cache shared with every other
             // mapping of it, not a private copy.
@@ -774,10 +787,24 @@ impl PluginHost {
                 warn!(plugin = %spec.name, dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache")
             }
         }
-        // SAFETY: `artifact` was produced just now by this engine.
-        unsafe { Component::deserialize(&self.engine, &artifact) }
-            .map(|c| (c, "miss"))
-            .map_err(compile_err)
+        // SAFETY: `artifact` was produced just now by this engine, or by the
+        // compiler child with the same compilation settings (`compiler`).
+        match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            Ok(c) => Ok((c, "miss")),
+            Err(e) if apart => {
+                // Settings the child does not share: nothing lost but time.
+                warn!(plugin = %spec.name, error = %format!("{e:#}"), "the compiler child's artifact does not load; compiling in the server");
+                let artifact = self
+                    .engine
+                    .precompile_component(bytes)
+                    .map_err(compile_err)?;
+                // SAFETY: produced just now by this engine.
+                unsafe { Component::deserialize(&self.engine, &artifact) }
+                    .map(|c| (c, "miss"))
+                    .map_err(compile_err)
+            }
+            Err(e) => Err(compile_err(e)),
+        }
     }
 
     /// Removes cached artifacts that no plugin of `set` uses (older

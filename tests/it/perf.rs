@@ -274,3 +274,87 @@ fn an_init_that_uses_a_capability_runs_in_every_instance() {
     let line = s.wait_for_log("plugin loaded", 1).remove(0);
     assert!(line.contains("\"snapshot\":\"no\""), "{line}");
 }
+
+#[test]
+fn the_server_compiles_plugins_in_a_child_process_and_reports_what_it_refused() {
+    // A first start compiles apart, once per component (the snapshot's two), and says so; the
+    // child is another process than the server.
+    let mut s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "on_error = \"reject\"\n[plugin.config]\nrcpt = [\"@\"]",
+    ));
+    let compiled = s.wait_for_log("plugin compiled in a child process", 2);
+    s.wait_for_log("plugin loaded", 1);
+    for line in &compiled {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(field(&v, "plugin"), "probe", "{line}");
+        let child = field(&v, "child");
+        assert!(!child.is_empty() && child != s.pid().to_string(), "{line}");
+        assert!(field(&v, "bytes").parse::<u64>().unwrap() > 0, "{line}");
+    }
+    // It answers with what the child compiled.
+    let mut c = greeted(&s);
+    assert_eq!(transaction(&mut c), "4.7.1 calls=1");
+    // A cache hit compiles nothing.
+    s.signal_and_wait("TERM");
+    s.start_again();
+    s.wait_for_log("plugin loaded", 2);
+    assert_eq!(
+        s.log_lines("plugin compiled in a child process").len(),
+        2,
+        "{}",
+        s.dump_logs()
+    );
+
+    // The hidden subcommand on its own: a component in, an artifact out (an ELF object); a core
+    // module, which is not a component, is refused with the compiler's reason and status 1.
+    let run = |input: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BIN)
+            .args(["compile-plugin", "--memory-reservation", "4294967296"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&std::fs::read(plugin_wasm("fixture_probe.wasm")).unwrap());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(&out.stdout[..4], b"\x7fELF");
+    let core_module = b"\0asm\x01\0\0\0";
+    let out = run(core_module);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("component"), "{err}");
+
+    // The server refuses to start on it, naming the plugin, the file and the compiler's reason.
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("core.wasm");
+    std::fs::write(&module, core_module).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            dir.path(),
+            &format!(
+                "[[plugin]]\nname = \"core\"\npath = \"{}\"\nhooks = [\"rcpt\"]\n",
+                module.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugin core") && err.contains("core.wasm") && err.contains("component"),
+        "{err}"
+    );
+}
