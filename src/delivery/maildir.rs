@@ -1,5 +1,7 @@
-//! Maildir delivery (https://cr.yp.to/proto/maildir.html): write into
-//! `tmp/`, rename into `new/`, then make both durable with one `syncfs` of
+//! Maildir delivery (https://cr.yp.to/proto/maildir.html): write an
+//! unnamed file on the maildir's file system and link it into `new/` (where
+//! the file system has no `O_TMPFILE`: write into `tmp/`, rename into
+//! `new/`), then make both durable with one `syncfs` of
 //! the mail filesystem that concurrent deliveries share (group sync, as
 //! the queue's group commit): a delivery returns, and the queue drops the
 //! copy, only after a `syncfs` that started after its rename has finished.
@@ -168,14 +170,88 @@ fn write_converted(w: &mut impl Write, data: &[u8], endings: LineEndings) -> io:
 /// Writes the `tmp/` file (made durable by the group sync).
 fn write_tmp(copy: &MaildirCopy<'_>, tmp: &Path) -> Result<(), MaildirError> {
     let f = at("creating", tmp, create_tmp(tmp))?;
-    let written = (|| {
-        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
-        write_converted(&mut w, copy.prefix, copy.line_endings)?;
-        write_converted(&mut w, copy.body, copy.line_endings)?;
-        w.into_inner().map_err(|e| e.into_error())?;
-        Ok(())
-    })();
-    at("writing", tmp, written)
+    at("writing", tmp, write_file(copy, f)).map(drop)
+}
+
+/// Writes prefix and message into `f`, line endings converted.
+fn write_file(copy: &MaildirCopy<'_>, f: File) -> io::Result<File> {
+    let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+    write_converted(&mut w, copy.prefix, copy.line_endings)?;
+    write_converted(&mut w, copy.body, copy.line_endings)?;
+    w.into_inner().map_err(|e| e.into_error())
+}
+
+/// Set when unnamed files cannot be used here (no `O_TMPFILE` on the mail
+/// file system, no `/proc`, or `linkat` refused): every later copy goes
+/// through `tmp/`.
+static NO_UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes the copy as an unnamed file on the maildir's file system
+/// (`O_TMPFILE` in `tmp/`) and, once it is whole, gives it its name in
+/// `new/` with `linkat`: one directory operation where `tmp/` and a rename
+/// take three, and no lock of `tmp/` (concurrent deliveries to one mailbox
+/// queued on its lock and on the rename's). A crash before the link leaves
+/// nothing behind; nobody ever sees a partial file. Ok(false): not done,
+/// write through `tmp/` (unsupported here, or the name is taken: the
+/// rename replaces it, as a repeated delivery must).
+fn write_unnamed(copy: &MaildirCopy<'_>, dest: &Path) -> Result<bool, MaildirError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    static PROC: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| Path::new("/proc/self/fd").is_dir());
+    if NO_UNNAMED.load(Relaxed) || !*PROC {
+        return Ok(false);
+    }
+    let tmp = copy.dir.join("tmp");
+    let opened = OpenOptions::new()
+        .write(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&tmp);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            NO_UNNAMED.store(true, Relaxed);
+            return Ok(false);
+        }
+        Err(e) => return at("creating", &tmp, Err(e)),
+    };
+    let f = at("writing", &tmp, write_file(copy, f))?;
+    let (Ok(from), Ok(to)) = (
+        std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())),
+        std::ffi::CString::new(dest.as_os_str().as_bytes()),
+    ) else {
+        return Ok(false);
+    };
+    // SAFETY: both paths are NUL-terminated strings that outlive the call;
+    // `f` keeps the descriptor named by `from` open.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        Some(libc::EPERM | libc::EACCES | libc::EOPNOTSUPP | libc::EXDEV) => {
+            NO_UNNAMED.store(true, Relaxed);
+            Ok(false)
+        }
+        _ => at("linking", dest, Err(e)),
+    }
 }
 
 /// Delivers one copy; returns the final path.
@@ -227,13 +303,16 @@ fn deliver_to(copy: &MaildirCopy<'_>, group: &Group) -> Result<PathBuf, MaildirE
     if copy.check_existing && at("reading", &copy.dir, already_delivered(copy))? {
         return Ok(dest);
     }
-    let tmp = copy.dir.join("tmp").join(&copy.name);
-    let result = write_tmp(copy, &tmp).and_then(|()| at("renaming", &tmp, fs::rename(&tmp, &dest)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if !write_unnamed(copy, &dest)? {
+        let tmp = copy.dir.join("tmp").join(&copy.name);
+        let result =
+            write_tmp(copy, &tmp).and_then(|()| at("renaming", &tmp, fs::rename(&tmp, &dest)));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
     }
-    result?;
-    // The file and the rename are only durable once synced.
+    // The file and its name in new/ are only durable once synced.
     group_sync(group).map_err(|source| MaildirError {
         step: "syncing",
         path: copy.dir.join("new"),
@@ -400,6 +479,45 @@ mod tests {
         for sub in ["tmp", "new", "cur"] {
             assert!(copy.dir.join(sub).is_dir(), "{sub}");
         }
+    }
+
+    #[test]
+    fn a_copy_is_linked_into_new_whole_and_a_taken_name_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut copy = MaildirCopy {
+            dir: dir.path().join("u"),
+            name: "1.QABCR0.h".into(),
+            prefix: b"",
+            body: b"Subject: first\r\n\r\nhi\r\n",
+            line_endings: LineEndings::Crlf,
+            check_existing: false,
+        };
+        // The file is written unnamed and linked into new/: nothing at its tmp/ name is
+        // touched, not even a directory there, which writing through tmp/ cannot get past.
+        ensure_dirs(&copy.dir).unwrap();
+        let tmp = copy.dir.join("tmp");
+        fs::create_dir(tmp.join(&copy.name)).unwrap();
+        let p = deliver(&copy).unwrap();
+        assert_eq!(p, copy.dir.join("new").join(&copy.name));
+        assert_eq!(fs::read(&p).unwrap(), copy.body);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            FILE_MODE
+        );
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            1,
+            "only what was there"
+        );
+        // The same name again (a delivery repeated after a crash, before the queue recorded it):
+        // the link finds the name taken, so the copy goes through tmp/ and a rename replaces it.
+        fs::remove_dir(tmp.join(&copy.name)).unwrap();
+        copy.body = b"Subject: second\r\n\r\nhi\r\n";
+        let p = deliver(&copy).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), copy.body);
+        assert_eq!(fs::read_dir(copy.dir.join("new")).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
     }
 
     #[test]
