@@ -286,8 +286,13 @@ fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
     // SAFETY: umask(2) only replaces the process's file creation mask.
     unsafe { libc::umask(0o077) };
     // Plugins compile in a child of this same binary, so the compiler's code
-    // and heap never stay in the server (`plugin::compiler`).
-    if let Ok(exe) = std::env::current_exe() {
+    // and heap never stay in the server (`plugin::compiler`). Through
+    // /proc/self/exe: the running binary even after a package upgrade
+    // replaced the file, whose compiler might not match this engine.
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        wasmtp::plugin::compiler::compile_apart(proc_exe);
+    } else if let Ok(exe) = std::env::current_exe() {
         wasmtp::plugin::compiler::compile_apart(exe);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

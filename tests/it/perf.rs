@@ -358,3 +358,50 @@ fn the_server_compiles_plugins_in_a_child_process_and_reports_what_it_refused() 
         "{err}"
     );
 }
+
+#[test]
+fn the_compiler_child_is_the_running_binary_even_after_its_file_is_gone() {
+    // An upgrade replaces the executable under a running server. A reload compiles with the
+    // running binary's compiler (through /proc/self/exe), which matches its engine, not with
+    // whatever now sits at the path (here: nothing, so the path could not start a child at all).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("wasmtp");
+    if std::fs::hard_link(BIN, &exe).is_err() {
+        std::fs::copy(BIN, &exe).unwrap();
+    }
+    let s = Server::start_from(
+        &exe,
+        &probe_toml(
+            "probe",
+            &["rcpt"],
+            "snapshot = false\non_error = \"reject\"\n[plugin.config]\nrcpt = [\"@\"]",
+        ),
+    );
+    s.wait_for_log("plugin compiled in a child process", 1);
+    std::fs::remove_file(&exe).unwrap();
+    // With the snapshot on, the set needs two components compiled that the cache does not have.
+    let cfg = s.config_file();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let snapshot = text.replace("snapshot = false\n", "");
+    assert_ne!(text, snapshot);
+    std::fs::write(&cfg, snapshot).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    s.wait_for_log("plugin set swapped in", 1);
+    assert_eq!(
+        s.log_lines("plugin compiled in a child process").len(),
+        3,
+        "{}",
+        s.dump_logs()
+    );
+    assert!(
+        s.log_lines("compiling in the server").is_empty(),
+        "{}",
+        s.dump_logs()
+    );
+    let mut c = greeted(&s);
+    assert_eq!(transaction(&mut c), "4.7.1 calls=1");
+}

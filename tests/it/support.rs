@@ -26,6 +26,8 @@ pub struct Server {
     extra: String,
     /// More `serve` arguments.
     args: Vec<String>,
+    /// The executable (`BIN` unless `start_from`).
+    exe: PathBuf,
 }
 
 /// Extra config adding a submission and a submissions listener on port 0.
@@ -53,6 +55,15 @@ impl Server {
 
     /// As `start`, with more `serve` arguments.
     pub fn start_with_args(extra: &str, args: &[&str]) -> Server {
+        Server::launch(Path::new(BIN), extra, args)
+    }
+
+    /// The same, running the executable `exe` (a copy or link of `BIN`).
+    pub fn start_from(exe: &Path, extra: &str) -> Server {
+        Server::launch(exe, extra, &[])
+    }
+
+    fn launch(exe: &Path, extra: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             dir,
@@ -63,6 +74,7 @@ impl Server {
             logs: Arc::default(),
             extra: extra.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            exe: exe.to_path_buf(),
         };
         s.spawn();
         s
@@ -71,7 +83,7 @@ impl Server {
     fn spawn(&mut self) {
         let cfg = self.dir.path().join("wasmtp.toml");
         std::fs::write(&cfg, config_text(self.dir.path(), &self.extra)).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(&self.exe)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&cfg)
             .args(&self.args)
