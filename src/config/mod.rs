@@ -192,6 +192,8 @@ pub struct RawPluginLimits {
     pub pool_instances: Option<usize>,
     /// Address space reserved per linear memory (pooled or not).
     pub memory_reservation: Option<ByteSize>,
+    /// How long compiling one component (in the compiler child) may take.
+    pub compile_timeout: Option<Dur>,
 }
 
 /// A hook point, named as in the WIT contract.
@@ -361,6 +363,8 @@ pub struct PluginLimits {
     pub pool_instances: usize,
     /// Address space reserved per linear memory, in bytes.
     pub memory_reservation: u64,
+    /// Deadline of one compile in the compiler child.
+    pub compile_timeout: Duration,
 }
 
 impl Default for PluginLimits {
@@ -376,6 +380,7 @@ impl Default for PluginLimits {
             max_modifications: 100,
             pool_instances: 1000,
             memory_reservation: 4 << 30,
+            compile_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -1090,11 +1095,18 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             .pool_instances
             .unwrap_or((limits.max_connections * plugins.len().max(1)).min(10_000)),
         memory_reservation: pl.memory_reservation.map_or(d.memory_reservation, |b| b.0),
+        compile_timeout: pl.compile_timeout.map_or(d.compile_timeout, |x| x.0),
     };
     if plugin_limits.memory_reservation < 64 * 1024 {
         return Err(err(
             "plugin_limits.memory_reservation",
             "must be at least 64KiB (one WebAssembly page)".into(),
+        ));
+    }
+    if plugin_limits.compile_timeout.is_zero() {
+        return Err(err(
+            "plugin_limits.compile_timeout",
+            "must be greater than 0".into(),
         ));
     }
     if plugin_limits.kv_sweep_interval.is_zero() {

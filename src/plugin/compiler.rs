@@ -25,6 +25,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::PluginLimits;
+use crate::observe::limit_hit;
 
 /// The executable that compiles, when compiling apart.
 static EXE: OnceLock<PathBuf> = OnceLock::new();
@@ -71,12 +72,42 @@ pub(crate) fn compile(plugin: &str, limits: &PluginLimits, bytes: &[u8]) -> Apar
         }
     };
     let pid = child.id();
-    // The child reads all of its input before it writes anything, so
-    // writing first and reading after cannot deadlock.
-    let sent = child.stdin.take().map(|mut stdin| stdin.write_all(bytes));
-    let out = match child.wait_with_output() {
-        Ok(out) => out,
-        Err(e) => return Apart::Failed(format!("the plugin compiler: {e}")),
+    let stdin = child.stdin.take();
+    // Fed and waited for on a thread, so a compile that runs past
+    // `plugin_limits.compile_timeout` can be killed (which also ends a
+    // write the child stopped reading). The child reads all of its input
+    // before it writes anything, so writing first cannot deadlock.
+    let done = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            let sent = stdin.map(|mut stdin| stdin.write_all(bytes));
+            let _ = tx.send((sent, child.wait_with_output()));
+        });
+        match rx.recv_timeout(limits.compile_timeout) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                // SAFETY: kill(2) on the child's pid, which is not reaped
+                // (and so not reused) before the thread's wait returns.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                let _ = rx.recv();
+                None
+            }
+        }
+    });
+    let (sent, out) = match done {
+        Some((sent, Ok(out))) => (sent, out),
+        Some((_, Err(e))) => return Apart::Failed(format!("the plugin compiler: {e}")),
+        None => {
+            let detail = format!(
+                "compiling took longer than {} (plugin_limits.compile_timeout); the compiler was stopped",
+                humantime::format_duration(limits.compile_timeout)
+            );
+            limit_hit(
+                "plugin_limits.compile_timeout",
+                &format!("plugin {plugin}: {detail}"),
+            );
+            return Apart::Failed(detail);
+        }
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stderr = stderr.trim();

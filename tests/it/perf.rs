@@ -275,6 +275,20 @@ fn an_init_that_uses_a_capability_runs_in_every_instance() {
     assert!(line.contains("\"snapshot\":\"no\""), "{line}");
 }
 
+/// `wasmtp serve` on the test config plus `extra` in `dir`, which must fail to start: its
+/// stderr (JSON log lines, then the error).
+fn serve_fails(dir: &Path, extra: &str) -> String {
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, config_text(dir, extra)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn the_server_compiles_plugins_in_a_child_process_and_reports_what_it_refused() {
     // A first start compiles apart, once per component (the snapshot's two), and says so; the
@@ -334,25 +348,13 @@ fn the_server_compiles_plugins_in_a_child_process_and_reports_what_it_refused() 
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("core.wasm");
     std::fs::write(&module, core_module).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        config_text(
-            dir.path(),
-            &format!(
-                "[[plugin]]\nname = \"core\"\npath = \"{}\"\nhooks = [\"rcpt\"]\n",
-                module.display()
-            ),
+    let err = serve_fails(
+        dir.path(),
+        &format!(
+            "[[plugin]]\nname = \"core\"\npath = \"{}\"\nhooks = [\"rcpt\"]\n",
+            module.display()
         ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains("plugin core") && err.contains("core.wasm") && err.contains("component"),
         "{err}"
@@ -404,4 +406,30 @@ fn the_compiler_child_is_the_running_binary_even_after_its_file_is_gone() {
     );
     let mut c = greeted(&s);
     assert_eq!(transaction(&mut c), "4.7.1 calls=1");
+}
+
+#[test]
+fn a_compile_past_plugin_limits_compile_timeout_is_stopped_and_the_plugin_does_not_load() {
+    // No component compiles (a process started, a component read and compiled) in 1 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let err = serve_fails(
+        dir.path(),
+        &format!(
+            "[plugin_limits]\ncompile_timeout = \"1ms\"\n{}",
+            probe_toml("probe", &["rcpt"], "snapshot = false")
+        ),
+    );
+    assert!(
+        err.contains("plugin probe")
+            && err.contains("compiling took longer than 1ms (plugin_limits.compile_timeout)"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("limit reached") && l.contains("plugin_limits.compile_timeout")),
+        "{err}"
+    );
+    // Nothing was cached.
+    let cache = dir.path().join("data/plugin-cache");
+    assert!(!cache.exists() || artifacts(&cache).is_empty());
 }
