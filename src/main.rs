@@ -97,7 +97,7 @@ enum Cmd {
         command: plugin_cmd::PluginCmd,
     },
     /// The server's plugin compiler: a component on stdin, the compiled
-    /// artifact on stdout (`serve` runs it as a child process).
+    /// artifact on stdout (the commands that load plugins run it as a child).
     #[command(name = wasmtp::plugin::compiler::SUBCOMMAND, hide = true)]
     CompilePlugin {
         /// plugin_limits.memory_reservation of the server, in bytes.
@@ -115,6 +115,9 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, wasmtp::config::ConfigErro
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::CompilePlugin { .. }) {
+        compile_plugins_apart();
+    }
     match cli.command {
         Cmd::Queue { common, cmd } => report(ops_cmd::queue(common, cmd)),
         Cmd::Status { common } => report(ops_cmd::status(common)),
@@ -279,22 +282,26 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
-    // Mail, queue and keys are the server's user's alone. Delivery and the
-    // queue also set 0600/0700 explicitly; the mask covers what libraries
-    // create (sled's files) and is set before any thread exists.
-    // SAFETY: umask(2) only replaces the process's file creation mask.
-    unsafe { libc::umask(0o077) };
-    // Plugins compile in a child of this same binary, so the compiler's code
-    // and heap never stay in the server (`plugin::compiler`). Through
-    // /proc/self/exe: the running binary even after a package upgrade
-    // replaced the file, whose compiler might not match this engine.
+/// Plugins compile in a child of this same binary (`plugin::compiler`): the
+/// compiler's code and heap never stay in a server, and its crash or its
+/// deadline fails one plugin's load, also in `check-config` and `plugin
+/// test`. Through /proc/self/exe: the running binary even after a package
+/// upgrade replaced the file, whose compiler might not match this engine.
+fn compile_plugins_apart() {
     let proc_exe = PathBuf::from("/proc/self/exe");
     if proc_exe.exists() {
         wasmtp::plugin::compiler::compile_apart(proc_exe);
     } else if let Ok(exe) = std::env::current_exe() {
         wasmtp::plugin::compiler::compile_apart(exe);
     }
+}
+
+fn serve(settings: Settings, watch_plugins: bool) -> anyhow::Result<()> {
+    // Mail, queue and keys are the server's user's alone. Delivery and the
+    // queue also set 0600/0700 explicitly; the mask covers what libraries
+    // create (sled's files) and is set before any thread exists.
+    // SAFETY: umask(2) only replaces the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

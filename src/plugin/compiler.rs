@@ -5,10 +5,11 @@
 //! process those pages stay mapped for its whole life (measured: 49 MiB of
 //! PSS right after a first start with three Rust plugins against 33 MiB
 //! when they came from the cache; the difference is code pages of the
-//! binary and the compiler's freed heap). So `wasmtp serve` compiles in a
-//! child, `wasmtp compile-plugin` (hidden): the component on its stdin, the
-//! compiled artifact on its stdout. The server writes the artifact to the
-//! cache and maps it from there, as on a cache hit.
+//! binary and the compiler's freed heap). So wasmtp (`serve`,
+//! `check-config`, `plugin test`) compiles in a child, `wasmtp
+//! compile-plugin` (hidden): the component on its stdin, the compiled
+//! artifact on its stdout. The host writes the artifact to the cache and
+//! maps it from there, as on a cache hit.
 //!
 //! The child is also a wall: a compiler that crashes or runs out of memory
 //! on a hostile component fails that plugin's load, not the server.

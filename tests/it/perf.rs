@@ -429,6 +429,11 @@ fn a_compile_past_plugin_limits_compile_timeout_is_stopped_and_the_plugin_does_n
             .any(|l| l.contains("limit reached") && l.contains("plugin_limits.compile_timeout")),
         "{err}"
     );
+    // check-config compiles the same way, under the same deadline.
+    let out = check_config_file(&dir.path().join("c.toml"));
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugin_limits.compile_timeout"), "{err}");
     // Nothing was cached.
     let cache = dir.path().join("data/plugin-cache");
     assert!(!cache.exists() || artifacts(&cache).is_empty());
