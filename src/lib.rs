@@ -44,5 +44,6 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod syncfs;
 pub mod tls;
 pub mod users;

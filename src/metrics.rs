@@ -346,6 +346,16 @@ pub fn queue_file(what: &'static str) {
     counter!("wasmtp_queue_files_total", "what" => what).increment(1);
 }
 
+/// A writer waited for a group `syncfs` (`by`: `queue` or `maildir`).
+pub fn syncfs_wait(by: &'static str) {
+    counter!("wasmtp_syncfs_waits_total", "by" => by).increment(1);
+}
+
+/// A `syncfs` ran (for however many writers were waiting).
+pub fn syncfs_run() {
+    counter!("wasmtp_syncfs_total").increment(1);
+}
+
 /// A queue command ran through the admin endpoint.
 pub fn admin_action(action: &'static str) {
     counter!("wasmtp_queue_admin_actions_total", "action" => action).increment(1);

@@ -25,6 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::value::LineEndings;
+use crate::syncfs::{Group, group_of, group_sync};
 
 /// True if `name` may be used as a directory name under the mail root:
 /// no path separators, no leading dot, no control characters, and none of
@@ -313,97 +314,12 @@ fn deliver_to(copy: &MaildirCopy<'_>, group: &Group) -> Result<PathBuf, MaildirE
         result?;
     }
     // The file and its name in new/ are only durable once synced.
-    group_sync(group).map_err(|source| MaildirError {
+    group_sync(group, "maildir").map_err(|source| MaildirError {
         step: "syncing",
         path: copy.dir.join("new"),
         source,
     })?;
     Ok(dest)
-}
-
-/// The group sync of one filesystem: `started` counts syncs begun, `done`
-/// the last one finished (with its error, if it failed).
-#[derive(Default)]
-struct SyncState {
-    started: u64,
-    done: u64,
-    running: bool,
-    failed: Option<(u64, io::ErrorKind, String)>,
-}
-
-/// One file system's group sync: its state, and a directory on it held
-/// open for `syncfs`.
-struct SyncGroup {
-    state: std::sync::Mutex<SyncState>,
-    cv: std::sync::Condvar,
-    fs: File,
-}
-
-type Group = std::sync::Arc<SyncGroup>;
-
-/// Groups by device: a sync of one filesystem says nothing about another.
-static GROUPS: std::sync::Mutex<Vec<(u64, Group)>> = std::sync::Mutex::new(Vec::new());
-
-/// The sync group of the file system `dir` is on.
-fn group_of(dir: &Path) -> io::Result<Group> {
-    use std::os::unix::fs::MetadataExt;
-    let d = File::open(dir)?;
-    let dev = d.metadata()?.dev();
-    let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(match groups.iter().find(|(g, _)| *g == dev) {
-        Some((_, g)) => g.clone(),
-        None => {
-            let g = Group::new(SyncGroup {
-                state: Default::default(),
-                cv: Default::default(),
-                fs: d,
-            });
-            groups.push((dev, g.clone()));
-            g
-        }
-    })
-}
-
-/// Returns once a `syncfs` of the group's filesystem that started after this
-/// call has finished: either this thread runs it, or it waits for one that
-/// another delivery started after it arrived.
-fn group_sync(group: &SyncGroup) -> io::Result<()> {
-    let (lock, cv, d) = (&group.state, &group.cv, &group.fs);
-    let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-    // A sync already running may have missed this delivery's writes.
-    let need = st.started + 1;
-    loop {
-        if st.done >= need {
-            return match &st.failed {
-                Some((n, kind, msg)) if *n >= need => Err(io::Error::new(*kind, msg.clone())),
-                _ => Ok(()),
-            };
-        }
-        if !st.running {
-            st.running = true;
-            st.started += 1;
-            let mine = st.started;
-            drop(st);
-            // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
-            let r = if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(d)) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            };
-            st = lock.lock().unwrap_or_else(|e| e.into_inner());
-            st.running = false;
-            st.done = mine;
-            if let Err(e) = &r {
-                st.failed = Some((mine, e.kind(), e.to_string()));
-            }
-            cv.notify_all();
-            if mine >= need {
-                return r;
-            }
-            continue;
-        }
-        st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
-    }
 }
 
 #[cfg(test)]

@@ -193,6 +193,14 @@ impl Store {
         let durable = Durable {
             db: db.clone(),
             dir: std::fs::File::open(dir).map_err(io)?,
+            // With group commit, syncs are shared with every other writer on
+            // the file system (Maildir deliveries); without it, one of its
+            // own per message, as documented.
+            group: if group_commit {
+                Some(crate::syncfs::group_of(dir).map_err(io)?)
+            } else {
+                None
+            },
         };
         // What the repair changed is durable before anything is served, and
         // the clean-stop mark is gone until the next clean stop.
@@ -485,6 +493,8 @@ struct Durable {
     db: sled::Db,
     /// The queue directory, for `syncfs`.
     dir: std::fs::File,
+    /// The file system's shared group sync (group commit on).
+    group: Option<crate::syncfs::Group>,
 }
 
 impl Durable {
@@ -492,6 +502,10 @@ impl Durable {
         if need == Need::All {
             self.db.flush()?;
         }
+        if let Some(group) = &self.group {
+            return crate::syncfs::group_sync(group, "queue").map_err(sled::Error::Io);
+        }
+        crate::metrics::syncfs_run();
         use std::os::fd::AsRawFd;
         // SAFETY: syncfs only reads the descriptor, which `self.dir` keeps open.
         if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
