@@ -1,10 +1,11 @@
 //! Maildir delivery (https://cr.yp.to/proto/maildir.html): write an
 //! unnamed file on the maildir's file system and link it into `new/` (where
 //! the file system has no `O_TMPFILE`: write into `tmp/`, rename into
-//! `new/`), then make both durable with one `syncfs` of
-//! the mail filesystem that concurrent deliveries share (group sync, as
-//! the queue's group commit): a delivery returns, and the queue drops the
-//! copy, only after a `syncfs` that started after its rename has finished.
+//! `new/`), then make both durable with one `syncfs` of the mail file
+//! system that concurrent deliveries share (`crate::syncfs`, with the
+//! queue's group commit on the same file system): a delivery returns, and
+//! the queue drops the copy, only after a `syncfs` that started after its
+//! link or rename has finished.
 //! One sync covers every copy written meanwhile, instead of an fsync of
 //! each file and of `new/` per copy (a fifth of the server's samples at
 //! 1 KiB).
