@@ -758,53 +758,57 @@ impl PluginHost {
             path: spec.path.clone(),
             detail: format!("{e:#}"),
         };
-        let (artifact, apart) = match compiler::compile(&spec.name, &self.shared.limits, bytes) {
-            compiler::Apart::Compiled(artifact) => (artifact, true),
-            compiler::Apart::Failed(detail) => {
-                return Err(PluginError::Compile {
-                    name: spec.name.clone(),
-                    path: spec.path.clone(),
-                    detail,
-                });
+        let compile_here = || self.engine.precompile_component(bytes).map_err(compile_err);
+        let (mut artifact, mut apart) =
+            match compiler::compile(&spec.name, &self.shared.limits, bytes) {
+                compiler::Apart::Compiled(artifact) => (artifact, true),
+                compiler::Apart::Failed(detail) => {
+                    return Err(PluginError::Compile {
+                        name: spec.name.clone(),
+                        path: spec.path.clone(),
+                        detail,
+                    });
+                }
+                compiler::Apart::NotAvailable => (compile_here()?, false),
+            };
+        loop {
+            match self.store_and_map(spec, &file, &artifact) {
+                Ok(c) => return Ok((c, "miss")),
+                // Settings the child does not share: compiled again here, and
+                // that artifact replaces the child's in the cache.
+                Err(e) if apart => {
+                    warn!(plugin = %spec.name, error = %format!("{e:#}"), "the compiler child's artifact does not load; compiling in the server");
+                    (artifact, apart) = (compile_here()?, false);
+                }
+                Err(e) => return Err(compile_err(e)),
             }
-            compiler::Apart::NotAvailable => (
-                self.engine
-                    .precompile_component(bytes)
-                    .map_err(compile_err)?,
-                false,
-            ),
-        };
-        match cache::write(&self.cache_dir, &file, &artifact) {
-            // Mapped from the file, the code is clean page cache shared with every other
-            // mapping of it, not a private copy.
-            // SAFETY: written just now by this server into a directory `cache::write` checked.
+        }
+    }
+
+    /// Writes `artifact` to the cache as `file` and maps it from there (clean page cache shared
+    /// with every other mapping of it, not a private copy); from memory when the cache cannot
+    /// be written.
+    fn store_and_map(
+        &self,
+        spec: &PluginSpec,
+        file: &Path,
+        artifact: &[u8],
+    ) -> wasmtime::Result<Component> {
+        match cache::write(&self.cache_dir, file, artifact) {
+            // SAFETY: written just now by this server into a directory `cache::write` checked,
+            // produced by this engine or by the compiler child with the same compilation
+            // settings (`compiler`; the load checks them).
             Ok(()) => {
-                if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
-                    return Ok((c, "miss"));
+                if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, file) } {
+                    return Ok(c);
                 }
             }
             Err(e) => {
                 warn!(plugin = %spec.name, dir = %self.cache_dir.display(), error = %e, "cannot write the plugin cache")
             }
         }
-        // SAFETY: `artifact` was produced just now by this engine, or by the
-        // compiler child with the same compilation settings (`compiler`).
-        match unsafe { Component::deserialize(&self.engine, &artifact) } {
-            Ok(c) => Ok((c, "miss")),
-            Err(e) if apart => {
-                // Settings the child does not share: nothing lost but time.
-                warn!(plugin = %spec.name, error = %format!("{e:#}"), "the compiler child's artifact does not load; compiling in the server");
-                let artifact = self
-                    .engine
-                    .precompile_component(bytes)
-                    .map_err(compile_err)?;
-                // SAFETY: produced just now by this engine.
-                unsafe { Component::deserialize(&self.engine, &artifact) }
-                    .map(|c| (c, "miss"))
-                    .map_err(compile_err)
-            }
-            Err(e) => Err(compile_err(e)),
-        }
+        // SAFETY: as above, from memory.
+        unsafe { Component::deserialize(&self.engine, artifact) }
     }
 
     /// Removes cached artifacts that no plugin of `set` uses (older

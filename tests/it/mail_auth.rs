@@ -592,13 +592,6 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
     let body = b"From: <a@example.test>\r\nSubject: k\r\n\r\nx\r\n";
     send(s.addr, "a@example.test", "first@example.test", body);
     assert_eq!(selector_of("first"), "one");
-    let hup = |s: &Server| {
-        let st = Command::new("kill")
-            .args(["-HUP", &s.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
     // The config now names the RSA key under another selector.
     let cfg = s.dir.path().join("wasmtp.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -606,7 +599,7 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
         .replace("selector = \"one\"", "selector = \"two\"")
         .replace(&k1.display().to_string(), &k2.display().to_string());
     std::fs::write(&cfg, &with_two).unwrap();
-    hup(&s);
+    s.hup();
     s.wait_for_log("DKIM signing keys reloaded", 1);
     send(s.addr, "a@example.test", "second@example.test", body);
     assert_eq!(selector_of("second"), "two");
@@ -616,7 +609,7 @@ fn sighup_rereads_the_signing_keys_and_a_bad_key_keeps_the_old_ones() {
         with_two.replace(&k2.display().to_string(), "/nonexistent/gone.key"),
     )
     .unwrap();
-    hup(&s);
+    s.hup();
     let failed = s.wait_for_log("DKIM signing keys not reloaded", 1);
     assert!(failed[0].contains("dkim.sign[0].key"), "{failed:?}");
     assert!(failed[0].contains("/nonexistent/gone.key"), "{failed:?}");

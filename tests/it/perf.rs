@@ -211,16 +211,7 @@ fn a_reload_that_takes_away_a_used_grant_is_refused_and_the_old_set_serves() {
     ));
     let mut c = in_transaction(&s);
     assert_eq!(c.cmd("RCPT TO:<x@example.test>", 451).text(), "4.7.1 n=1");
-    let cfg = s.config_file();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let ungranted = text.replace("grants = [\"kv\", \"clock\"]", "grants = [\"clock\"]");
-    assert_ne!(text, ungranted);
-    std::fs::write(&cfg, ungranted).unwrap();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    s.reload_with("grants = [\"kv\", \"clock\"]", "grants = [\"clock\"]");
     let failed = s.wait_for_log("plugin reload failed", 1).remove(0);
     assert!(
         failed.contains("probe") && failed.contains(r#"needs the \"kv\" grant"#),
@@ -382,16 +373,7 @@ fn the_compiler_child_is_the_running_binary_even_after_its_file_is_gone() {
     s.wait_for_log("plugin compiled in a child process", 1);
     std::fs::remove_file(&exe).unwrap();
     // With the snapshot on, the set needs two components compiled that the cache does not have.
-    let cfg = s.config_file();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let snapshot = text.replace("snapshot = false\n", "");
-    assert_ne!(text, snapshot);
-    std::fs::write(&cfg, snapshot).unwrap();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    s.reload_with("snapshot = false\n", "");
     s.wait_for_log("plugin set swapped in", 1);
     assert_eq!(
         s.log_lines("plugin compiled in a child process").len(),

@@ -500,11 +500,7 @@ fn hot_swap_during_in_flight_sessions_drops_none() {
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str("[plugin.config]\nreject_threshold = 0.0\n");
     std::fs::write(&cfg, text).unwrap();
-    let st = Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    s.hup();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while s.log_lines("plugin reload done").is_empty() {
         assert!(std::time::Instant::now() < deadline, "{}", s.dump_logs());
@@ -529,10 +525,7 @@ fn hot_swap_during_in_flight_sessions_drops_none() {
     assert_eq!(r.code, 550, "{r:?}");
     // A broken new set leaves the running one serving.
     std::fs::write(&cfg, "this is = = not toml").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
+    s.hup();
     while s.log_lines("plugin reload failed").is_empty() {
         assert!(std::time::Instant::now() < deadline, "{}", s.dump_logs());
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -181,6 +181,24 @@ impl Server {
     }
 
     /// Starts the server again on the same data dir after it exited.
+    /// Sends SIGHUP: the server reloads its config (and plugin set).
+    pub fn hup(&self) {
+        let st = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Replaces `from` with `to` in the config file (which must contain it), then reloads.
+    pub fn reload_with(&self, from: &str, to: &str) {
+        let cfg = self.config_file();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(from), "{from:?} not in the config:\n{text}");
+        std::fs::write(&cfg, text.replace(from, to)).unwrap();
+        self.hup();
+    }
+
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.spawn();
