@@ -176,7 +176,7 @@ fn the_cases_of_the_shipped_plugins_pass() {
         ],
     ));
     assert!(
-        spam.contains("2 case(s) passed (chain: dnsbl, spam-score)"),
+        spam.contains("3 case(s) passed (chain: dnsbl, spam-score)"),
         "{spam}"
     );
     let greylist = ok(wasmtp(
