@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets for durations, in seconds: plugin calls (tens of µs) to slow
@@ -282,21 +282,73 @@ pub fn dsn_sent(kind: &'static str) {
     counter!("wasmtp_dsns_sent_total", "kind" => kind).increment(1);
 }
 
-/// One plugin call: `result` is the verdict (`continue`, `reject`, ...,
-/// `routes`, `notified`) or `trap` / `timeout`.
-pub fn plugin_call(plugin: &str, hook: &'static str, result: &'static str, micros: u64) {
-    let p = plugin.to_string();
-    counter!("wasmtp_plugin_calls_total", "plugin" => p.clone(), "hook" => hook).increment(1);
-    match result {
-        "trap" => counter!("wasmtp_plugin_traps_total", "plugin" => p.clone(), "hook" => hook)
-            .increment(1),
-        "timeout" => counter!("wasmtp_plugin_timeouts_total", "plugin" => p.clone(), "hook" => hook)
-            .increment(1),
-        verdict => counter!("wasmtp_plugin_verdicts_total", "plugin" => p.clone(), "hook" => hook, "verdict" => verdict)
-            .increment(1),
+/// One plugin's call and instance metrics. The handles are looked up in the
+/// registry once per (hook, result) and kept: a lookup hashes and compares
+/// every label and allocates the plugin's name, three times per call, on
+/// the path of every SMTP command a plugin sees. Made lazily, at the first
+/// call after [`install`].
+#[derive(Debug, Default)]
+pub struct PluginMetrics {
+    calls: std::sync::Mutex<Vec<(&'static str, &'static str, CallHandles)>>,
+    instances: std::sync::Mutex<Vec<(&'static str, Counter)>>,
+}
+
+#[derive(Debug)]
+struct CallHandles {
+    calls: Counter,
+    outcome: Counter,
+    duration: Histogram,
+}
+
+impl PluginMetrics {
+    /// One plugin call: `result` is the verdict (`continue`, `reject`, ...,
+    /// `routes`, `notified`) or `trap` / `timeout`.
+    pub fn call(&self, plugin: &str, hook: &'static str, result: &'static str, micros: u64) {
+        let mut calls = self.calls.lock().expect("metrics lock");
+        let i = match calls.iter().position(|(h, r, _)| *h == hook && *r == result) {
+            Some(i) => i,
+            None => {
+                let p = plugin.to_string();
+                let outcome = match result {
+                    "trap" => counter!("wasmtp_plugin_traps_total", "plugin" => p.clone(), "hook" => hook),
+                    "timeout" => counter!("wasmtp_plugin_timeouts_total", "plugin" => p.clone(), "hook" => hook),
+                    verdict => counter!("wasmtp_plugin_verdicts_total", "plugin" => p.clone(), "hook" => hook, "verdict" => verdict),
+                };
+                calls.push((
+                    hook,
+                    result,
+                    CallHandles {
+                        calls: counter!("wasmtp_plugin_calls_total", "plugin" => p.clone(), "hook" => hook),
+                        outcome,
+                        duration: histogram!("wasmtp_plugin_call_duration_seconds", "plugin" => p, "hook" => hook),
+                    },
+                ));
+                calls.len() - 1
+            }
+        };
+        let h = &calls[i].2;
+        h.calls.increment(1);
+        h.outcome.increment(1);
+        h.duration.record(micros as f64 / 1e6);
     }
-    histogram!("wasmtp_plugin_call_duration_seconds", "plugin" => p, "hook" => hook)
-        .record(micros as f64 / 1e6);
+
+    /// A transaction got an instance of `plugin`: a fresh one from the `pool`,
+    /// a fresh `on-demand` one (no pool, or the pool was full), or a `warm` one
+    /// kept from an earlier transaction (`reuse`).
+    pub fn instance(&self, plugin: &str, source: &'static str) {
+        let mut instances = self.instances.lock().expect("metrics lock");
+        let i = match instances.iter().position(|(s, _)| *s == source) {
+            Some(i) => i,
+            None => {
+                instances.push((
+                    source,
+                    counter!("wasmtp_plugin_instances_total", "plugin" => plugin.to_string(), "source" => source),
+                ));
+                instances.len() - 1
+            }
+        };
+        instances[i].1.increment(1);
+    }
 }
 
 /// One HTTP request of a plugin with the `http` grant: `ok` (a response
@@ -305,14 +357,6 @@ pub fn plugin_call(plugin: &str, hook: &'static str, result: &'static str, micro
 /// `max_response`) or `error`.
 pub fn plugin_http_call(plugin: &str, outcome: &'static str) {
     counter!("wasmtp_plugin_http_calls_total", "plugin" => plugin.to_string(), "outcome" => outcome)
-        .increment(1);
-}
-
-/// A transaction got an instance of `plugin`: a fresh one from the `pool`,
-/// a fresh `on-demand` one (no pool, or the pool was full), or a `warm` one
-/// kept from an earlier transaction (`reuse`).
-pub fn plugin_instance(plugin: &str, source: &'static str) {
-    counter!("wasmtp_plugin_instances_total", "plugin" => plugin.to_string(), "source" => source)
         .increment(1);
 }
 

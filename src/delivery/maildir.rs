@@ -155,15 +155,12 @@ fn write_converted(w: &mut impl Write, data: &[u8], endings: LineEndings) -> io:
     if endings == LineEndings::Crlf {
         return w.write_all(data);
     }
+    // Each CR LF loses its CR; a lone CR or LF stays as it is.
     let mut start = 0;
-    let mut i = 0;
-    while i + 1 < data.len() {
-        if data[i] == b'\r' && data[i + 1] == b'\n' {
-            w.write_all(&data[start..i])?;
-            start = i + 1;
-            i += 2;
-        } else {
-            i += 1;
+    for lf in memchr::memchr_iter(b'\n', data) {
+        if lf > start && data[lf - 1] == b'\r' {
+            w.write_all(&data[start..lf - 1])?;
+            start = lf;
         }
     }
     w.write_all(&data[start..])
@@ -344,6 +341,20 @@ mod tests {
         let mut out = Vec::new();
         write_converted(&mut out, b"a\r\nb\r\n\r\nc\r", LineEndings::Lf).unwrap();
         assert_eq!(out, b"a\nb\n\nc\r");
+        // Every string of CR, LF and x up to 8 bytes: exactly each CR that
+        // precedes an LF goes.
+        for n in 0..=8u32 {
+            for code in 0..3u32.pow(n) {
+                let data: Vec<u8> = (0..n).map(|i| b"\r\nx"[(code / 3u32.pow(i) % 3) as usize]).collect();
+                let want: Vec<u8> = (0..data.len())
+                    .filter(|&i| !(data[i] == b'\r' && data.get(i + 1) == Some(&b'\n')))
+                    .map(|i| data[i])
+                    .collect();
+                let mut out = Vec::new();
+                write_converted(&mut out, &data, LineEndings::Lf).unwrap();
+                assert_eq!(out, want, "{data:?}");
+            }
+        }
     }
 
     #[test]

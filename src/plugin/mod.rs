@@ -213,6 +213,8 @@ pub struct PluginStats {
     pub micros: AtomicU64,
     /// Latency histogram: <100µs, <1ms, <10ms, <100ms, >=100ms.
     pub latency: [AtomicU64; 5],
+    /// The plugin's Prometheus handles.
+    pub metrics: crate::metrics::PluginMetrics,
 }
 
 impl PluginStats {

@@ -341,7 +341,7 @@ impl PluginSession {
                 if let Some(output) = &output {
                     info!(plugin, hook = hook_name, output = %escape_long(output), "plugin wrote to stdout/stderr");
                 }
-                crate::metrics::plugin_call(plugin, hook_name, verdict, micros);
+                p.stats.metrics.call(plugin, hook_name, verdict, micros);
                 if matches!(verdict, "continue" | "routes" | "notified") {
                     debug!(plugin, hook = hook_name, verdict, micros, "plugin call");
                 } else {
@@ -350,12 +350,12 @@ impl PluginSession {
             }
             Err(CallError::Timeout) => {
                 p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::plugin_call(plugin, hook_name, "timeout", micros);
+                p.stats.metrics.call(plugin, hook_name, "timeout", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, output = %output.as_deref().map(escape_long).unwrap_or_default(), "plugin call timed out; instance dropped");
             }
             Err(CallError::Trap(e)) => {
                 p.stats.traps.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::plugin_call(plugin, hook_name, "trap", micros);
+                p.stats.metrics.call(plugin, hook_name, "trap", micros);
                 warn!(plugin, hook = hook_name, micros, on_error = ?p.spec.on_error, error = %escape_long(&with_output(e, output.as_deref())), "plugin trapped; instance dropped");
             }
         }
@@ -546,7 +546,7 @@ async fn instantiate(
             // The only per-session state in the store: the notes handle
             // (and the http grant's per-transaction call count).
             live.store.data_mut().begin_transaction(notes);
-            crate::metrics::plugin_instance(plugin, "warm");
+            p.stats.metrics.instance(plugin, "warm");
             return Ok(live);
         }
     }
@@ -560,7 +560,7 @@ async fn instantiate(
                 "plugin_limits.pool_instances",
                 &format!("plugin {plugin}: the instance pool is full ({e}); allocating on demand"),
             );
-            crate::metrics::plugin_instance(plugin, "on-demand");
+            p.stats.metrics.instance(plugin, "on-demand");
             fresh(engine, pre, &host, notes, &p).await
         }
         r => {
@@ -569,7 +569,7 @@ async fn instantiate(
             } else {
                 "on-demand"
             };
-            crate::metrics::plugin_instance(plugin, source);
+            p.stats.metrics.instance(plugin, source);
             r
         }
     };
