@@ -305,14 +305,23 @@ impl PluginMetrics {
     /// `routes`, `notified`) or `trap` / `timeout`.
     pub fn call(&self, plugin: &str, hook: &'static str, result: &'static str, micros: u64) {
         let mut calls = self.calls.lock().expect("metrics lock");
-        let i = match calls.iter().position(|(h, r, _)| *h == hook && *r == result) {
+        let i = match calls
+            .iter()
+            .position(|(h, r, _)| *h == hook && *r == result)
+        {
             Some(i) => i,
             None => {
                 let p = plugin.to_string();
                 let outcome = match result {
-                    "trap" => counter!("wasmtp_plugin_traps_total", "plugin" => p.clone(), "hook" => hook),
-                    "timeout" => counter!("wasmtp_plugin_timeouts_total", "plugin" => p.clone(), "hook" => hook),
-                    verdict => counter!("wasmtp_plugin_verdicts_total", "plugin" => p.clone(), "hook" => hook, "verdict" => verdict),
+                    "trap" => {
+                        counter!("wasmtp_plugin_traps_total", "plugin" => p.clone(), "hook" => hook)
+                    }
+                    "timeout" => {
+                        counter!("wasmtp_plugin_timeouts_total", "plugin" => p.clone(), "hook" => hook)
+                    }
+                    verdict => {
+                        counter!("wasmtp_plugin_verdicts_total", "plugin" => p.clone(), "hook" => hook, "verdict" => verdict)
+                    }
                 };
                 calls.push((
                     hook,

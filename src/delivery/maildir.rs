@@ -345,7 +345,9 @@ mod tests {
         // precedes an LF goes.
         for n in 0..=8u32 {
             for code in 0..3u32.pow(n) {
-                let data: Vec<u8> = (0..n).map(|i| b"\r\nx"[(code / 3u32.pow(i) % 3) as usize]).collect();
+                let data: Vec<u8> = (0..n)
+                    .map(|i| b"\r\nx"[(code / 3u32.pow(i) % 3) as usize])
+                    .collect();
                 let want: Vec<u8> = (0..data.len())
                     .filter(|&i| !(data[i] == b'\r' && data.get(i + 1) == Some(&b'\n')))
                     .map(|i| data[i])

@@ -52,6 +52,9 @@ impl MessageData {
 /// The text parts of `raw`, decoded. Only the MIME headers are parsed (the
 /// others, Received and addresses included, are not needed for the text).
 fn decode_text(raw: &[u8]) -> String {
+    if let Some(text) = plain_text(raw) {
+        return text;
+    }
     let mut out = String::new();
     let parser = mail_parser::MessageParser::new().with_mime_headers();
     if let Some(msg) = parser.parse(raw) {
@@ -65,6 +68,36 @@ fn decode_text(raw: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The text of a message that is plain text by RFC 2045's defaults (no
+/// `Content-Type` and no `Content-Transfer-Encoding` field: text/plain,
+/// 7bit) and whose body is valid UTF-8: the body as it is, which is what
+/// mail-parser decodes too, without its byte-at-a-time lossy conversion
+/// (3.5% of the server's samples at 100 KiB with spam-score). None sends
+/// every other message through mail-parser.
+fn plain_text(raw: &[u8]) -> Option<String> {
+    let head = header_len(raw);
+    let mut fields = 0;
+    for line in raw[..head].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() || line[0] == b' ' || line[0] == b'\t' {
+            continue;
+        }
+        // A line that is no field could end the header section for a parser.
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-type")
+            || name.eq_ignore_ascii_case(b"content-transfer-encoding")
+        {
+            return None;
+        }
+        fields += 1;
+    }
+    if fields == 0 || head == raw.len() {
+        return None;
+    }
+    std::str::from_utf8(&raw[head..]).ok().map(str::to_string)
 }
 
 /// The resource handed to guests (a handle to shared message data).
@@ -225,6 +258,65 @@ fn auth_results(r: &auth::Results) -> wit::AuthResults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain-text shortcut gives what mail-parser decodes, for every
+    /// message it takes; the others (MIME fields, no body, invalid UTF-8, no
+    /// header section) go through mail-parser.
+    #[test]
+    fn plain_text_is_what_mail_parser_decodes() {
+        let parse = |raw: &[u8]| {
+            let msg = mail_parser::MessageParser::new()
+                .with_mime_headers()
+                .parse(raw)
+                .unwrap();
+            assert!(msg.body_text(1).is_none());
+            msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default()
+        };
+        let heads = [
+            "From: a@b\r\nSubject: hi\r\n",
+            "From: a@b\r\nSubject: folded\r\n line\r\nMessage-ID: <x@y>\r\n",
+            "Received: from x\r\n\tby y; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: a@b\r\n",
+            "MIME-Version: 1.0\r\nFrom: a@b\r\n",
+        ];
+        let bodies = [
+            "hello\r\n",
+            "hello",
+            "\r\n",
+            "line 1\r\nline 2\r\n\r\nline 4\r\n",
+            "Caf\u{e9} \u{2603} \u{1f600}\r\n",
+            ". dots\r\n..\r\nend\r\n.\r\n",
+            "lone\rcr and lone\nlf\r\n",
+            "=41 looks like quoted-printable =\r\nbut is not\r\n",
+        ];
+        let mut taken = 0;
+        for head in heads {
+            for body in bodies {
+                let raw = format!("{head}\r\n{body}");
+                if let Some(text) = plain_text(raw.as_bytes()) {
+                    taken += 1;
+                    assert_eq!(text, parse(raw.as_bytes()), "{raw:?}");
+                }
+                assert_eq!(
+                    decode_text(raw.as_bytes()),
+                    parse(raw.as_bytes()),
+                    "{raw:?}"
+                );
+            }
+        }
+        assert_eq!(taken, heads.len() * bodies.len());
+        for raw in [
+            &b"Content-Type: text/plain\r\n\r\nhi\r\n"[..],
+            b"content-transfer-encoding: base64\r\n\r\naGk=\r\n",
+            b"From: a@b\r\n\r\n\xff\xfe\r\n",
+            b"From: a@b\r\n",
+            b"\r\nno header\r\n",
+            b"From: a@b\r\nnot a field\r\n\r\nbody\r\n",
+            b"Content-Type : text/html\r\n\r\n<p>hi</p>\r\n",
+            b"From: a@b\r\n\tContent-Type: continued\r\nCONTENT-TYPE:text/html\r\n\r\nx\r\n",
+        ] {
+            assert_eq!(plain_text(raw), None, "{raw:?}");
+        }
+    }
 
     #[test]
     fn parses_and_unfolds_headers() {
