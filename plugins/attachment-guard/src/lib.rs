@@ -94,6 +94,36 @@ impl AttachmentGuard {
     }
 }
 
+/// The message's header section with the blank line that ends it, read on
+/// its own (the first 16 KiB at most); None if it does not end there.
+fn header_section(msg: &Message) -> Option<Vec<u8>> {
+    let mut head = msg.body(0, 16 * 1024);
+    if head.starts_with(b"\n") || head.starts_with(b"\r\n") {
+        return None;
+    }
+    let end = head.windows(2).enumerate().find_map(|(i, w)| match w {
+        [b'\n', b'\n'] => Some(i + 2),
+        [b'\n', b'\r'] if head.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
+    })?;
+    head.truncate(end);
+    Some(head)
+}
+
+/// Whether a message with this header section has parts inside it
+/// (`multipart/*`, `message/*`), which only the whole message shows. A
+/// single part (plain text, or one file sent as the message itself) is
+/// judged by its header fields alone: its name and its declared type.
+fn is_container(head: &[u8]) -> bool {
+    match MessageParser::default().parse(head) {
+        Some(parsed) => parsed.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                || ct.ctype().eq_ignore_ascii_case("message")
+        }),
+        None => true,
+    }
+}
+
 impl Plugin for AttachmentGuard {
     fn init(config: Config) -> Result<Self, String> {
         let mut s: Settings = config.parse()?;
@@ -104,8 +134,12 @@ impl Plugin for AttachmentGuard {
     }
 
     fn data(&self, _conn: &Connection, _env: &Envelope, msg: &Message) -> Outcome {
-        let raw = msg.raw(self.s.max_scan_bytes);
-        let Some(hit) = self.find(&raw, 0) else {
+        let found = match header_section(msg) {
+            // One part, not a container: its own header fields say all there is.
+            Some(head) if !is_container(&head) => self.find(&head, 0),
+            _ => self.find(&msg.raw(self.s.max_scan_bytes), 0),
+        };
+        let Some(hit) = found else {
             return Outcome::CONTINUE;
         };
         log::info(&format!("attachment-guard: forbidden attachment: {hit}"));
@@ -185,6 +219,45 @@ mod tests {
             run(&p, "From: a@x\nSubject: hi\n\nhello\n"),
             Verdict::Continue
         );
+    }
+
+    /// Only a container (multipart, message/rfc822) is read whole; a single
+    /// part is judged from its header section, and that judgment is what the
+    /// whole message's parse gives, for files sent as the message itself,
+    /// plain text, text that merely looks like MIME fields, and containers.
+    #[test]
+    fn a_single_part_is_judged_by_its_header_as_the_whole_parse_would() {
+        let _host = FakeHost::new();
+        let p = AttachmentGuard::init(Config::empty()).unwrap();
+        let inner = with_attachment("run.js", "application/octet-stream");
+        let cases = [
+            ("From: a@x\r\nContent-Type: application/x-msdownload; name=\"tool\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n".to_string(), true),
+            ("From: a@x\nContent-Type: application/octet-stream\nContent-Disposition: attachment; filename=\"setup.EXE\"\n\nTVqQ\n".to_string(), true),
+            ("From: a@x\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\n\r\nJVBERi0=\r\n".to_string(), false),
+            ("From: a@x\r\nSubject: hi\r\n\r\nContent-Disposition: attachment; filename=\"evil.exe\"\r\n".to_string(), false),
+            (format!("From: a@x\nContent-Type: message/rfc822\n\n{inner}"), true),
+            (with_attachment("x.scr", "application/octet-stream"), true),
+            ("\r\nno header\r\n".to_string(), false),
+        ];
+        for (raw, refused) in cases {
+            assert_eq!(run(&p, &raw).is_refusal(), refused, "{raw:?}");
+            assert_eq!(p.find(raw.as_bytes(), 0).is_some(), refused, "{raw:?}");
+        }
+        let head = |raw: &str| {
+            let env = testing::message(raw);
+            header_section(&env)
+        };
+        assert_eq!(
+            head("A: b\r\n\r\nbody\r\n\r\nmore").as_deref(),
+            Some(&b"A: b\r\n\r\n"[..])
+        );
+        // The host (and the fake one) hands over CRLF line ends.
+        assert_eq!(head("A: b\n\nbody").as_deref(), Some(&b"A: b\r\n\r\n"[..]));
+        assert_eq!(head("A: b\r\nno end"), None);
+        assert!(is_container(
+            b"Content-Type: Multipart/Mixed; boundary=x\r\n\r\n"
+        ));
+        assert!(!is_container(b"Content-Type: text/plain\r\n\r\n"));
     }
 
     #[test]
