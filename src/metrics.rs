@@ -96,6 +96,11 @@ fn describe() {
         "Time one delivery attempt of one message took."
     );
     h!(
+        "wasmtp_queue_commit_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from the end of a message's data to its file being durable, before the 250 reply."
+    );
+    h!(
         "wasmtp_delivery_queue_time_seconds",
         metrics::Unit::Seconds,
         "Time from acceptance to delivery, per delivered recipient."
@@ -402,6 +407,12 @@ pub fn queue_file(what: &'static str) {
 /// A writer waited for a group `syncfs` (`by`: `queue` or `maildir`).
 pub fn syncfs_wait(by: &'static str) {
     counter!("wasmtp_syncfs_waits_total", "by" => by).increment(1);
+}
+
+/// A message was committed to the queue (written and made durable) in
+/// `took`, or the commit failed.
+pub fn queue_commit(took: Duration) {
+    histogram!("wasmtp_queue_commit_duration_seconds").record(took.as_secs_f64());
 }
 
 /// A `syncfs` ran (for however many writers were waiting).

@@ -244,11 +244,13 @@ impl Store {
     /// Stores a new message and returns once it is on disk: its message
     /// file first, then its index entry, then one (shared) flush.
     pub async fn commit(&self, msg: &QueuedMessage, body: &[u8]) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.inner.spool.write(msg, body)?;
         let result = match self.put(msg) {
             Ok(()) => self.flush_need(Need::Files).await,
             Err(e) => Err(e),
         };
+        crate::metrics::queue_commit(started.elapsed());
         if result.is_err() {
             // Refused with 451: no copy is left for a restart to deliver.
             let _ = self.remove(&msg.id).await;

@@ -183,6 +183,8 @@ fn prometheus_scrapes_messages_and_plugin_calls() {
         "wasmtp_deliveries_total{outcome=\"delivered\",route=\"local\"}",
         N as f64,
     );
+    // Every accepted message's commit was timed (no DSN was queued here).
+    prom.wait_for(&s, "wasmtp_queue_commit_duration_seconds_count", N as f64);
     prom.wait_for(&s, "up{job=\"wasmtp\"}", 1.0);
 
     // The text itself: names, labels and types as documented.
@@ -193,6 +195,7 @@ fn prometheus_scrapes_messages_and_plugin_calls() {
         "wasmtp_smtp_replies_total{command=\"RCPT\",class=\"5xx\"} 1",
         "wasmtp_connections_total{listener=\"mx\",result=\"accepted\"} 4",
         "# TYPE wasmtp_plugin_call_duration_seconds histogram",
+        "# TYPE wasmtp_queue_commit_duration_seconds histogram",
         "wasmtp_plugin_verdicts_total{plugin=\"spam-score\",hook=\"data\",verdict=\"continue\"} 3",
         "wasmtp_queue_messages{state=\"held\"} 0",
         "wasmtp_sessions_open 0",
