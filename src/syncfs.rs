@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The group sync of one filesystem: `started` counts syncs begun, `done`
 /// the last one finished (with its error, if it failed).
@@ -62,7 +63,22 @@ pub fn group_of(dir: &Path) -> io::Result<Group> {
 /// another caller started after it arrived. `by` names the caller in
 /// `wasmtp_syncfs_waits_total`.
 pub fn group_sync(group: &SyncGroup, by: &'static str) -> io::Result<()> {
+    group_sync_within(group, by, Duration::ZERO)
+}
+
+/// [`group_sync`] for a caller that can wait: for up to `patience` it only
+/// waits for a `syncfs` another caller starts (under load the queue's group
+/// commit starts one every few hundred microseconds), and runs one itself
+/// only when none has started by then. Maildir deliveries wait so: a
+/// delivered copy needs to be durable before its queue file goes, not at
+/// once, and a sync an accepted message needed anyway carries it.
+pub fn group_sync_within(
+    group: &SyncGroup,
+    by: &'static str,
+    patience: Duration,
+) -> io::Result<()> {
     crate::metrics::syncfs_wait(by);
+    let deadline = Instant::now() + patience;
     let (lock, cv, d) = (&group.state, &group.cv, &group.fs);
     let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
     // A sync already running may have missed this caller's writes.
@@ -73,6 +89,14 @@ pub fn group_sync(group: &SyncGroup, by: &'static str) -> io::Result<()> {
                 Some((n, kind, msg)) if *n >= need => Err(io::Error::new(*kind, msg.clone())),
                 _ => Ok(()),
             };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !st.running && !left.is_zero() {
+            st = cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            continue;
         }
         if !st.running {
             st.running = true;
@@ -99,5 +123,51 @@ pub fn group_sync(group: &SyncGroup, by: &'static str) -> io::Result<()> {
             continue;
         }
         st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(dir: &Path) -> SyncGroup {
+        SyncGroup {
+            state: Default::default(),
+            cv: Default::default(),
+            fs: File::open(dir).unwrap(),
+        }
+    }
+
+    fn started(g: &SyncGroup) -> u64 {
+        g.state.lock().unwrap().started
+    }
+
+    /// A patient caller returns on the first sync another caller starts
+    /// after it arrived, and runs none of its own; alone, it runs one once
+    /// its patience is over.
+    #[test]
+    fn a_patient_caller_rides_on_the_next_sync_or_runs_its_own_in_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = std::sync::Arc::new(group(dir.path()));
+        let patient = {
+            let g = g.clone();
+            std::thread::spawn(move || group_sync_within(&g, "maildir", Duration::from_secs(60)))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            started(&g),
+            0,
+            "it started a sync before its patience ran out"
+        );
+        assert!(!patient.is_finished());
+        group_sync(&g, "queue").unwrap();
+        // Returns at once (not after 60 s), on that one sync.
+        patient.join().unwrap().unwrap();
+        assert_eq!(started(&g), 1);
+
+        let t = Instant::now();
+        group_sync_within(&g, "maildir", Duration::from_millis(30)).unwrap();
+        assert_eq!(started(&g), 2);
+        assert!(t.elapsed() >= Duration::from_millis(30));
     }
 }
