@@ -22,6 +22,9 @@ struct SyncState {
     done: u64,
     running: bool,
     failed: Option<(u64, io::ErrorKind, String)>,
+    /// When a caller without patience (the queue's group commit) last
+    /// started a sync: patient callers wait only while such syncs come.
+    driven_at: Option<Instant>,
 }
 
 /// One file system's group sync: its state, and a directory on it held
@@ -66,21 +69,25 @@ pub fn group_sync(group: &SyncGroup, by: &'static str) -> io::Result<()> {
     group_sync_within(group, by, Duration::ZERO)
 }
 
-/// [`group_sync`] for a caller that can wait: for up to `patience` it only
-/// waits for a `syncfs` another caller starts (under load the queue's group
-/// commit starts one every few hundred microseconds), and runs one itself
-/// only when none has started by then. Maildir deliveries wait so: a
-/// delivered copy needs to be durable before its queue file goes, not at
-/// once, and a sync an accepted message needed anyway carries it.
+/// [`group_sync`] for a caller that can wait: while callers without
+/// patience keep starting syncs (under load the queue's group commit starts
+/// one every few hundred microseconds: one started within the last
+/// `patience`), it waits up to `patience` for one of them instead of
+/// running its own, and runs one itself only when none has started by
+/// then. With no such syncs lately (no mail coming in, or group commit off)
+/// it is [`group_sync`]. Maildir deliveries wait so: a delivered copy needs
+/// to be durable before its queue file goes, not at once, and a sync an
+/// accepted message needed anyway carries it.
 pub fn group_sync_within(
     group: &SyncGroup,
     by: &'static str,
     patience: Duration,
 ) -> io::Result<()> {
     crate::metrics::syncfs_wait(by);
-    let deadline = Instant::now() + patience;
     let (lock, cv, d) = (&group.state, &group.cv, &group.fs);
     let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let driven = st.driven_at.is_some_and(|t| t.elapsed() < patience);
+    let deadline = Instant::now() + if driven { patience } else { Duration::ZERO };
     // A sync already running may have missed this caller's writes.
     let need = st.started + 1;
     loop {
@@ -101,6 +108,9 @@ pub fn group_sync_within(
         if !st.running {
             st.running = true;
             st.started += 1;
+            if patience.is_zero() {
+                st.driven_at = Some(Instant::now());
+            }
             let mine = st.started;
             drop(st);
             crate::metrics::syncfs_run();
@@ -142,13 +152,24 @@ mod tests {
         g.state.lock().unwrap().started
     }
 
-    /// A patient caller returns on the first sync another caller starts
-    /// after it arrived, and runs none of its own; alone, it runs one once
-    /// its patience is over.
+    /// With no sync by an impatient caller lately, a patient caller syncs at
+    /// once. While they come, it returns on the first one another caller
+    /// starts after it arrived and runs none of its own; when none comes, it
+    /// runs one once its patience is over.
     #[test]
-    fn a_patient_caller_rides_on_the_next_sync_or_runs_its_own_in_the_end() {
+    fn a_patient_caller_rides_on_the_next_sync_while_others_drive_them() {
         let dir = tempfile::tempdir().unwrap();
         let g = std::sync::Arc::new(group(dir.path()));
+        let t = Instant::now();
+        group_sync_within(&g, "maildir", Duration::from_secs(60)).unwrap();
+        assert_eq!(started(&g), 1);
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "it waited without a driver"
+        );
+
+        group_sync(&g, "queue").unwrap();
+        assert_eq!(started(&g), 2);
         let patient = {
             let g = g.clone();
             std::thread::spawn(move || group_sync_within(&g, "maildir", Duration::from_secs(60)))
@@ -156,18 +177,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             started(&g),
-            0,
+            2,
             "it started a sync before its patience ran out"
         );
         assert!(!patient.is_finished());
         group_sync(&g, "queue").unwrap();
         // Returns at once (not after 60 s), on that one sync.
         patient.join().unwrap().unwrap();
-        assert_eq!(started(&g), 1);
+        assert_eq!(started(&g), 3);
 
         let t = Instant::now();
-        group_sync_within(&g, "maildir", Duration::from_millis(30)).unwrap();
-        assert_eq!(started(&g), 2);
-        assert!(t.elapsed() >= Duration::from_millis(30));
+        group_sync_within(&g, "maildir", Duration::from_millis(500)).unwrap();
+        assert_eq!(started(&g), 4);
+        assert!(t.elapsed() >= Duration::from_millis(300));
     }
 }
