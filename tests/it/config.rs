@@ -210,7 +210,7 @@ fn json_logs_are_one_object_per_line_with_span_fields() {
         }
     }
     // The message span carries the queue id; the session span the peer.
-    let accepted = s.events("message accepted").remove(0);
+    let accepted = s.wait_for_events("message accepted", 1).remove(0);
     assert_eq!(crate::support::field(&accepted, "queue_id"), id);
     assert!(crate::support::field(&accepted, "peer").starts_with("127.0.0.1:"));
     assert_eq!(crate::support::field(&accepted, "nrcpt"), "1");

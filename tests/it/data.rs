@@ -205,7 +205,7 @@ fn client_vanishing_mid_data_queues_nothing() {
     // The later message was accepted and delivered; the half one never was.
     s.wait_for_mail("other", 1);
     assert!(s.mail("gone").is_empty());
-    let accepted = s.events("message accepted");
+    let accepted = s.wait_for_events("message accepted", 1);
     assert_eq!(accepted.len(), 1, "{}", s.dump_logs());
     assert_eq!(field(&accepted[0], "queue_id"), id);
 }

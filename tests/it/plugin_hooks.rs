@@ -167,7 +167,7 @@ fn set_sender_and_add_recipient() {
     // A recipient that is not local is ignored, and the log says so.
     let w = s.wait_for_log("not local", 1).remove(0);
     assert!(w.contains("far@elsewhere.test"), "{w}");
-    let accepted = s.events("message accepted");
+    let accepted = s.wait_for_events("message accepted", 1);
     assert_eq!(field(&accepted[0], "nrcpt"), "2");
 }
 
@@ -207,7 +207,7 @@ fn deliver_routes_and_their_order_across_plugins() {
         assert!(s.mail(mb).is_empty(), "{mb}");
     }
     let delivered: Vec<String> = s
-        .events("delivered")
+        .wait_for_events("delivered", 3)
         .iter()
         .map(|v| format!("{}>{}", field(v, "rcpt"), field(v, "mailbox")))
         .collect();

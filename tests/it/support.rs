@@ -302,6 +302,25 @@ impl Server {
         }
     }
 
+    /// Waits until `n` log events have exactly `message` and returns them
+    /// all: a line the server wrote before a mailbox file appeared can
+    /// still be in the pipe when the file is seen.
+    pub fn wait_for_events(&self, message: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.events(message);
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {n} {message:?} events:\n{}",
+                self.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Log events whose message is exactly `message`, parsed.
     pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
         self.logs
