@@ -287,34 +287,38 @@ impl Server {
     /// Waits until `n` log lines contain `needle` (the log is read by a
     /// thread, so a line can trail the reply it explains).
     pub fn wait_for_log(&self, needle: &str, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let lines = self.log_lines(needle);
-            if lines.len() >= n {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waiting for {n} log lines with {needle:?}:\n{}",
-                self.dump_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_n(
+            n,
+            || self.log_lines(needle),
+            || format!("log lines with {needle:?}"),
+        )
     }
 
     /// Waits until `n` log events have exactly `message` and returns them
     /// all: a line the server wrote before a mailbox file appeared can
     /// still be in the pipe when the file is seen.
     pub fn wait_for_events(&self, message: &str, n: usize) -> Vec<serde_json::Value> {
+        self.wait_for_n(n, || self.events(message), || format!("{message:?} events"))
+    }
+
+    /// Polls `get` until it returns at least `n` items (20 s at most, then
+    /// fails with the log).
+    fn wait_for_n<T>(
+        &self,
+        n: usize,
+        get: impl Fn() -> Vec<T>,
+        what: impl Fn() -> String,
+    ) -> Vec<T> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let events = self.events(message);
-            if events.len() >= n {
-                return events;
+            let items = get();
+            if items.len() >= n {
+                return items;
             }
             assert!(
                 Instant::now() < deadline,
-                "waiting for {n} {message:?} events:\n{}",
+                "waiting for {n} {}:\n{}",
+                what(),
                 self.dump_logs()
             );
             std::thread::sleep(Duration::from_millis(20));
