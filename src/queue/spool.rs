@@ -291,36 +291,58 @@ impl Spool {
     /// Removes message `id`'s file (gone already is fine): renamed into
     /// `spare/` for the next message, or unlinked if spares are full or
     /// the file is large. Unlinking may wait for the filesystem's journal:
-    /// call it off the async workers.
+    /// call it off the async workers (or [`Spool::recycle`] first, which
+    /// never unlinks).
     pub fn remove(&self, id: &str) -> Result<(), FileError> {
-        let Some(path) = self.path(id) else {
+        if self.recycle(id)? {
             return Ok(());
+        }
+        self.unlink(id)
+    }
+
+    /// Moves message `id`'s file into `spare/` if it may be kept there (a
+    /// rename, ~27 µs, quick enough for an async worker). True when the
+    /// file is gone from `messages/` (or never was); false when it must be
+    /// unlinked instead ([`Spool::unlink`]): spares are full or it is large.
+    pub fn recycle(&self, id: &str) -> Result<bool, FileError> {
+        let Some(path) = self.path(id) else {
+            return Ok(true);
         };
         let len = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(io_err(&path, e)),
         };
-        if len <= MAX_SPARE_SIZE {
-            let n = {
-                let mut spares = self.spares.lock().expect("spares lock");
-                (spares.free.len() < MAX_SPARES).then(|| {
-                    spares.next += 1;
-                    spares.next - 1
-                })
-            };
-            if let Some(n) = n {
-                match rename_noreplace(&path, &self.spare.join(n.to_string())) {
-                    Ok(()) => {
-                        self.spares.lock().expect("spares lock").free.push(n);
-                        crate::metrics::queue_file("spared");
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                    Err(e) => return Err(io_err(&path, e)),
-                }
-            }
+        if len > MAX_SPARE_SIZE {
+            return Ok(false);
         }
+        let n = {
+            let mut spares = self.spares.lock().expect("spares lock");
+            (spares.free.len() < MAX_SPARES).then(|| {
+                spares.next += 1;
+                spares.next - 1
+            })
+        };
+        let Some(n) = n else {
+            return Ok(false);
+        };
+        match rename_noreplace(&path, &self.spare.join(n.to_string())) {
+            Ok(()) => {
+                self.spares.lock().expect("spares lock").free.push(n);
+                crate::metrics::queue_file("spared");
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Unlinks message `id`'s file (gone already is fine). May wait for
+    /// the filesystem's journal: call it off the async workers.
+    pub fn unlink(&self, id: &str) -> Result<(), FileError> {
+        let Some(path) = self.path(id) else {
+            return Ok(());
+        };
         crate::metrics::queue_file("unlinked");
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path, e)),
@@ -574,7 +596,11 @@ mod tests {
         spool
             .write(&message("D4"), &vec![b'x'; MAX_SPARE_SIZE as usize])
             .unwrap();
+        // recycle leaves it for an unlink off the async workers.
+        assert!(!spool.recycle("D4").unwrap());
+        assert!(spool.path("D4").unwrap().exists());
         spool.remove("D4").unwrap();
+        assert!(!spool.path("D4").unwrap().exists());
         assert_eq!(spool.spare_count(), 0);
         // A name is still used once, spare or not.
         spool.write(&message("E5"), b"one").unwrap();
