@@ -31,7 +31,10 @@ pub const HOOKS: [&str; 9] = [
 pub const GRANTS: [&str; 4] = ["kv", "dns", "clock", "http"];
 
 /// Declares the plugin's manifest and embeds it in the component. Call it once, at the crate
-/// root, with a JSON object holding `hooks`, `grants` and `config_schema` (each optional):
+/// root, with a JSON object holding `hooks`, `grants`, `config_schema` and `stateless` (each
+/// optional; `"stateless": true` is the author's word that the plugin keeps nothing from one
+/// transaction to the next in its own memory, so the host may serve many transactions from one
+/// warm instance):
 ///
 /// ```
 /// wasmtp_plugin_sdk::manifest!(r#"{
@@ -104,6 +107,9 @@ pub fn check(json: &[u8]) -> Result<(), String> {
     };
     names("hooks", &HOOKS)?;
     names("grants", &GRANTS)?;
+    if obj.get("stateless").is_some_and(|v| !v.is_boolean()) {
+        return Err("stateless: expected true or false".into());
+    }
     match obj.get("config_schema") {
         None | Some(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => Ok(()),
         Some(_) => Err("config_schema: expected a JSON Schema (an object)".into()),
@@ -274,6 +280,12 @@ mod tests {
                 .unwrap_err()
                 .contains("config_schema")
         );
+        assert!(
+            check(br#"{"stateless": "yes"}"#)
+                .unwrap_err()
+                .contains("stateless")
+        );
+        assert!(check(br#"{"stateless": true}"#).is_ok());
         assert!(check(b"[]").is_err());
     }
 }

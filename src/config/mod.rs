@@ -144,8 +144,10 @@ pub struct RawPlugin {
     pub timeouts: std::collections::BTreeMap<HookName, Dur>,
     /// Linear memory cap per instance.
     pub memory: Option<ByteSize>,
-    /// Transactions one warm instance serves before it is dropped; 0 (the
-    /// default): a fresh instance per transaction.
+    /// Transactions one warm instance serves before it is dropped; 0: a
+    /// fresh instance per transaction. Default: 0, or
+    /// `plugin_limits.stateless_reuse` if the manifest says the plugin is
+    /// stateless.
     pub reuse: Option<u32>,
     /// Run `init` once at load and start instances from the state it left
     /// (default true); false: every fresh instance runs `init` itself.
@@ -194,6 +196,10 @@ pub struct RawPluginLimits {
     pub memory_reservation: Option<ByteSize>,
     /// How long compiling one component (in the compiler child) may take.
     pub compile_timeout: Option<Dur>,
+    /// Transactions one warm instance of a plugin whose manifest says it is
+    /// stateless serves (its config's `reuse` wins); 0: such plugins get a
+    /// fresh instance per transaction like the others.
+    pub stateless_reuse: Option<u32>,
 }
 
 /// A hook point, named as in the WIT contract.
@@ -318,6 +324,9 @@ pub struct PluginSpec {
     /// Transactions one warm instance serves before it is dropped (0: a
     /// fresh instance per transaction).
     pub reuse: u32,
+    /// True if the config set `reuse` (a stateless manifest then changes
+    /// nothing).
+    pub reuse_configured: bool,
     /// Start fresh instances from a snapshot taken after `init` at load
     /// (`plugin::snapshot`) rather than running `init` in each.
     pub snapshot: bool,
@@ -365,6 +374,9 @@ pub struct PluginLimits {
     pub memory_reservation: u64,
     /// Deadline of one compile in the compiler child.
     pub compile_timeout: Duration,
+    /// `reuse` of a plugin whose manifest declares it stateless and whose
+    /// config sets none.
+    pub stateless_reuse: u32,
 }
 
 impl Default for PluginLimits {
@@ -381,6 +393,7 @@ impl Default for PluginLimits {
             pool_instances: 1000,
             memory_reservation: 4 << 30,
             compile_timeout: Duration::from_secs(300),
+            stateless_reuse: 1000,
         }
     }
 }
@@ -1067,6 +1080,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             timeouts,
             memory: p.memory.map_or(64 * 1024 * 1024, |b| b.0),
             config_json: serde_json::to_string(&config).expect("TOML table converts to JSON"),
+            reuse_configured: p.reuse.is_some(),
             reuse: p.reuse.unwrap_or(0),
             snapshot: p.snapshot.unwrap_or(true),
         });
@@ -1096,6 +1110,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             .unwrap_or((limits.max_connections * plugins.len().max(1)).min(10_000)),
         memory_reservation: pl.memory_reservation.map_or(d.memory_reservation, |b| b.0),
         compile_timeout: pl.compile_timeout.map_or(d.compile_timeout, |x| x.0),
+        stateless_reuse: pl.stateless_reuse.unwrap_or(d.stateless_reuse),
     };
     if plugin_limits.memory_reservation < 64 * 1024 {
         return Err(err(

@@ -186,6 +186,12 @@ impl Inspection {
                     m.grants.join(", ")
                 };
                 let _ = writeln!(s, "  grants:      {grants}");
+                if m.stateless {
+                    let _ = writeln!(
+                        s,
+                        "  stateless:   yes (warm instances serve many transactions unless the config sets reuse)"
+                    );
+                }
                 if let Some(schema) = &m.config_schema {
                     let keys: Vec<&str> = schema["properties"]
                         .as_object()

@@ -48,6 +48,14 @@ pub struct Manifest {
     /// JSON Schema of its `[plugin.config]` table.
     #[serde(default)]
     pub config_schema: Option<serde_json::Value>,
+    /// The author's word that the plugin keeps nothing from one transaction
+    /// to the next in its own memory (its verdicts depend on the call, its
+    /// config and host state such as kv or notes only): the host may then
+    /// serve several transactions, of any sessions, from one warm instance
+    /// (`plugin_limits.stateless_reuse` of them, unless the plugin's config
+    /// sets `reuse`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateless: bool,
 }
 
 /// A custom section found in a component.
@@ -185,7 +193,7 @@ pub(crate) enum Refusal {
 
 impl Manifest {
     /// Applies the manifest to `spec`: the hooks default, the grant check, the config check.
-    pub(crate) fn apply(&self, spec: &mut PluginSpec) -> Result<(), Refusal> {
+    pub(crate) fn apply(&self, spec: &mut PluginSpec, stateless_reuse: u32) -> Result<(), Refusal> {
         if super::contract::Contract::of_name(&self.contract).is_none() {
             return Err(Refusal::Manifest(format!(
                 "it was built for {}, and this server serves {}",
@@ -225,6 +233,9 @@ impl Manifest {
         }
         if let Some(schema) = &self.config_schema {
             check_config(schema, &spec.config_json)?;
+        }
+        if self.stateless && !spec.reuse_configured {
+            spec.reuse = stateless_reuse;
         }
         Ok(())
     }

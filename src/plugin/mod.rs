@@ -704,7 +704,8 @@ impl PluginHost {
         let Some(m) = manifest::read(bytes).map_err(manifest_err)? else {
             return Ok(());
         };
-        m.apply(spec).map_err(|r| match r {
+        let stateless_reuse = self.shared.limits.stateless_reuse;
+        m.apply(spec, stateless_reuse).map_err(|r| match r {
             manifest::Refusal::Manifest(detail) => manifest_err(detail),
             manifest::Refusal::Grant(g) => PluginError::Grant {
                 name: name.clone(),

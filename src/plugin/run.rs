@@ -6,8 +6,9 @@
 //! between messages, and a trapped instance never runs again. Fresh
 //! instances come from the pooling allocator (copy-on-write memory images,
 //! no mmap/munmap per transaction), or on demand when the pool is full.
-//! A plugin configured with `reuse = N` instead hands its instance back at
-//! the boundary to a warm list, so the next transaction (of any session)
+//! A plugin configured with `reuse = N` (or whose manifest says it is
+//! stateless: `plugin_limits.stateless_reuse` transactions) instead hands
+//! its instance back at the boundary to a warm list, so the next transaction (of any session)
 //! skips instantiation and `init`; it is dropped after N transactions, and
 //! after any failed call as before. Every call has a
 //! deadline (epoch interruption makes the guest yield to tokio every tick;

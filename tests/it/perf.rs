@@ -71,6 +71,63 @@ fn with_reuse_guest_state_survives_up_to_n_transactions_and_not_a_trap() {
     s.wait_for_log("plugin trapped", 1);
 }
 
+/// A copy of the probe (which keeps a call count in guest memory) whose
+/// top-level manifest says it is stateless: a manifest can be wrong, and
+/// this one is, so the count shows which instance answered.
+fn stateless_probe(dir: &Path) -> std::path::PathBuf {
+    let wasm = dir.join("stateless-probe.wasm");
+    std::fs::copy(plugin_wasm("fixture_probe.wasm"), &wasm).unwrap();
+    let manifest = dir.join("m.json");
+    std::fs::write(
+        &manifest,
+        r#"{"name": "probe", "contract": "wasmtp:plugin@0.2.0", "grants": ["kv", "clock"], "stateless": true}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["plugin", "embed-manifest"])
+        .arg(&wasm)
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wasm
+}
+
+#[test]
+fn a_stateless_manifest_makes_instances_warm_unless_the_config_says_no() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = stateless_probe(dir.path());
+    let config = |plugin_keys: &str, limits: &str| {
+        format!(
+            "{limits}[[plugin]]\nname = \"probe\"\npath = \"{}\"\nhooks = [\"rcpt\"]\n\
+             grants = [\"kv\", \"clock\"]\non_error = \"reject\"\n{plugin_keys}\
+             [plugin.config]\nrcpt = [\"@\"]\n",
+            wasm.display()
+        )
+    };
+    // On the manifest's word, one warm instance serves the next
+    // transactions, of any session.
+    let s = Server::start(&config("", ""));
+    let (mut a, mut b) = (greeted(&s), greeted(&s));
+    assert_eq!(transaction(&mut a), "4.7.1 calls=1");
+    assert_eq!(transaction(&mut b), "4.7.1 calls=2");
+    assert_eq!(transaction(&mut a), "4.7.1 calls=3");
+    drop(s);
+    // The plugin's own `reuse` wins, and `stateless_reuse = 0` takes the
+    // manifests' word away: a fresh instance per transaction again.
+    for (plugin_keys, limits) in [
+        ("reuse = 0\n", ""),
+        ("", "[plugin_limits]\nstateless_reuse = 0\n\n"),
+    ] {
+        let s = Server::start(&config(plugin_keys, limits));
+        let mut clients = [greeted(&s), greeted(&s)];
+        for i in [0, 1, 0] {
+            let n = transaction(&mut clients[i]);
+            assert_eq!(n, "4.7.1 calls=1", "{plugin_keys}{limits}");
+        }
+    }
+}
+
 #[test]
 fn a_full_pool_allocates_on_demand_instead_of_failing() {
     // A pool of one instance: the second live instance does not fit.
