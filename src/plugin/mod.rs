@@ -458,6 +458,7 @@ impl PluginHost {
                 ms = started.elapsed().as_millis() as u64,
                 cache,
                 pooled,
+                reuse = spec.reuse,
                 snapshot = snapshot.as_ref().map_or_else(String::as_str, |_| "yes"),
                 contract = contract.as_str(),
                 "plugin loaded"

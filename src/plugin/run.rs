@@ -8,9 +8,9 @@
 //! no mmap/munmap per transaction), or on demand when the pool is full.
 //! A plugin configured with `reuse = N` (or whose manifest says it is
 //! stateless: `plugin_limits.stateless_reuse` transactions) instead hands
-//! its instance back at the boundary to a warm list, so the next transaction (of any session)
-//! skips instantiation and `init`; it is dropped after N transactions, and
-//! after any failed call as before. Every call has a
+//! its instance back at the boundary to a warm list, so the next
+//! transaction (of any session) skips instantiation and `init`; it is
+//! dropped after N transactions, and after any failed call as before. Every call has a
 //! deadline (epoch interruption makes the guest yield to tokio every tick;
 //! `tokio::time::timeout` cuts it off) and a memory cap. Plugins run in
 //! configured order; the first decisive verdict wins.

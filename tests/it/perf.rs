@@ -108,6 +108,8 @@ fn a_stateless_manifest_makes_instances_warm_unless_the_config_says_no() {
     // On the manifest's word, one warm instance serves the next
     // transactions, of any session.
     let s = Server::start(&config("", ""));
+    let loaded = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(loaded.contains("\"reuse\":1000"), "{loaded}");
     let (mut a, mut b) = (greeted(&s), greeted(&s));
     assert_eq!(transaction(&mut a), "4.7.1 calls=1");
     assert_eq!(transaction(&mut b), "4.7.1 calls=2");
@@ -120,6 +122,8 @@ fn a_stateless_manifest_makes_instances_warm_unless_the_config_says_no() {
         ("", "[plugin_limits]\nstateless_reuse = 0\n\n"),
     ] {
         let s = Server::start(&config(plugin_keys, limits));
+        let loaded = s.wait_for_log("plugin loaded", 1).remove(0);
+        assert!(loaded.contains("\"reuse\":0"), "{loaded}");
         let mut clients = [greeted(&s), greeted(&s)];
         for i in [0, 1, 0] {
             let n = transaction(&mut clients[i]);
