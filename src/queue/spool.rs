@@ -288,18 +288,6 @@ impl Spool {
         sync_dir(&self.messages)
     }
 
-    /// Removes message `id`'s file (gone already is fine): renamed into
-    /// `spare/` for the next message, or unlinked if spares are full or
-    /// the file is large. Unlinking may wait for the filesystem's journal:
-    /// call it off the async workers (or [`Spool::recycle`] first, which
-    /// never unlinks).
-    pub fn remove(&self, id: &str) -> Result<(), FileError> {
-        if self.recycle(id)? {
-            return Ok(());
-        }
-        self.unlink(id)
-    }
-
     /// Moves message `id`'s file into `spare/` if it may be kept there (a
     /// rename, ~27 µs, quick enough for an async worker). True when the
     /// file is gone from `messages/` (or never was); false when it must be
@@ -521,6 +509,14 @@ fn io_err(path: &Path, source: io::Error) -> FileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finished message's file goes, as `Store::remove` does it: into
+    /// `spare/`, or unlinked.
+    fn remove(spool: &Spool, id: &str) {
+        if !spool.recycle(id).unwrap() {
+            spool.unlink(id).unwrap();
+        }
+    }
     use crate::queue::test_message as message;
 
     #[test]
@@ -563,7 +559,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let big = vec![b'b'; 20_000];
         spool.write(&message("A1"), &big).unwrap();
-        spool.remove("A1").unwrap();
+        remove(&spool, "A1");
         assert!(spool.read("A1").unwrap().is_none());
         assert_eq!(spool.spare_count(), 1);
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
@@ -579,7 +575,7 @@ mod tests {
         assert_eq!(f.envelope.id, "B2");
         assert_eq!(spool.list().unwrap().ids, vec!["B2".to_string()]);
         // Reopened, the spares are found again.
-        spool.remove("B2").unwrap();
+        remove(&spool, "B2");
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.spare_count(), 1);
         // A crash after the rename, before the new record: the file holds
@@ -599,12 +595,12 @@ mod tests {
         // recycle leaves it for an unlink off the async workers.
         assert!(!spool.recycle("D4").unwrap());
         assert!(spool.path("D4").unwrap().exists());
-        spool.remove("D4").unwrap();
+        remove(&spool, "D4");
         assert!(!spool.path("D4").unwrap().exists());
         assert_eq!(spool.spare_count(), 0);
         // A name is still used once, spare or not.
         spool.write(&message("E5"), b"one").unwrap();
-        spool.remove("E5").unwrap();
+        remove(&spool, "E5");
         spool.write(&message("F6"), b"two").unwrap();
         assert!(spool.write(&message("F6"), b"three").is_err());
         assert_eq!(&*spool.read("F6").unwrap().unwrap().body, b"two");

@@ -20,7 +20,8 @@
 //! commit on, concurrent commits share a single flush: the thread takes
 //! every request that arrived while the previous flush ran and makes them
 //! durable with one `syncfs`. State changes after acceptance go to sled
-//! only; `remove` unlinks the file before the index entry.
+//! only; `remove` takes the file out of `messages/` (into `spare/`, or
+//! unlinked) before the index entry.
 //!
 //! At open the index is checked against the files (`recover`): a store
 //! that will not open is moved aside and rebuilt from the files, files
