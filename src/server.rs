@@ -131,7 +131,16 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let settings = Arc::new(settings);
     let started = (std::time::Instant::now(), crate::queue::now_secs());
-    let metrics = crate::metrics::install();
+    // Metrics are for the admin endpoint to render: without one, no recorder
+    // is installed and every metric call is a no-op.
+    let metrics = settings
+        .admin
+        .listen
+        .as_ref()
+        .and_then(|_| crate::metrics::install());
+    let upkeep = metrics
+        .clone()
+        .map(|h| tokio::spawn(crate::metrics::upkeep(h)));
     crate::metrics::started(started.1);
     let store = Store::open(
         &settings.queue.dir,
@@ -256,6 +265,9 @@ pub async fn serve(
     info!(config = %settings.source, hostname = %settings.hostname, queued = store.len(), corrupt = store.corrupt_len(), "wasmtp ready");
     stop.await;
     reloader.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     let _ = std::fs::remove_file(&pid_file);
     ready.stopping();
     info!("shutting down: no new connections, sessions finish their current command");

@@ -884,7 +884,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         dir: q.dir.unwrap_or_else(|| data_dir.join("queue")),
         group_commit: q.group_commit.unwrap_or(true),
         cache_size: q.cache_size.map_or(32 * 1024 * 1024, |b| b.0),
-        delivery_workers: q.delivery_workers.map_or(4, |n| n.0),
+        delivery_workers: q.delivery_workers.map_or(16, |n| n.0),
         retry_intervals,
         max_age: q
             .max_age

@@ -2,12 +2,20 @@
 //! a channel, deferred ones wait in a time-ordered set; deliveries run on a
 //! bounded set of workers. On start every unfinished message in the store
 //! is scheduled again, so nothing acknowledged is forgotten.
+//!
+//! A message that is due but finds every worker busy waits as its id in a
+//! FIFO (tens of bytes), not as a spawned delivery task: a task per waiting
+//! message held its whole delivery future (~9 KiB each), so a backlog (a
+//! sustained load faster than delivery, or a large deferred queue coming
+//! due at once) grew the server's memory with the queue: 200 MiB for 22,000
+//! waiting messages in one measurement. The queue lives on disk; memory
+//! holds what runs.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -68,7 +76,10 @@ impl QueueManager {
             rx,
             deferred,
             shutdown,
+            ready: VecDeque::new(),
+            waiting: HashSet::new(),
             in_delivery: HashSet::new(),
+            tasks: HashMap::new(),
             after_delivery: HashMap::new(),
         };
         Ok((handle, tokio::spawn(actor.run())))
@@ -109,15 +120,21 @@ struct Actor {
     rx: mpsc::UnboundedReceiver<Msg>,
     deferred: BTreeSet<(i64, String)>,
     shutdown: watch::Receiver<bool>,
+    /// Messages due now that wait for a free worker, oldest first, and
+    /// whether each is a retry.
+    ready: VecDeque<(String, bool)>,
+    /// The ids in `ready`, so none waits twice.
+    waiting: HashSet<String>,
     /// Messages a worker has now.
     in_delivery: HashSet<String>,
+    /// The message each running task delivers.
+    tasks: HashMap<tokio::task::Id, String>,
     /// Commands for messages in delivery, run when the attempt ends.
     after_delivery: HashMap<String, Vec<(Command, Reply)>>,
 }
 
 impl Actor {
     async fn run(mut self) {
-        let workers = Arc::new(Semaphore::new(self.settings.queue.delivery_workers));
         let mut running: JoinSet<Done> = JoinSet::new();
         loop {
             let next_due = self.deferred.first().map(|(t, _)| *t);
@@ -127,27 +144,40 @@ impl Actor {
             };
             tokio::select! {
                 Some(msg) = self.rx.recv() => match msg {
-                    Msg::Enqueued(id) => self.spawn(&mut running, &workers, id, false),
-                    Msg::Control(cmd, reply) => self.control(&mut running, &workers, cmd, reply).await,
+                    Msg::Enqueued(id) => self.schedule(&mut running, id, false),
+                    Msg::Control(cmd, reply) => self.control(&mut running, cmd, reply).await,
                 },
                 _ = tokio::time::sleep(sleep), if next_due.is_some() => {
                     let now = now_secs();
                     while let Some((t, _)) = self.deferred.first() {
                         if *t > now { break; }
                         let (_, id) = self.deferred.pop_first().expect("non-empty");
-                        self.spawn(&mut running, &workers, id, true);
+                        self.schedule(&mut running, id, true);
                     }
                 }
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok((id, next)) = done {
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let finished = match done {
+                        Ok((task, done)) => {
+                            self.tasks.remove(&task);
+                            Some(done)
+                        }
+                        // A delivery that panicked: its message must not stay
+                        // "in delivery" (no retry, commands waiting forever).
+                        Err(e) => self.tasks.remove(&e.id()).map(|id| {
+                            error!(queue_id = %id, error = %e, "delivery task failed; retrying in 60s");
+                            (id, Some(now_secs() + 60))
+                        }),
+                    };
+                    if let Some((id, next)) = finished {
                         self.in_delivery.remove(&id);
                         if let Some(t) = next {
                             self.deferred.insert((t, id.clone()));
                         }
                         for (cmd, reply) in self.after_delivery.remove(&id).unwrap_or_default() {
-                            self.control(&mut running, &workers, cmd, reply).await;
+                            self.control(&mut running, cmd, reply).await;
                         }
                     }
+                    self.start_waiting(&mut running);
                 }
                 _ = self.shutdown.changed() => break,
             }
@@ -157,29 +187,40 @@ impl Actor {
         while running.join_next().await.is_some() {}
     }
 
-    fn spawn(
-        &mut self,
-        running: &mut JoinSet<Done>,
-        workers: &Arc<Semaphore>,
-        id: String,
-        retry: bool,
-    ) {
-        if !self.in_delivery.insert(id.clone()) {
-            // Already being delivered (a retry raced the schedule).
+    /// Makes a message due now: it starts if a worker is free, else waits
+    /// in `ready` for one.
+    fn schedule(&mut self, running: &mut JoinSet<Done>, id: String, retry: bool) {
+        if self.in_delivery.contains(&id) || !self.waiting.insert(id.clone()) {
+            // Already being delivered or waiting (a retry raced the schedule).
             return;
         }
+        self.ready.push_back((id, retry));
+        self.start_waiting(running);
+    }
+
+    /// Starts waiting messages while workers are free.
+    fn start_waiting(&mut self, running: &mut JoinSet<Done>) {
+        while running.len() < self.settings.queue.delivery_workers {
+            let Some((id, retry)) = self.ready.pop_front() else {
+                break;
+            };
+            self.waiting.remove(&id);
+            self.in_delivery.insert(id.clone());
+            self.spawn(running, id, retry);
+        }
+        crate::metrics::delivery_waiting(self.ready.len());
+    }
+
+    fn spawn(&mut self, running: &mut JoinSet<Done>, id: String, retry: bool) {
         let store = self.store.clone();
         let settings = self.settings.clone();
         let plugins = self.plugins.clone();
         let outbound = self.outbound.clone();
         let queue = self.queue.clone();
-        let workers = workers.clone();
         let span = info_span!("delivery", queue_id = %id);
-        running.spawn(
+        let key = id.clone();
+        let task = running.spawn(
             async move {
-                let Ok(_permit) = workers.acquire_owned().await else {
-                    return (id, None);
-                };
                 let ctx = Ctx {
                     store: &store,
                     settings: &settings,
@@ -200,17 +241,12 @@ impl Actor {
             }
             .instrument(span),
         );
+        self.tasks.insert(task.id(), key);
     }
 
     /// Runs one operator command, or keeps it for when the message's
     /// delivery ends.
-    async fn control(
-        &mut self,
-        running: &mut JoinSet<Done>,
-        workers: &Arc<Semaphore>,
-        cmd: Command,
-        reply: Reply,
-    ) {
+    async fn control(&mut self, running: &mut JoinSet<Done>, cmd: Command, reply: Reply) {
         let busy = match &cmd {
             Command::Hold(id)
             | Command::Release(id)
@@ -226,7 +262,7 @@ impl Actor {
             return;
         }
         let action = cmd.action();
-        let result = self.apply(running, workers, cmd).await;
+        let result = self.apply(running, cmd).await;
         if let Ok(Answer::Done(ids)) = &result {
             crate::metrics::admin_action(action);
             for id in ids {
@@ -239,7 +275,6 @@ impl Actor {
     async fn apply(
         &mut self,
         running: &mut JoinSet<Done>,
-        workers: &Arc<Semaphore>,
         cmd: Command,
     ) -> Result<Answer, ControlError> {
         let now = now_secs();
@@ -283,7 +318,7 @@ impl Actor {
                         self.unschedule(&m.id);
                         m.next_attempt = now;
                         self.store.put(&m)?;
-                        self.spawn(running, workers, m.id.clone(), true);
+                        self.schedule(running, m.id.clone(), true);
                     }
                     ids.push(m.id);
                 }
@@ -304,7 +339,7 @@ impl Actor {
                 self.store.put(&m)?;
                 self.store.flush().await?;
                 self.unschedule(&id);
-                self.spawn(running, workers, id.clone(), true);
+                self.schedule(running, id.clone(), true);
                 Ok(Answer::Done(vec![id]))
             }
             Command::Delete(id) => {
@@ -335,9 +370,14 @@ impl Actor {
             .ok_or_else(|| ControlError::NoSuchMessage(id.to_string()))
     }
 
-    /// Takes a message out of the retry schedule.
+    /// Takes a message out of the retry schedule and out of the line for a
+    /// worker.
     fn unschedule(&mut self, id: &str) {
         self.deferred.retain(|(_, i)| i != id);
+        if self.waiting.remove(id) {
+            self.ready.retain(|(i, _)| i != id);
+            crate::metrics::delivery_waiting(self.ready.len());
+        }
     }
 }
 

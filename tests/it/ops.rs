@@ -423,6 +423,88 @@ fn hold_parks_a_message_until_release() {
     up.wait_accepted(1, &s);
 }
 
+#[test]
+fn messages_beyond_the_delivery_workers_wait_in_line_and_obey_commands() {
+    // One worker, and an upstream that holds the first RCPT until released:
+    // one message is in delivery, the rest wait for the worker.
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let up = Upstream::start(move |e| {
+        if let Event::Rcpt(_) = e {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !r.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        None
+    });
+    let s = Server::start(&format!(
+        "{ADMIN}\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\n[queue]\ndelivery_workers = 1\n\n\
+         [[outbound.route]]\ndomain = \"remote.test\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+        up.port
+    ));
+    let admin = s.admin.clone().expect("admin listening logged");
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            send(
+                &s,
+                "app@example.test",
+                &format!("r{i}@remote.test"),
+                "in line",
+            )
+        })
+        .collect();
+    wait_until(&s, "one delivery in progress, three waiting", || {
+        let (_, body) = http(&admin, "GET", "/metrics", None);
+        body.lines().any(|l| l == "wasmtp_delivery_waiting 3")
+    });
+    let rows = listed(&s, &[]);
+    let active: Vec<_> = rows
+        .iter()
+        .filter(|(_, l)| l.contains(" active "))
+        .collect();
+    assert_eq!(active.len(), 1, "{rows:?}");
+    assert_eq!(
+        active[0].0, ids[0],
+        "the first message is the one in delivery"
+    );
+    // A waiting message is not in delivery: hold and delete apply at once
+    // (a command on a message in delivery waits for the attempt to end, and
+    // this one does not end until released).
+    ok(&s, &["queue", "hold", &ids[1]]);
+    ok(&s, &["queue", "delete", &ids[2]]);
+    let rows = listed(&s, &[]);
+    assert!(
+        rows.iter()
+            .any(|(id, l)| id == &ids[1] && l.contains(" held ")),
+        "{rows:?}"
+    );
+    assert!(!rows.iter().any(|(id, _)| id == &ids[2]), "{rows:?}");
+    let (_, body) = http(&admin, "GET", "/metrics", None);
+    assert!(
+        body.lines().any(|l| l == "wasmtp_delivery_waiting 1"),
+        "{body}"
+    );
+
+    release.store(true, Ordering::SeqCst);
+    let got = up.wait_accepted(2, &s);
+    let mut rcpts: Vec<String> = got.iter().flat_map(|t| t.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts.len(), 2, "{rcpts:?}");
+    assert!(
+        rcpts[0].contains("r0@remote.test") && rcpts[1].contains("r3@remote.test"),
+        "{rcpts:?}"
+    );
+    wait_until(&s, "only the held message left", || {
+        listed(&s, &[]).len() == 1
+    });
+    let (_, body) = http(&admin, "GET", "/metrics", None);
+    assert!(
+        body.lines().any(|l| l == "wasmtp_delivery_waiting 0"),
+        "{body}"
+    );
+}
+
 // ------------------------------------------------------------- access
 
 #[test]
