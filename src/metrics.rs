@@ -56,7 +56,7 @@ pub fn install() -> Option<PrometheusHandle> {
 /// The recorder keeps every histogram sample (each plugin call, commit and
 /// delivery records one or more) until upkeep folds them into their buckets.
 /// A scrape of `/metrics` runs it, but a server nobody scrapes kept them all:
-/// its memory grew by about 1.5 KiB a message, without end. This loop runs
+/// its RSS grew by about 200 bytes a message, without end. This loop runs
 /// upkeep every [`UPKEEP_EVERY`], so what the recorder holds is bounded by
 /// five seconds of samples whether or not anyone scrapes.
 pub async fn upkeep(handle: PrometheusHandle) {

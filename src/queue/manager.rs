@@ -4,12 +4,11 @@
 //! is scheduled again, so nothing acknowledged is forgotten.
 //!
 //! A message that is due but finds every worker busy waits as its id in a
-//! FIFO (tens of bytes), not as a spawned delivery task: a task per waiting
-//! message held its whole delivery future (~9 KiB each), so a backlog (a
-//! sustained load faster than delivery, or a large deferred queue coming
-//! due at once) grew the server's memory with the queue: 200 MiB for 22,000
-//! waiting messages in one measurement. The queue lives on disk; memory
-//! holds what runs.
+//! FIFO, not as a spawned delivery task: a task per waiting message held
+//! its whole delivery future (~9 KiB each), so a backlog (a sustained load
+//! faster than delivery, or a large deferred queue coming due at once) grew
+//! the server's memory with the queue: 200 MiB for 22,000 waiting messages
+//! in one measurement. The queue lives on disk; memory holds what runs.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -78,7 +77,6 @@ impl QueueManager {
             shutdown,
             ready: VecDeque::new(),
             waiting: HashSet::new(),
-            in_delivery: HashSet::new(),
             tasks: HashMap::new(),
             after_delivery: HashMap::new(),
         };
@@ -125,9 +123,8 @@ struct Actor {
     ready: VecDeque<(String, bool)>,
     /// The ids in `ready`, so none waits twice.
     waiting: HashSet<String>,
-    /// Messages a worker has now.
-    in_delivery: HashSet<String>,
-    /// The message each running task delivers.
+    /// The message each running delivery task has (at most
+    /// `queue.delivery_workers` of them).
     tasks: HashMap<tokio::task::Id, String>,
     /// Commands for messages in delivery, run when the attempt ends.
     after_delivery: HashMap<String, Vec<(Command, Reply)>>,
@@ -169,7 +166,6 @@ impl Actor {
                         }),
                     };
                     if let Some((id, next)) = finished {
-                        self.in_delivery.remove(&id);
                         if let Some(t) = next {
                             self.deferred.insert((t, id.clone()));
                         }
@@ -187,10 +183,15 @@ impl Actor {
         while running.join_next().await.is_some() {}
     }
 
+    /// True while a worker has message `id`.
+    fn in_delivery(&self, id: &str) -> bool {
+        self.tasks.values().any(|i| i == id)
+    }
+
     /// Makes a message due now: it starts if a worker is free, else waits
     /// in `ready` for one.
     fn schedule(&mut self, running: &mut JoinSet<Done>, id: String, retry: bool) {
-        if self.in_delivery.contains(&id) || !self.waiting.insert(id.clone()) {
+        if self.in_delivery(&id) || !self.waiting.insert(id.clone()) {
             // Already being delivered or waiting (a retry raced the schedule).
             return;
         }
@@ -205,7 +206,6 @@ impl Actor {
                 break;
             };
             self.waiting.remove(&id);
-            self.in_delivery.insert(id.clone());
             self.spawn(running, id, retry);
         }
         crate::metrics::delivery_waiting(self.ready.len());
@@ -251,7 +251,7 @@ impl Actor {
             Command::Hold(id)
             | Command::Release(id)
             | Command::Delete(id)
-            | Command::Bounce(id) => self.in_delivery.contains(id).then(|| id.clone()),
+            | Command::Bounce(id) => self.in_delivery(id).then(|| id.clone()),
             Command::Snapshot | Command::Retry(_) => None,
         };
         if let Some(id) = busy {
@@ -285,7 +285,7 @@ impl Actor {
                     .all()?
                     .into_iter()
                     .map(|message| Entry {
-                        state: if self.in_delivery.contains(&message.id) {
+                        state: if self.in_delivery(&message.id) {
                             State::Active
                         } else {
                             State::of(&message)
@@ -314,7 +314,7 @@ impl Actor {
                 };
                 let mut ids = Vec::new();
                 for mut m in msgs.into_iter().filter(|m| !m.held) {
-                    if !self.in_delivery.contains(&m.id) {
+                    if !self.in_delivery(&m.id) {
                         self.unschedule(&m.id);
                         m.next_attempt = now;
                         self.store.put(&m)?;
