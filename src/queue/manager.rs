@@ -54,16 +54,19 @@ impl QueueManager {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(QueueManager, tokio::task::JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let recovered = store.all()?;
-        if !recovered.is_empty() {
-            info!(messages = recovered.len(), "recovered queued messages");
+        // Only the schedule is kept, one envelope read at a time: a large
+        // queue is not held in memory whole at start. Held messages are
+        // parked: nothing schedules them until released.
+        let (mut recovered, mut deferred) = (0, BTreeSet::new());
+        store.for_each(|m| {
+            recovered += 1;
+            if !m.held {
+                deferred.insert((m.next_attempt, m.id));
+            }
+        })?;
+        if recovered > 0 {
+            info!(messages = recovered, "recovered queued messages");
         }
-        // Held messages are parked: nothing schedules them until released.
-        let deferred = recovered
-            .into_iter()
-            .filter(|m| !m.held)
-            .map(|m| (m.next_attempt, m.id))
-            .collect();
         let handle = QueueManager { tx };
         let outbound = Arc::new(Outbound::new(&settings, Some(&store.db())));
         let actor = Actor {
@@ -252,7 +255,7 @@ impl Actor {
             | Command::Release(id)
             | Command::Delete(id)
             | Command::Bounce(id) => self.in_delivery(id).then(|| id.clone()),
-            Command::Snapshot | Command::Retry(_) => None,
+            Command::Snapshot | Command::InDelivery | Command::Retry(_) => None,
         };
         if let Some(id) = busy {
             self.after_delivery
@@ -295,6 +298,7 @@ impl Actor {
                     .collect();
                 Ok(Answer::Entries(entries))
             }
+            Command::InDelivery => Ok(Answer::Done(self.tasks.values().cloned().collect())),
             Command::Retry(target) => {
                 let msgs = match &target {
                     Target::Id(id) => {

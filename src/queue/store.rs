@@ -353,11 +353,20 @@ impl Store {
     /// All envelopes, oldest first; corrupt ones are moved aside.
     pub fn all(&self) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
+        self.for_each(|m| out.push(m))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every envelope in turn, holding one at a time: what
+    /// counts the queue takes memory for one message, not for all.
+    pub fn for_each(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
         for kv in self.inner.envelopes.iter() {
             let (k, v) = kv?;
-            out.extend(self.decode_or_set_aside(&k, &v)?);
+            if let Some(m) = self.decode_or_set_aside(&k, &v)? {
+                f(m);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes an envelope; one that does not decode is moved to the

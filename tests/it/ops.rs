@@ -458,6 +458,13 @@ fn messages_beyond_the_delivery_workers_wait_in_line_and_obey_commands() {
         let (_, body) = http(&admin, "GET", "/metrics", None);
         body.lines().any(|l| l == "wasmtp_delivery_waiting 3")
     });
+    // The depth gauges (counted off the queue manager, from the store and
+    // the ids in delivery) agree.
+    let (_, body) = http(&admin, "GET", "/metrics", None);
+    for (state, n) in [("active", 1), ("queued", 3), ("deferred", 0)] {
+        let line = format!("wasmtp_queue_messages{{state=\"{state}\"}} {n}");
+        assert!(body.lines().any(|l| l == line), "{line} in:\n{body}");
+    }
     let rows = listed(&s, &[]);
     let active: Vec<_> = rows
         .iter()
