@@ -284,8 +284,8 @@ async fn show(state: &AdminState, id: &str) -> Resp {
 /// ~80 ms.
 async fn summary(state: &AdminState) -> Result<Summary, ControlError> {
     let active = match state.queue.control(Command::InDelivery).await? {
-        Answer::Done(ids) => ids,
-        Answer::Entries(_) => Vec::new(),
+        Answer::InDelivery(ids) => ids,
+        Answer::Entries(_) | Answer::Done(_) => Vec::new(),
     };
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
@@ -307,14 +307,16 @@ async fn summary(state: &AdminState) -> Result<Summary, ControlError> {
 async fn snapshot(state: &AdminState) -> Result<Vec<Entry>, ControlError> {
     match state.queue.control(Command::Snapshot).await? {
         Answer::Entries(e) => Ok(e),
-        Answer::Done(_) => Ok(Vec::new()),
+        Answer::Done(_) | Answer::InDelivery(_) => Ok(Vec::new()),
     }
 }
 
 async fn run(state: &AdminState, cmd: Command) -> Resp {
     match state.queue.control(cmd).await {
         Ok(Answer::Done(ids)) => ok_json(&json!({"done": ids})),
-        Ok(Answer::Entries(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
+        Ok(Answer::Entries(_) | Answer::InDelivery(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer")
+        }
         Err(e) => control_error(e),
     }
 }

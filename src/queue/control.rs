@@ -102,7 +102,7 @@ pub enum Command {
     /// Every message with its state.
     Snapshot,
     /// The ids of the messages a worker has now (at most
-    /// `queue.delivery_workers`), answered as `Done`.
+    /// `queue.delivery_workers`). Changes nothing.
     InDelivery,
     /// Next attempt now.
     Retry(Target),
@@ -136,6 +136,8 @@ impl Command {
 pub enum Answer {
     /// For `Snapshot`.
     Entries(Vec<Entry>),
+    /// For `InDelivery`.
+    InDelivery(Vec<String>),
     /// The ids the command changed.
     Done(Vec<String>),
 }

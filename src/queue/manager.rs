@@ -298,7 +298,7 @@ impl Actor {
                     .collect();
                 Ok(Answer::Entries(entries))
             }
-            Command::InDelivery => Ok(Answer::Done(self.tasks.values().cloned().collect())),
+            Command::InDelivery => Ok(Answer::InDelivery(self.tasks.values().cloned().collect())),
             Command::Retry(target) => {
                 let msgs = match &target {
                     Target::Id(id) => {

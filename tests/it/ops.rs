@@ -510,6 +510,19 @@ fn messages_beyond_the_delivery_workers_wait_in_line_and_obey_commands() {
         body.lines().any(|l| l == "wasmtp_delivery_waiting 0"),
         "{body}"
     );
+    // The scrapes counted the queue; none of that is an operator's command:
+    // only the hold and the delete are logged and counted as actions.
+    assert_eq!(
+        s.log_lines("\"queue command\"").len(),
+        2,
+        "{}",
+        s.dump_logs()
+    );
+    let actions: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("wasmtp_queue_admin_actions_total{"))
+        .collect();
+    assert_eq!(actions.len(), 2, "{actions:?}");
 }
 
 // ------------------------------------------------------------- access
