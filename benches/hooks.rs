@@ -1,10 +1,13 @@
 //! Hook dispatch cost: one call into a live instance, one call in a fresh
 //! instance (instantiate + init + call), and a whole transaction (connect,
 //! ehlo, mail-from, rcpt, data of a 10 KiB message, deliver) through the six
-//! example plugins, and what one Python or JavaScript plugin adds. Needs the plugins built (`scripts/test` or
+//! example plugins, and what one Python or JavaScript plugin adds (its
+//! instance made in the transaction, and made ahead by the standby thread).
+//! Needs the plugins built (`scripts/test` or
 //! `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmtp::config::Settings;
@@ -169,7 +172,7 @@ fn bench(c: &mut Criterion) {
     });
     no_failures(&one);
 
-    let mut whole = |name: &str, plugins: &str| {
+    let whole = |c: &mut Criterion, name: &str, plugins: &str| {
         let h = host(plugins);
         c.bench_function(name, |b| {
             // A fresh message per transaction, as the server has: nothing
@@ -185,13 +188,44 @@ fn bench(c: &mut Criterion) {
         });
         no_failures(&h);
     };
-    whole("transaction, six plugins, 10 KiB message", &six());
-    whole("transaction, three plugins, 10 KiB message", &three(""));
+    // What a transaction waits for when its instances were made ahead
+    // (`standby`): each timed transaction starts once the standby thread
+    // has made the next instances, as at a load it keeps up with; the
+    // making itself (on the other core) is not in the time, so this is
+    // latency, not CPU.
+    let made_ahead = |c: &mut Criterion, name: &str, plugins: &str| {
+        let h = host(plugins);
+        let mut g = c.benchmark_group("made ahead");
+        g.warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_millis(500))
+            .sample_size(10);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut waited_for = Duration::ZERO;
+                for _ in 0..iters {
+                    while !h.standby_ready() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    let msg = MessageData::new(body.clone());
+                    let started = Instant::now();
+                    rt.block_on(transaction(&h, &conn, &env, &msg));
+                    waited_for += started.elapsed();
+                }
+                waited_for
+            })
+        });
+        g.finish();
+        no_failures(&h);
+    };
+    whole(c, "transaction, six plugins, 10 KiB message", &six());
+    whole(c, "transaction, three plugins, 10 KiB message", &three(""));
     whole(
+        c,
         "transaction, three plugins, no pool",
         &format!("[plugin_limits]\npool_instances = 0\n{}", three("")),
     );
     whole(
+        c,
         "transaction, three plugins, warm reuse",
         &three("reuse = 1000\n"),
     );
@@ -199,7 +233,7 @@ fn bench(c: &mut Criterion) {
     // with the transaction through no plugin at all. Skipped if they are not
     // built (plugins/build-python.sh and build-js.sh; scripts/test builds
     // them).
-    whole("transaction, no plugins", "");
+    whole(c, "transaction, no plugins", "");
     let root = env!("CARGO_MANIFEST_DIR");
     for (label, name, file, hook) in [
         (
@@ -225,11 +259,19 @@ fn bench(c: &mut Criterion) {
                 "[[plugin]]\nname = \"{name}\"\npath = \"{path}\"\nhooks = [\"{hook}\"]\n{rest}"
             )
         };
+        // Made in the transaction: what an instance costs in CPU.
         whole(
+            c,
             &format!("transaction, one {label} plugin ({hook}), fresh instance"),
-            &p(""),
+            &p("standby = 0\n"),
+        );
+        made_ahead(
+            c,
+            &format!("transaction, one {label} plugin ({hook}), fresh instance made ahead"),
+            &p("standby = 2\n"),
         );
         whole(
+            c,
             &format!("transaction, one {label} plugin ({hook}), warm reuse"),
             &p("reuse = 1000\n"),
         );

@@ -145,7 +145,11 @@ fn describe() {
     );
     c!(
         "wasmtp_plugin_instances_total",
-        "Plugin instances a transaction got, by plugin and source (pool, on-demand, warm)."
+        "Plugin instances a transaction got, by plugin and source (pool, on-demand, warm, standby)."
+    );
+    g!(
+        "wasmtp_plugin_standby",
+        "Fresh plugin instances made ahead and waiting for a transaction, by plugin."
     );
     c!(
         "wasmtp_plugin_verdicts_total",

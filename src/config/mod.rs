@@ -149,6 +149,10 @@ pub struct RawPlugin {
     /// `plugin_limits.stateless_reuse` if the manifest says the plugin is
     /// stateless.
     pub reuse: Option<u32>,
+    /// Fresh instances made ahead, off the SMTP path, so a transaction does
+    /// not wait for one. Default: `plugin_limits.standby` for a plugin served
+    /// fresh whose instance is slow to make (measured at load), else 0.
+    pub standby: Option<Between<0, 64>>,
     /// Run `init` once at load and start instances from the state it left
     /// (default true); false: every fresh instance runs `init` itself.
     pub snapshot: Option<bool>,
@@ -200,6 +204,9 @@ pub struct RawPluginLimits {
     /// stateless serves (its config's `reuse` wins); 0: such plugins get a
     /// fresh instance per transaction like the others.
     pub stateless_reuse: Option<u32>,
+    /// Fresh instances made ahead for each plugin served fresh whose
+    /// instance takes long to make (a plugin's `standby` wins).
+    pub standby: Option<Between<0, 64>>,
 }
 
 /// A hook point, named as in the WIT contract.
@@ -327,6 +334,10 @@ pub struct PluginSpec {
     /// True if the config set `reuse` (a stateless manifest then changes
     /// nothing).
     pub reuse_configured: bool,
+    /// Fresh instances made ahead, as configured; None: decided at load
+    /// (`plugin_limits.standby` if the plugin is served fresh and slow to
+    /// make, else 0).
+    pub standby: Option<u32>,
     /// Start fresh instances from a snapshot taken after `init` at load
     /// (`plugin::snapshot`) rather than running `init` in each.
     pub snapshot: bool,
@@ -377,6 +388,9 @@ pub struct PluginLimits {
     /// `reuse` of a plugin whose manifest declares it stateless and whose
     /// config sets none.
     pub stateless_reuse: u32,
+    /// Fresh instances made ahead for a plugin served fresh whose instance
+    /// is slow to make, unless its config sets `standby`.
+    pub standby: u32,
 }
 
 impl Default for PluginLimits {
@@ -394,6 +408,7 @@ impl Default for PluginLimits {
             memory_reservation: 4 << 30,
             compile_timeout: Duration::from_secs(300),
             stateless_reuse: 1000,
+            standby: 2,
         }
     }
 }
@@ -1082,6 +1097,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
             config_json: serde_json::to_string(&config).expect("TOML table converts to JSON"),
             reuse_configured: p.reuse.is_some(),
             reuse: p.reuse.unwrap_or(0),
+            standby: p.standby.map(|n| n.0 as u32),
             snapshot: p.snapshot.unwrap_or(true),
         });
     }
@@ -1111,6 +1127,7 @@ fn resolve(raw: RawConfig, src: &str, name: &str) -> Result<Settings, ConfigErro
         memory_reservation: pl.memory_reservation.map_or(d.memory_reservation, |b| b.0),
         compile_timeout: pl.compile_timeout.map_or(d.compile_timeout, |x| x.0),
         stateless_reuse: pl.stateless_reuse.unwrap_or(d.stateless_reuse),
+        standby: pl.standby.map_or(d.standby, |n| n.0 as u32),
     };
     if plugin_limits.memory_reservation < 64 * 1024 {
         return Err(err(
@@ -1199,6 +1216,11 @@ mod tests {
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[limits]\nipv6_prefix = 16\n",
                 4,
                 "limits.ipv6_prefix",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[plugin_limits]\nstandby = 65\n",
+                4,
+                "plugin_limits.standby",
             ),
             (
                 "[[listener]]\naddress = \"127.0.0.1:1\"\n[auth]\nmax_verifications = 0\n",

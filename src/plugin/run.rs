@@ -375,20 +375,28 @@ impl PluginSession {
         p: &Arc<LoadedPlugin>,
         call: &Call<'_>,
     ) -> Result<Ret, CallError> {
-        let mut live = match self.live[i].take() {
-            Some(live) => live,
+        let (mut live, new) = match self.live[i].take() {
+            Some(live) => (live, false),
             None => {
-                instantiate(
+                let live = instantiate(
                     self.host.clone(),
                     self.notes.clone(),
                     p.clone(),
                     self.session_id.clone(),
                 )
-                .await?
+                .await?;
+                (live, true)
             }
         };
         let ret = Self::call_live(&mut live, call).await;
         self.live[i] = Some(live);
+        if new {
+            // The standby is topped up after the call, not while it runs:
+            // making an instance maps memory, and the call's page faults
+            // would wait for it (measured: the MAIL round trip of a Python
+            // plugin 1.6 ms when the making overlapped its call).
+            self.host.want_standby(p);
+        }
         ret
     }
 
@@ -551,6 +559,15 @@ async fn instantiate(
             return Ok(live);
         }
     }
+    if p.standby.target > 0
+        && let Some(mut live) = p.standby.take()
+    {
+        live.store.data_mut().begin_transaction(notes);
+        // Its deadline counts from now, not from when it was made.
+        live.store.set_epoch_deadline(1);
+        p.stats.metrics.instance(plugin, "standby");
+        return Ok(live);
+    }
     let (engine, on_demand) = host.engines(&p);
     let fresh = match fresh(engine, &p.pre, &host, notes.clone(), &p).await {
         Err(Fresh::PoolFull(e)) => {
@@ -581,6 +598,97 @@ async fn instantiate(
             Fresh::Failed(e) => e,
         }
     })
+}
+
+/// Fresh instances of one plugin made ahead, off the SMTP path, by the
+/// host's standby maker: a transaction takes one instead of waiting while
+/// its instance is made. Each serves one transaction like any fresh
+/// instance (then the warm list or the drop), so the guarantee of fresh
+/// instances holds; what it costs is their memory while they wait.
+pub(crate) struct Standby {
+    /// How many to keep made.
+    pub(crate) target: u32,
+    ready: Mutex<Vec<Live>>,
+    /// A top-up is queued for the maker.
+    queued: std::sync::atomic::AtomicBool,
+    /// `wasmtp_plugin_standby`: how many are made (only with a target).
+    gauge: Option<metrics::Gauge>,
+}
+
+impl Standby {
+    pub(crate) fn new(plugin: &str, target: u32) -> Standby {
+        Standby {
+            target,
+            ready: Mutex::new(Vec::new()),
+            queued: Default::default(),
+            gauge: (target > 0)
+                .then(|| metrics::gauge!("wasmtp_plugin_standby", "plugin" => plugin.to_string())),
+        }
+    }
+
+    /// One made ahead, if any is.
+    fn take(&self) -> Option<Live> {
+        let mut ready = self.ready.lock().expect("standby lock");
+        let live = ready.pop();
+        self.show(ready.len());
+        live
+    }
+
+    fn put(&self, live: Live) {
+        let mut ready = self.ready.lock().expect("standby lock");
+        ready.push(live);
+        self.show(ready.len());
+    }
+
+    fn show(&self, ready: usize) {
+        if let Some(g) = &self.gauge {
+            g.set(ready as f64);
+        }
+    }
+
+    /// True if a top-up should be queued now (and marks it queued).
+    pub(crate) fn wanted(&self) -> bool {
+        self.target > 0 && !self.queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// True when `target` instances are made.
+    pub(crate) fn full(&self) -> bool {
+        self.ready.lock().expect("standby lock").len() >= self.target as usize
+    }
+}
+
+/// Makes `p`'s standby instances up to its target (the standby maker's
+/// work). Stops at the first that cannot be made: a full pool leaves the
+/// slots to sessions, and a failure is logged; the next transaction asks
+/// again.
+pub(crate) async fn fill_standby(host: &PluginHost, p: &LoadedPlugin) {
+    p.standby.queued.store(false, Ordering::Release);
+    // A plugin of a set a reload replaced: its sessions finish with the
+    // instances they make; none are made ahead for them.
+    if !host.current().plugins.iter().any(|q| std::ptr::eq(&**q, p)) {
+        return;
+    }
+    let plugin = p.spec.name.as_str();
+    let deadline = super::init_deadline(&p.spec);
+    while !p.standby.full() {
+        let notes = Arc::new(Mutex::new(Notes::new(&host.shared().limits)));
+        let (engine, _) = host.engines(p);
+        match tokio::time::timeout(deadline, fresh(engine, &p.pre, host, notes, p)).await {
+            Ok(Ok(live)) => p.standby.put(live),
+            Ok(Err(Fresh::PoolFull(e))) => {
+                debug!(plugin, error = %e, "no standby instance: the instance pool is full");
+                return;
+            }
+            Ok(Err(Fresh::Failed(CallError::Trap(e)))) => {
+                warn!(plugin, error = %escape_long(&e), "a standby instance could not be made");
+                return;
+            }
+            Ok(Err(Fresh::Failed(CallError::Timeout))) | Err(_) => {
+                warn!(plugin, deadline = ?deadline, "a standby instance was not made within its deadline");
+                return;
+            }
+        }
+    }
 }
 
 /// Why a fresh instance could not be made.

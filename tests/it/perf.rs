@@ -481,3 +481,107 @@ fn a_compile_past_plugin_limits_compile_timeout_is_stopped_and_the_plugin_does_n
     let cache = dir.path().join("data/plugin-cache");
     assert!(!cache.exists() || artifacts(&cache).is_empty());
 }
+
+/// The value of the sample `series` (name and labels, as Prometheus prints
+/// them) on the server's `/metrics`, if it is there.
+fn sample(s: &Server, series: &str) -> Option<f64> {
+    let (code, body) = crate::ops::http(s.admin.as_ref().unwrap(), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn standby_instances_are_made_ahead_and_each_serves_one_transaction() {
+    let s = Server::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        probe_toml(
+            "probe",
+            &["rcpt"],
+            "on_error = \"reject\"\nstandby = 2\n[plugin.config]\nrcpt = [\"@\"]"
+        )
+    ));
+    let loaded = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(loaded.contains("\"standby\":2"), "{loaded}");
+    let made = "wasmtp_plugin_standby{plugin=\"probe\"}";
+    let taken = "wasmtp_plugin_instances_total{plugin=\"probe\",source=\"standby\"}";
+    let made_inline = "wasmtp_plugin_instances_total{plugin=\"probe\",source=\"pool\"}";
+    let full = || {
+        crate::outbound::wait_until(&s, "two standby instances", || {
+            sample(&s, made) == Some(2.0)
+        })
+    };
+    // Made at load, before any client asked.
+    full();
+    assert_eq!(sample(&s, taken), None);
+    let mut clients = [greeted(&s), greeted(&s)];
+    for (n, i) in [0, 1, 0, 1].into_iter().enumerate() {
+        // Each transaction gets an instance nobody called before: the
+        // probe's count starts again.
+        assert_eq!(transaction(&mut clients[i]), "4.7.1 calls=1");
+        assert_eq!(sample(&s, taken), Some(n as f64 + 1.0));
+        // The thread tops the standby up again.
+        full();
+    }
+    assert_eq!(sample(&s, made_inline), None, "no transaction made its own");
+    // Within a transaction the one instance stays.
+    let [mut a, _] = clients;
+    a.cmd("MAIL FROM:<a@example.test>", 250);
+    assert_eq!(count(&mut a), "4.7.1 calls=1");
+    assert_eq!(count(&mut a), "4.7.1 calls=2");
+    assert_eq!(sample(&s, taken), Some(5.0));
+}
+
+#[test]
+fn standby_is_decided_at_load_by_what_an_instance_costs() {
+    // A Rust plugin takes microseconds to make: no standby by default.
+    let s = Server::start(&probe_toml(
+        "probe",
+        &["rcpt"],
+        "[plugin.config]\nrcpt = [\"@\"]",
+    ));
+    let loaded = s.wait_for_log("plugin loaded", 1).remove(0);
+    assert!(loaded.contains("\"standby\":0"), "{loaded}");
+    drop(s);
+    // A Python one, served fresh, takes far longer (~66,000 function
+    // references made per instance): two made ahead by default.
+    let python = plugin_toml(
+        "sender-block",
+        "python/sender_block.wasm",
+        "hooks = [\"mail-from\"]\nreuse = 0\n[plugin.config]\ndomains = [\"spam.example\"]",
+    );
+    let mut s = Server::start(&python);
+    let standby_of = |s: &Server, n: usize| {
+        let line = s.wait_for_log("plugin loaded", n).remove(n - 1);
+        let at = line.find("\"standby\":").expect("standby logged") + 10;
+        line[at..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let served = |s: &Server| {
+        let mut c = greeted(s);
+        c.cmd("MAIL FROM:<bad@spam.example>", 550);
+        c.cmd("MAIL FROM:<good@example.test>", 250);
+    };
+    assert_eq!(standby_of(&s, 1), 2);
+    served(&s);
+    // The plugin's own key wins; a warm plugin needs none.
+    s.reload_with("reuse = 0\n", "reuse = 0\nstandby = 1\n");
+    s.wait_for_log("plugin reload done", 1);
+    assert_eq!(standby_of(&s, 2), 1);
+    served(&s);
+    s.reload_with("reuse = 0\nstandby = 1\n", "reuse = 100\n");
+    s.wait_for_log("plugin reload done", 2);
+    assert_eq!(standby_of(&s, 3), 0);
+    served(&s);
+    // `plugin_limits.standby = 0` turns the default off (limits are read
+    // at start; the same data dir, so the compiled plugin is reused).
+    s.signal_and_wait("TERM");
+    s.start_again_with(&format!("[plugin_limits]\nstandby = 0\n\n{python}"));
+    assert_eq!(standby_of(&s, 4), 0);
+    served(&s);
+}

@@ -204,6 +204,12 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts again on the same data dir, with `extra` as its config now.
+    pub fn start_again_with(&mut self, extra: &str) {
+        self.extra = extra.to_string();
+        self.start_again();
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
