@@ -43,6 +43,9 @@ pub enum QueueCmd {
         /// Older than this (`30m`, `2h`, `1d`).
         #[arg(long)]
         older_than: Option<humantime::Duration>,
+        /// Show at most this many (the oldest); the server's default is 1000.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// Messages by state and pending recipients by destination domain (like qshape).
     Summary,
@@ -106,14 +109,17 @@ pub fn queue(common: Common, cmd: QueueCmd) -> anyhow::Result<()> {
             domain,
             state,
             older_than,
+            limit,
         } => {
             let secs = older_than.map(|d| d.as_secs().to_string());
+            let limit = limit.map(|n| n.to_string());
             let pairs: Vec<(&str, &str)> = [
                 ("sender", sender.as_deref()),
                 ("rcpt", rcpt.as_deref()),
                 ("domain", domain.as_deref()),
                 ("state", state.as_deref()),
                 ("older_than", secs.as_deref()),
+                ("limit", limit.as_deref()),
             ]
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
@@ -336,6 +342,13 @@ fn print_list(v: &Value) -> anyhow::Result<()> {
             e.state.as_str(),
             next(e, now),
             e.last_error().unwrap_or("-")
+        );
+    }
+    let matched = v["matched"].as_u64().unwrap_or(entries.len() as u64);
+    if matched > entries.len() as u64 {
+        println!(
+            "({} of {matched} matching messages shown, the oldest; --limit shows more)",
+            entries.len()
         );
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200, or 503 with the reason |
 //! | `GET /status` | JSON: listeners, uptime, plugin set, queue summary |
-//! | `GET /queue?sender=&rcpt=&domain=&state=&older_than=` | JSON: the matching messages |
+//! | `GET /queue?sender=&rcpt=&domain=&state=&older_than=&limit=` | JSON: the matching messages (the first `limit`, 1000 by default) and how many matched |
 //! | `GET /queue/summary` | JSON: counts by domain and state |
 //! | `GET /queue/ID` | JSON: the message, its state and its header block |
 //! | `POST /queue/ID/retry`, `/hold`, `/release`, `/bounce` | JSON: the ids changed |
@@ -222,16 +222,38 @@ async fn status(state: &AdminState) -> Resp {
     }))
 }
 
+/// Messages `GET /queue` returns unless the request sets `limit`.
+const LIST_LIMIT: usize = 1000;
+
+/// The matching messages, oldest first: the first `limit` of them, and how
+/// many matched in all. Only those are held in memory.
 async fn list(state: &AdminState, query: &[(String, String)]) -> Resp {
     let filter = match filter(query) {
         Ok(f) => f,
         Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
+    let limit = match param(query, "limit").map(str::parse::<usize>) {
+        None => LIST_LIMIT,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit: expected a number of messages, at least 1",
+            );
+        }
+    };
     let now = crate::queue::now_secs();
-    match snapshot(state).await {
-        Ok(entries) => {
-            let messages: Vec<&Entry> = entries.iter().filter(|e| filter.matches(e, now)).collect();
-            ok_json(&json!({"now": now, "messages": messages}))
+    let listed = each_entry(state, (Vec::new(), 0usize), move |(kept, matched), e| {
+        if filter.matches(&e, now) {
+            *matched += 1;
+            if kept.len() < limit {
+                kept.push(e);
+            }
+        }
+    });
+    match listed.await {
+        Ok((messages, matched)) => {
+            ok_json(&json!({"now": now, "messages": messages, "matched": matched}))
         }
         Err(e) => control_error(e),
     }
@@ -261,19 +283,32 @@ fn filter(query: &[(String, String)]) -> Result<Filter, String> {
     })
 }
 
+/// One message, read from the store by its id on the blocking pool.
 async fn show(state: &AdminState, id: &str) -> Resp {
-    let entries = match snapshot(state).await {
-        Ok(e) => e,
+    let active = match in_delivery(state).await {
+        Ok(ids) => ids,
         Err(e) => return control_error(e),
     };
-    let Some(entry) = entries.into_iter().find(|e| e.message.id == id) else {
-        return control_error(ControlError::NoSuchMessage(id.to_string()));
-    };
-    let headers = match state.store.body(id) {
-        Ok(Some(body)) => crate::queue::control::header_block(&body),
-        _ => String::new(),
-    };
-    ok_json(&json!({"entry": entry, "headers": headers, "now": crate::queue::now_secs()}))
+    let (store, wanted) = (state.store.clone(), id.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        let Some(message) = store.get(&wanted)? else {
+            return Err(ControlError::NoSuchMessage(wanted));
+        };
+        let headers = match store.body(&wanted) {
+            Ok(Some(body)) => crate::queue::control::header_block(&body),
+            _ => String::new(),
+        };
+        let state = State::seen(&message, &active);
+        Ok((Entry { state, message }, headers))
+    })
+    .await
+    .unwrap_or(Err(ControlError::Stopped));
+    match found {
+        Ok((entry, headers)) => {
+            ok_json(&json!({"entry": entry, "headers": headers, "now": crate::queue::now_secs()}))
+        }
+        Err(e) => control_error(e),
+    }
 }
 
 /// The queue counted by state and domain. Every scrape of `/metrics` asks
@@ -283,40 +318,44 @@ async fn show(state: &AdminState, id: &str) -> Resp {
 /// scrape through a full snapshot took 51 MiB more RSS and held the manager
 /// ~80 ms.
 async fn summary(state: &AdminState) -> Result<Summary, ControlError> {
-    let active = match state.queue.control(Command::InDelivery).await? {
-        Answer::InDelivery(ids) => ids,
-        Answer::Entries(_) | Answer::Done(_) => Vec::new(),
-    };
+    each_entry(state, Summary::default(), |s, e| s.add(e.state, &e.message)).await
+}
+
+/// The ids a delivery worker has now (at most `queue.delivery_workers`):
+/// the one thing about the queue only the queue manager knows.
+async fn in_delivery(state: &AdminState) -> Result<Vec<String>, ControlError> {
+    match state.queue.control(Command::InDelivery).await? {
+        Answer::InDelivery(ids) => Ok(ids),
+        Answer::Done(_) => Ok(Vec::new()),
+    }
+}
+
+/// Folds every queued message, with its state, into `acc`: the store is
+/// read on the blocking pool one envelope at a time, so neither the queue
+/// manager is held nor the whole queue kept in memory.
+async fn each_entry<T: Send + 'static>(
+    state: &AdminState,
+    acc: T,
+    mut f: impl FnMut(&mut T, Entry) + Send + 'static,
+) -> Result<T, ControlError> {
+    let active = in_delivery(state).await?;
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut s = Summary::default();
-        store.for_each(|m| {
-            let st = if active.contains(&m.id) {
-                State::Active
-            } else {
-                State::of(&m)
-            };
-            s.add(st, &m);
+        let mut acc = acc;
+        store.for_each(|message| {
+            let state = State::seen(&message, &active);
+            f(&mut acc, Entry { state, message });
         })?;
-        Ok(s)
+        Ok(acc)
     })
     .await
     .map_err(|_| ControlError::Stopped)?
 }
 
-async fn snapshot(state: &AdminState) -> Result<Vec<Entry>, ControlError> {
-    match state.queue.control(Command::Snapshot).await? {
-        Answer::Entries(e) => Ok(e),
-        Answer::Done(_) | Answer::InDelivery(_) => Ok(Vec::new()),
-    }
-}
-
 async fn run(state: &AdminState, cmd: Command) -> Resp {
     match state.queue.control(cmd).await {
         Ok(Answer::Done(ids)) => ok_json(&json!({"done": ids})),
-        Ok(Answer::Entries(_) | Answer::InDelivery(_)) => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer")
-        }
+        Ok(Answer::InDelivery(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
         Err(e) => control_error(e),
     }
 }

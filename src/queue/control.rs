@@ -1,6 +1,6 @@
 //! What an operator can ask of the queue, as data: the commands the queue
 //! manager runs for the admin endpoint (`retry`, `hold`, `release`,
-//! `delete`, `bounce`, a snapshot), the state each message is in, and the
+//! `delete`, `bounce`, the ids in delivery), the state each message is in, and the
 //! filters and summary `wasmtp queue list` and `summary` show. The
 //! manager runs the commands (it owns the schedule, so a message in
 //! delivery is never changed under its worker); this file holds no I/O.
@@ -42,6 +42,15 @@ impl State {
     /// Parses a name from `as_str`.
     pub fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The state of a message, given the ids a delivery worker has now.
+    pub fn seen(msg: &QueuedMessage, in_delivery: &[String]) -> State {
+        if in_delivery.contains(&msg.id) {
+            State::Active
+        } else {
+            State::of(msg)
+        }
     }
 
     /// The state of a message that is not in delivery.
@@ -99,8 +108,6 @@ pub enum Target {
 /// A command for the queue manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Every message with its state.
-    Snapshot,
     /// The ids of the messages a worker has now (at most
     /// `queue.delivery_workers`). Changes nothing.
     InDelivery,
@@ -120,7 +127,6 @@ impl Command {
     /// The action's name in logs and metrics.
     pub fn action(&self) -> &'static str {
         match self {
-            Command::Snapshot => "snapshot",
             Command::InDelivery => "in-delivery",
             Command::Retry(_) => "retry",
             Command::Hold(_) => "hold",
@@ -134,8 +140,6 @@ impl Command {
 /// What the manager answers.
 #[derive(Debug, Clone)]
 pub enum Answer {
-    /// For `Snapshot`.
-    Entries(Vec<Entry>),
     /// For `InDelivery`.
     InDelivery(Vec<String>),
     /// The ids the command changed.

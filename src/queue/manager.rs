@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::control::{self, Answer, Command, ControlError, Entry, State, Target};
+use super::control::{self, Answer, Command, ControlError, Target};
 use super::{QueuedMessage, RcptStatus, Route, Store, StoreError, dsn, now_secs};
 use crate::config::{HookName, Settings};
 use crate::delivery::remote::Outbound;
@@ -255,7 +255,7 @@ impl Actor {
             | Command::Release(id)
             | Command::Delete(id)
             | Command::Bounce(id) => self.in_delivery(id).then(|| id.clone()),
-            Command::Snapshot | Command::InDelivery | Command::Retry(_) => None,
+            Command::InDelivery | Command::Retry(_) => None,
         };
         if let Some(id) = busy {
             self.after_delivery
@@ -282,22 +282,6 @@ impl Actor {
     ) -> Result<Answer, ControlError> {
         let now = now_secs();
         match cmd {
-            Command::Snapshot => {
-                let entries = self
-                    .store
-                    .all()?
-                    .into_iter()
-                    .map(|message| Entry {
-                        state: if self.in_delivery(&message.id) {
-                            State::Active
-                        } else {
-                            State::of(&message)
-                        },
-                        message,
-                    })
-                    .collect();
-                Ok(Answer::Entries(entries))
-            }
             Command::InDelivery => Ok(Answer::InDelivery(self.tasks.values().cloned().collect())),
             Command::Retry(target) => {
                 let msgs = match &target {

@@ -238,7 +238,7 @@ fn listed(s: &Server, filter: &[&str]) -> Vec<(String, String)> {
     ok(s, &args)
         .lines()
         .skip(1)
-        .filter(|l| !l.starts_with("queue is empty"))
+        .filter(|l| !l.starts_with("queue is empty") && !l.starts_with('('))
         .map(|l| {
             (
                 l.split_whitespace().next().unwrap().to_string(),
@@ -296,6 +296,28 @@ fn queue_commands_on_mail_held_by_a_tempfailing_upstream() {
     let json: serde_json::Value =
         serde_json::from_str(&ok(&s, &["queue", "list", "--json"])).unwrap();
     assert_eq!(json["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(json["matched"], 4);
+    // --limit: the oldest N, and the list says how many matched.
+    let text = ok(&s, &["queue", "list", "--limit", "2"]);
+    assert!(
+        text.contains("(2 of 4 matching messages shown, the oldest; --limit shows more)"),
+        "{text}"
+    );
+    let first_two: Vec<String> = listed(&s, &["--limit", "2"])
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    let all: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(first_two, all[..2]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["queue", "list", "--json", "--limit", "1"])).unwrap();
+    assert_eq!(
+        (json["messages"].as_array().unwrap().len(), &json["matched"]),
+        (1, &serde_json::json!(4))
+    );
+    let (code, body) = http(s.admin.as_ref().unwrap(), "GET", "/queue?limit=0", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("limit"), "{body}");
 
     // show: envelope, recipient state, the reply, headers.
     let show = ok(&s, &["queue", "show", retried]);
