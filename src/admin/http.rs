@@ -222,6 +222,14 @@ async fn status(state: &AdminState) -> Resp {
     }))
 }
 
+/// The answer of `GET /queue`.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    now: i64,
+    messages: &'a [Entry],
+    matched: usize,
+}
+
 /// Messages `GET /queue` returns unless the request sets `limit`.
 const LIST_LIMIT: usize = 1000;
 
@@ -252,9 +260,14 @@ async fn list(state: &AdminState, query: &[(String, String)]) -> Resp {
         }
     });
     match listed.await {
-        Ok((messages, matched)) => {
-            ok_json(&json!({"now": now, "messages": messages, "matched": matched}))
-        }
+        // Serialized straight from the entries, not through a `json!` tree:
+        // three listings of 30,000 messages took RSS 47 -> 388 MiB through
+        // the tree, 66 -> 128 MiB without (release build).
+        Ok((messages, matched)) => ok_json(&Listed {
+            now,
+            messages: &messages,
+            matched,
+        }),
         Err(e) => control_error(e),
     }
 }
