@@ -400,6 +400,7 @@ impl PluginHost {
         let set = host.load_set(&settings.plugins, 1)?;
         host.prune_cache(&set);
         *host.current.write().expect("plugin set lock") = Arc::new(set);
+        host.want_standby_all();
         let shared = Arc::downgrade(&host.shared);
         let every = settings.plugin_limits.kv_sweep_interval;
         std::thread::Builder::new()
@@ -437,6 +438,8 @@ impl PluginHost {
         let names: Vec<&str> = set.plugins.iter().map(|p| p.spec.name.as_str()).collect();
         info!(generation, plugins = ?names, "plugin set swapped in");
         *self.current.write().expect("plugin set lock") = Arc::new(set);
+        // Once it is current: the maker makes none for a set that is not.
+        self.want_standby_all();
         Ok(generation)
     }
 
@@ -522,7 +525,6 @@ impl PluginHost {
                 cached,
                 stats,
             });
-            self.want_standby(&plugin);
             plugins.push(plugin);
         }
         Ok(PluginSet {
@@ -592,6 +594,13 @@ impl PluginHost {
         if p.standby.wanted() {
             // The maker has gone only when the host is being dropped.
             let _ = self.standby_tx.send(p.clone());
+        }
+    }
+
+    /// Asks for the standby instances of every plugin of the current set.
+    fn want_standby_all(&self) {
+        for p in &self.current().plugins {
+            self.want_standby(p);
         }
     }
 

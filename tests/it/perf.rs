@@ -531,6 +531,13 @@ fn standby_instances_are_made_ahead_and_each_serves_one_transaction() {
     assert_eq!(count(&mut a), "4.7.1 calls=1");
     assert_eq!(count(&mut a), "4.7.1 calls=2");
     assert_eq!(sample(&s, taken), Some(5.0));
+    // A reload makes the new set's instances ahead too (once it is the
+    // current set: none are made for a replaced one).
+    s.reload_with("standby = 2\n", "standby = 1\n");
+    s.wait_for_log("plugin reload done", 1);
+    crate::outbound::wait_until(&s, "the new set's standby instance", || {
+        sample(&s, made) == Some(1.0)
+    });
 }
 
 #[test]
