@@ -230,15 +230,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Counts `entries`.
-    pub fn of(entries: &[Entry]) -> Summary {
-        let mut s = Summary::default();
-        for e in entries {
-            s.add(e.state, &e.message);
-        }
-        s
-    }
-
     /// Counts one message in `state`.
     pub fn add(&mut self, state: State, message: &QueuedMessage) {
         *self.messages.entry(state).or_default() += 1;
@@ -321,7 +312,10 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(f(held), 1);
-        let s = Summary::of(&[a, b]);
+        let mut s = Summary::default();
+        for e in [a, b] {
+            s.add(e.state, &e.message);
+        }
         assert_eq!(s.total(), 2);
         assert_eq!(s.domains["remote.test"][&State::Deferred], 1);
         assert_eq!(s.domains["remote.test"][&State::Held], 1);
