@@ -263,12 +263,12 @@ fn bench(c: &mut Criterion) {
         whole(
             c,
             &format!("transaction, one {label} plugin ({hook}), fresh instance"),
-            &p("standby = 0\n"),
+            &p("reuse = 0\nstandby = 0\n"),
         );
         made_ahead(
             c,
             &format!("transaction, one {label} plugin ({hook}), fresh instance made ahead"),
-            &p("standby = 2\n"),
+            &p("reuse = 0\nstandby = 2\n"),
         );
         whole(
             c,

@@ -12,6 +12,10 @@ It refuses MAIL FROM senders whose domain is listed in the config:
     domains = ["spam.example", "junk.example"]
     message = "Sender domain refused"   # optional
 
+Its manifest says `"stateless": true`: `configure` builds the domain set once and the hook only
+reads it, so one warm instance may serve many transactions (docs/plugins.md, "Instances"). A
+plugin that keeps per-message data in its globals must not say so.
+
 It exists mainly so that a WIT change that breaks other languages fails CI.
 """
 
