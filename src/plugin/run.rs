@@ -108,6 +108,9 @@ pub struct PluginSession {
     /// A quarantine verdict given at `rcpt`: the whole message goes to
     /// quarantine, as if the data hook had said so.
     quarantine: Option<String>,
+    /// Plugins whose standby this session took from or made its own
+    /// instance for, while top-ups wait for [`PluginSession::top_up`].
+    owed: Option<Vec<Arc<LoadedPlugin>>>,
 }
 
 impl PluginSession {
@@ -124,6 +127,32 @@ impl PluginSession {
             notes,
             session_id,
             quarantine: None,
+            owed: None,
+        }
+    }
+
+    /// Holds standby top-ups until [`PluginSession::top_up`] instead of
+    /// asking right after each call. An SMTP session does this and tops up
+    /// once its reply is written: the standby maker, woken at the end of
+    /// the call, took this session's CPU before the reply went out
+    /// (measured: one MAIL FROM in three waited 0.7-1.0 ms more, the worker
+    /// preempted by the maker).
+    pub fn hold_top_ups(&mut self) {
+        self.owed.get_or_insert_with(Vec::new);
+    }
+
+    /// True if a top-up is being held.
+    pub fn owes_top_up(&self) -> bool {
+        self.owed.as_ref().is_some_and(|o| !o.is_empty())
+    }
+
+    /// Asks for the standby instances held back since the last time.
+    pub fn top_up(&mut self) {
+        for p in self.owed.iter_mut().flatten() {
+            self.host.want_standby(p);
+        }
+        if let Some(o) = &mut self.owed {
+            o.clear();
         }
     }
 
@@ -395,7 +424,15 @@ impl PluginSession {
             // making an instance maps memory, and the call's page faults
             // would wait for it (measured: the MAIL round trip of a Python
             // plugin 1.6 ms when the making overlapped its call).
-            self.host.want_standby(p);
+            match &mut self.owed {
+                Some(owed) if p.standby.target > 0 => {
+                    if !owed.iter().any(|q| Arc::ptr_eq(q, p)) {
+                        owed.push(p.clone());
+                    }
+                }
+                Some(_) => {}
+                None => self.host.want_standby(p),
+            }
         }
         ret
     }
@@ -767,6 +804,7 @@ impl Drop for PluginSession {
     /// The end of the session is a transaction boundary too.
     fn drop(&mut self) {
         self.release();
+        self.top_up();
     }
 }
 

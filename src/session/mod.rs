@@ -114,7 +114,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         info: ConnInfo,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let plugins = PluginSession::new(ctx.plugins.clone(), info.id.clone());
+        let mut plugins = PluginSession::new(ctx.plugins.clone(), info.id.clone());
+        plugins.hold_top_ups();
         Session {
             conn: Conn::new(stream, ctx.settings.timeouts.write, info.deadline),
             ctx,
@@ -165,6 +166,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return false;
         }
         loop {
+            if self.plugins.owes_top_up() {
+                // The reply goes out before the standby maker is woken
+                // (`PluginSession::hold_top_ups`).
+                if let Err(stop) = self.conn.flush().await {
+                    Box::pin(self.stopped(stop)).await;
+                    return false;
+                }
+                self.plugins.top_up();
+            }
             let max = self.settings().limits.command_line_length;
             let timeout = self.settings().timeouts.command;
             let input = self
