@@ -350,13 +350,6 @@ impl Store {
         }
     }
 
-    /// All envelopes, oldest first; corrupt ones are moved aside.
-    pub fn all(&self) -> Result<Vec<QueuedMessage>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each(|m| out.push(m))?;
-        Ok(out)
-    }
-
     /// Calls `f` with every envelope in turn, holding one at a time: what
     /// counts the queue takes memory for one message, not for all.
     pub fn for_each(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
@@ -580,7 +573,8 @@ mod tests {
         let store = Store::open(&q, false, 1 << 20).unwrap();
         // At start: the bad records are set aside raw, their messages
         // indexed again from their files.
-        let ids: Vec<_> = store.all().unwrap().into_iter().map(|m| m.id).collect();
+        let mut ids = Vec::new();
+        store.for_each(|m| ids.push(m.id)).unwrap();
         assert_eq!(ids, ["BAD1", "BAD2", "GOOD"]);
         assert_eq!(store.corrupt_len(), 3);
         assert_eq!(
@@ -628,7 +622,8 @@ mod tests {
         assert_eq!(report.corrupt_files.len(), 1);
         assert!(!report.repaired && !report.is_clean());
         let store = Store::open(&q, true, 1 << 20).unwrap();
-        let ids: Vec<_> = store.all().unwrap().into_iter().map(|m| m.id).collect();
+        let mut ids = Vec::new();
+        store.for_each(|m| ids.push(m.id)).unwrap();
         assert_eq!(ids, ["M1", "M2"]);
         assert_eq!(store.body("M2").unwrap().unwrap().len(), 100_000);
         assert!(q.join("corrupt/M5").exists());
