@@ -358,6 +358,7 @@ async fn each_entry<T: Send + 'static>(
         store.for_each(|message| {
             let state = State::seen(&message, &active);
             f(&mut acc, Entry { state, message });
+            Ok(())
         })?;
         Ok(acc)
     })

@@ -148,11 +148,8 @@ impl PluginSession {
 
     /// Asks for the standby instances held back since the last time.
     pub fn top_up(&mut self) {
-        for p in self.owed.iter_mut().flatten() {
-            self.host.want_standby(p);
-        }
-        if let Some(o) = &mut self.owed {
-            o.clear();
+        for p in self.owed.iter_mut().flat_map(|o| o.drain(..)) {
+            self.host.want_standby(&p);
         }
     }
 

@@ -63,6 +63,7 @@ impl QueueManager {
             if !m.held {
                 deferred.insert((m.next_attempt, m.id));
             }
+            Ok(())
         })?;
         if recovered > 0 {
             info!(messages = recovered, "recovered queued messages");
@@ -299,31 +300,21 @@ impl Actor {
                     named.push(m.id);
                     Ok(())
                 };
-                let mut failed = None;
-                let mut each = |m: QueuedMessage| {
-                    if failed.is_none()
-                        && let Err(e) = take(m)
-                    {
-                        failed = Some(e);
-                    }
-                };
                 match &target {
                     Target::Id(id) => {
                         let m = self.get(id)?;
                         if m.held {
                             return Err(ControlError::Held(id.clone()));
                         }
-                        each(m);
+                        take(m)?;
                     }
-                    Target::All => self.store.for_each(each)?,
+                    Target::All => self.store.for_each(take)?,
                     Target::Domain(d) => self.store.for_each(|m| {
                         if control::pending_domains(&m).any(|x| x.eq_ignore_ascii_case(d)) {
-                            each(m)
+                            take(m)?;
                         }
+                        Ok(())
                     })?,
-                }
-                if let Some(e) = failed {
-                    return Err(e.into());
                 }
                 // One pass over the schedule for all of them (one per
                 // message made `retry --all` quadratic: 5.5 s for 30,000).

@@ -351,12 +351,16 @@ impl Store {
     }
 
     /// Calls `f` with every envelope in turn, holding one at a time: what
-    /// counts the queue takes memory for one message, not for all.
-    pub fn for_each(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
+    /// counts or retries the queue takes memory for one message, not for
+    /// all. The first error, the store's or `f`'s, ends the walk.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(QueuedMessage) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         for kv in self.inner.envelopes.iter() {
             let (k, v) = kv?;
             if let Some(m) = self.decode_or_set_aside(&k, &v)? {
-                f(m);
+                f(m)?;
             }
         }
         Ok(())
@@ -574,7 +578,12 @@ mod tests {
         // At start: the bad records are set aside raw, their messages
         // indexed again from their files.
         let mut ids = Vec::new();
-        store.for_each(|m| ids.push(m.id)).unwrap();
+        store
+            .for_each(|m| {
+                ids.push(m.id);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(ids, ["BAD1", "BAD2", "GOOD"]);
         assert_eq!(store.corrupt_len(), 3);
         assert_eq!(
@@ -623,7 +632,12 @@ mod tests {
         assert!(!report.repaired && !report.is_clean());
         let store = Store::open(&q, true, 1 << 20).unwrap();
         let mut ids = Vec::new();
-        store.for_each(|m| ids.push(m.id)).unwrap();
+        store
+            .for_each(|m| {
+                ids.push(m.id);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(ids, ["M1", "M2"]);
         assert_eq!(store.body("M2").unwrap().unwrap().len(), 100_000);
         assert!(q.join("corrupt/M5").exists());
