@@ -213,7 +213,7 @@ impl Spool {
                 .open(&path)
                 .map_err(|source| io_err(&path, source))?,
         };
-        let written = file.write_all(&head).and_then(|()| file.write_all(body));
+        let written = write_both(&mut file, &head, body);
         written.map_err(|source| {
             // Ours, half written (a full disk): not left for a restart.
             let _ = std::fs::remove_file(&path);
@@ -399,7 +399,8 @@ fn parse(bytes: Vec<u8>) -> Result<MessageFile, String> {
     Ok(MessageFile { envelope, body })
 }
 
-/// Reads a file's record: the first [`FIRST_READ`] octets, then the rest
+/// Reads a file's record: up to [`FIRST_READ`] octets (stopping once a
+/// whole record is in), then the rest
 /// of what the header says the record spans (never the stale tail of a
 /// recycled file). What does not parse is left to [`parse`].
 fn read_record(path: &Path) -> io::Result<Vec<u8>> {
@@ -410,6 +411,11 @@ fn read_record(path: &Path) -> io::Result<Vec<u8>> {
         match f.read(&mut bytes[got..])? {
             0 => break,
             n => got += n,
+        }
+        // A whole small record came in one read: no second read to find
+        // the end of the file (a syscall per delivered message).
+        if record_len(&bytes[..got]).is_some_and(|want| got >= want) {
+            break;
         }
     }
     bytes.truncate(got);
@@ -497,6 +503,22 @@ pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))
+}
+
+/// Writes `head` then `body` with one `writev` where the kernel takes
+/// both (a syscall per accepted message saved), looping on short writes.
+fn write_both(file: &mut File, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let mut bufs = [io::IoSlice::new(head), io::IoSlice::new(body)];
+    let mut bufs = &mut bufs[..];
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path, source: io::Error) -> FileError {
