@@ -478,28 +478,28 @@ impl Plugin for SpamScore {
         } else {
             report.hits.join(",")
         };
+        // Formatted once: a float with a precision is the guest's costliest
+        // formatting (exact mode), and the score appears four times.
+        let shown = format!("{score:.1}");
         let status = format!(
-            "{}, score={score:.1} required={:.1} tests={tests}",
+            "{}, score={shown} required={:.1} tests={tests}",
             if is_spam { "Yes" } else { "No" },
             self.s.spam_threshold
         );
-        notes::set("spam.score", &format!("{score:.1}"));
+        notes::set("spam.score", &shown);
         let verdict = match (self.s.reject_threshold, self.s.quarantine_threshold) {
             (Some(t), _) if score >= t => Verdict::Reject(Some(Reply::new(
                 550,
                 "5.7.1",
-                format!("Message looks like spam (score {score:.1})"),
+                format!("Message looks like spam (score {shown})"),
             ))),
             (_, Some(t)) if score >= t => {
-                Verdict::quarantine(format!("spam score {score:.1}: {tests}"))
+                Verdict::quarantine(format!("spam score {shown}: {tests}"))
             }
             _ => Verdict::Continue,
         };
         Outcome::from(verdict)
-            .with(Modification::change_header(
-                "X-Spam-Score",
-                format!("{score:.1}"),
-            ))
+            .with(Modification::change_header("X-Spam-Score", shown))
             .with(Modification::change_header("X-Spam-Status", status))
     }
 }
