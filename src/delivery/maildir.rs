@@ -253,16 +253,44 @@ fn write_unnamed(copy: &MaildirCopy<'_>, dest: &Path) -> Result<bool, MaildirErr
     }
 }
 
-/// Delivers one copy; returns the final path.
+/// Delivers one copy, durable when it returns; returns the final path
+/// (the queue writes a message's copies with [`write`] and syncs once).
+#[cfg(test)]
 pub fn deliver(copy: &MaildirCopy<'_>) -> Result<PathBuf, MaildirError> {
-    match deliver_to(copy, &prepare(&copy.dir)?) {
+    let (path, group) = write(copy)?;
+    sync(&group, &copy.dir)?;
+    Ok(path)
+}
+
+/// Writes one copy into `new/` without waiting for it to be durable:
+/// returns its path and its file system's sync group, for [`sync`] once
+/// every copy of a message is written (one sync for all of them, where a
+/// message to ten mailboxes waited for ten syncs one after another).
+pub fn write(copy: &MaildirCopy<'_>) -> Result<(PathBuf, Group), MaildirError> {
+    let group = prepare(&copy.dir)?;
+    match write_to(copy) {
         // A maildir known to exist was removed since: create it again, once.
         Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
             forget(&copy.dir);
-            deliver_to(copy, &prepare(&copy.dir)?)
+            let group = prepare(&copy.dir)?;
+            write_to(copy).map(|path| (path, group))
         }
-        r => r,
+        r => r.map(|path| (path, group)),
     }
+}
+
+/// Makes the copies written (by [`write`]) to the file system of `group`
+/// durable: returns after a `syncfs` of it that started after this call
+/// (see `SYNC_PATIENCE`). `dir` is one of their maildirs, named in the
+/// error.
+pub fn sync(group: &Group, dir: &Path) -> Result<(), MaildirError> {
+    // The file and its name in new/ are only durable once synced: the next
+    // sync of the file system, whoever starts it.
+    group_sync_within(group, "maildir", SYNC_PATIENCE).map_err(|source| MaildirError {
+        step: "syncing",
+        path: dir.join("new"),
+        source,
+    })
 }
 
 /// Maildirs whose `tmp/`, `new/` and `cur/` exist, with their file system's
@@ -309,7 +337,7 @@ fn forget(dir: &Path) {
 /// tables, bitmaps and directory blocks), and the accept rate rose with it.
 const SYNC_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
 
-fn deliver_to(copy: &MaildirCopy<'_>, group: &Group) -> Result<PathBuf, MaildirError> {
+fn write_to(copy: &MaildirCopy<'_>) -> Result<PathBuf, MaildirError> {
     let dest = copy.dir.join("new").join(&copy.name);
     if copy.check_existing && at("reading", &copy.dir, already_delivered(copy))? {
         return Ok(dest);
@@ -323,13 +351,6 @@ fn deliver_to(copy: &MaildirCopy<'_>, group: &Group) -> Result<PathBuf, MaildirE
         }
         result?;
     }
-    // The file and its name in new/ are only durable once synced: the next
-    // sync of the file system, whoever starts it (see SYNC_PATIENCE).
-    group_sync_within(group, "maildir", SYNC_PATIENCE).map_err(|source| MaildirError {
-        step: "syncing",
-        path: copy.dir.join("new"),
-        source,
-    })?;
     Ok(dest)
 }
 

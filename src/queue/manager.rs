@@ -595,7 +595,9 @@ async fn send_dsns(
 /// Delivers each pending local recipient once. Recipients that resolve to
 /// the same local mailbox (`alice+a@`, `Alice@`, `alice@`) share one copy:
 /// the first delivery decides the outcome of all of them, so their
-/// per-recipient status stays consistent.
+/// per-recipient status stays consistent. Every copy is written first and
+/// then made durable with one sync per file system (a copy counts as
+/// delivered only after it).
 fn deliver_local(
     settings: &Settings,
     msg: &QueuedMessage,
@@ -604,33 +606,67 @@ fn deliver_local(
     retry: bool,
 ) -> Vec<(usize, Outcome)> {
     let mut copies: HashMap<&str, Outcome> = HashMap::new();
+    let mut unsynced: Vec<(&str, crate::syncfs::Group, std::path::PathBuf)> = Vec::new();
+    for &i in pending {
+        let mailbox = msg.recipients[i].mailbox.as_str();
+        if copies.contains_key(mailbox) {
+            continue;
+        }
+        let outcome = match write_copy(settings, msg, i, body, retry) {
+            Ok(Some((group, dir))) => {
+                unsynced.push((mailbox, group, dir));
+                Outcome::Delivered(format!("mailbox {mailbox}"))
+            }
+            Ok(None) => Outcome::Delivered(format!("mailbox {mailbox}")),
+            Err(outcome) => outcome,
+        };
+        copies.insert(mailbox, outcome);
+    }
+    // One sync per file system for every copy written above.
+    let mut synced: Vec<(crate::syncfs::Group, Option<(std::io::ErrorKind, String)>)> = Vec::new();
+    for (mailbox, group, dir) in &unsynced {
+        let failed = match synced.iter().find(|(g, _)| Arc::ptr_eq(g, group)) {
+            Some((_, failed)) => failed.clone(),
+            None => {
+                let failed = maildir::sync(group, dir)
+                    .err()
+                    .map(|e| (e.source.kind(), e.source.to_string()));
+                synced.push((group.clone(), failed.clone()));
+                failed
+            }
+        };
+        if let Some((kind, text)) = failed {
+            let e = maildir::MaildirError {
+                step: "syncing",
+                path: dir.join("new"),
+                source: std::io::Error::new(kind, text),
+            };
+            copies.insert(mailbox, copy_failed(e));
+        }
+    }
     pending
         .iter()
-        .map(|&i| {
-            let r = &msg.recipients[i];
-            let outcome = if let Some(o) = copies.get(r.mailbox.as_str()) {
-                o.clone()
-            } else {
-                let o = deliver_copy(settings, msg, i, body, retry);
-                copies.insert(&r.mailbox, o.clone());
-                o
-            };
-            (i, outcome)
-        })
+        .map(|&i| (i, copies[msg.recipients[i].mailbox.as_str()].clone()))
         .collect()
 }
 
-/// Writes the one copy of `msg` for recipient `i`'s mailbox.
-fn deliver_copy(
+/// Writes the one copy of `msg` for recipient `i`'s mailbox. Ok(Some) is
+/// a copy written and not yet durable: its file system's sync group and
+/// its maildir; Ok(None) a copy delivered before; Err the outcome of a
+/// copy that could not be written.
+fn write_copy(
     settings: &Settings,
     msg: &QueuedMessage,
     i: usize,
     body: &[u8],
     retry: bool,
-) -> Outcome {
+) -> Result<Option<(crate::syncfs::Group, std::path::PathBuf)>, Outcome> {
     let r = &msg.recipients[i];
     if !maildir::is_safe_mailbox(&r.mailbox) {
-        return Outcome::permanent("5.1.3", format!("invalid mailbox name {:?}", r.mailbox));
+        return Err(Outcome::permanent(
+            "5.1.3",
+            format!("invalid mailbox name {:?}", r.mailbox),
+        ));
     }
     let mut same_mailbox = msg
         .recipients
@@ -642,7 +678,7 @@ fn deliver_copy(
         .clone()
         .any(|(_, o)| matches!(o.status, RcptStatus::Delivered(_)))
     {
-        return Outcome::Delivered(format!("mailbox {}", r.mailbox));
+        return Ok(None);
     }
     // Named after the mailbox's first recipient, so a retry after a crash
     // finds the copy whichever recipient is pending then.
@@ -660,21 +696,24 @@ fn deliver_copy(
         line_endings: settings.local.line_endings,
         check_existing: retry,
     };
-    match maildir::deliver(&copy) {
-        Ok(_) => Outcome::Delivered(format!("mailbox {}", r.mailbox)),
-        Err(e) => {
-            if Outcome::is_environment(&e.source) {
-                // The path's client part, the mailbox, passed is_safe_mailbox.
-                error!(
-                    path = %e.path.display(),
-                    error = %e.source,
-                    "mail store not writable; delivery deferred until it is fixed"
-                );
-            }
-            let context = format!("maildir delivery: {} {}", e.step, e.path.display());
-            Outcome::from_io(&context, &e.source)
-        }
+    match maildir::write(&copy) {
+        Ok((_, group)) => Ok(Some((group, copy.dir))),
+        Err(e) => Err(copy_failed(e)),
     }
+}
+
+/// The outcome of a copy that could not be written or synced.
+fn copy_failed(e: maildir::MaildirError) -> Outcome {
+    if Outcome::is_environment(&e.source) {
+        // The path's client part, the mailbox, passed is_safe_mailbox.
+        error!(
+            path = %e.path.display(),
+            error = %e.source,
+            "mail store not writable; delivery deferred until it is fixed"
+        );
+    }
+    let context = format!("maildir delivery: {} {}", e.step, e.path.display());
+    Outcome::from_io(&context, &e.source)
 }
 
 /// Tells the plugins on delivered/deferred/bounced what happened.

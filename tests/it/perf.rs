@@ -484,7 +484,7 @@ fn a_compile_past_plugin_limits_compile_timeout_is_stopped_and_the_plugin_does_n
 
 /// The value of the sample `series` (name and labels, as Prometheus prints
 /// them) on the server's `/metrics`, if it is there.
-fn sample(s: &Server, series: &str) -> Option<f64> {
+pub(crate) fn sample(s: &Server, series: &str) -> Option<f64> {
     let (code, body) = crate::ops::http(s.admin.as_ref().unwrap(), "GET", "/metrics", None);
     assert_eq!(code, 200);
     body.lines()

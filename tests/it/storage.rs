@@ -149,3 +149,27 @@ fn one_copy_per_mailbox() {
     s.wait_for_mail("bob", 1);
     assert_eq!(s.all_mail().len(), 2);
 }
+
+#[test]
+fn the_copies_of_a_message_are_made_durable_by_one_sync() {
+    let s = Server::start("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let mailboxes = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let to: Vec<String> = mailboxes
+        .iter()
+        .map(|m| format!("{m}@example.test"))
+        .collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    send(&s, &to, "six mailboxes");
+    for m in mailboxes {
+        s.wait_for_mail(m, 1);
+    }
+    // All six copies written first, then one wait for a sync of the mail
+    // file system (it was one wait per copy, one after another).
+    let waits = "wasmtp_syncfs_waits_total{by=\"maildir\"}";
+    assert_eq!(crate::perf::sample(&s, waits), Some(1.0));
+    // A second message waits once more.
+    send(&s, &["ann@example.test", "ben@example.test"], "two more");
+    s.wait_for_mail("ann", 2);
+    s.wait_for_mail("ben", 2);
+    assert_eq!(crate::perf::sample(&s, waits), Some(2.0));
+}
