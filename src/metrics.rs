@@ -118,6 +118,11 @@ fn describe() {
         "Time one delivery attempt of one message took."
     );
     h!(
+        "wasmtp_syncfs_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time one syncfs of the queue's or a mailbox's file system took: the disk's flush latency under the load."
+    );
+    h!(
         "wasmtp_queue_commit_duration_seconds",
         metrics::Unit::Seconds,
         "Time from the end of a message's data to its file being durable, before the 250 reply."
@@ -447,9 +452,10 @@ pub fn queue_commit(took: Duration) {
     histogram!("wasmtp_queue_commit_duration_seconds").record(took.as_secs_f64());
 }
 
-/// A `syncfs` ran (for however many writers were waiting).
-pub fn syncfs_run() {
+/// A `syncfs` ran (for however many writers were waiting) and took `took`.
+pub fn syncfs_ran(took: Duration) {
     counter!("wasmtp_syncfs_total").increment(1);
+    histogram!("wasmtp_syncfs_duration_seconds").record(took.as_secs_f64());
 }
 
 /// A queue command ran through the admin endpoint.

@@ -113,13 +113,7 @@ pub fn group_sync_within(
             }
             let mine = st.started;
             drop(st);
-            crate::metrics::syncfs_run();
-            // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
-            let r = if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(d)) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            };
+            let r = syncfs(d);
             st = lock.lock().unwrap_or_else(|e| e.into_inner());
             st.running = false;
             st.done = mine;
@@ -134,6 +128,20 @@ pub fn group_sync_within(
         }
         st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
     }
+}
+
+/// One `syncfs` of the file system `d` is on, counted and timed
+/// (`wasmtp_syncfs_total`, `wasmtp_syncfs_duration_seconds`).
+pub fn syncfs(d: &File) -> io::Result<()> {
+    let started = Instant::now();
+    // SAFETY: syncfs only reads the descriptor, which the caller keeps open.
+    let r = if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(d)) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    crate::metrics::syncfs_ran(started.elapsed());
+    r
 }
 
 #[cfg(test)]

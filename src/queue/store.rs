@@ -519,13 +519,7 @@ impl Durable {
         if let Some(group) = &self.group {
             return crate::syncfs::group_sync(group, "queue").map_err(sled::Error::Io);
         }
-        crate::metrics::syncfs_run();
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the descriptor, which `self.dir` keeps open.
-        if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
-            return Err(sled::Error::Io(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        crate::syncfs::syncfs(&self.dir).map_err(sled::Error::Io)
     }
 }
 
