@@ -485,9 +485,19 @@ fn a_compile_past_plugin_limits_compile_timeout_is_stopped_and_the_plugin_does_n
 /// The value of the sample `series` (name and labels, as Prometheus prints
 /// them) on the server's `/metrics`, if it is there.
 pub(crate) fn sample(s: &Server, series: &str) -> Option<f64> {
+    sample_in(&scrape(s), series)
+}
+
+/// The server's `/metrics` page, for several samples of one moment.
+pub(crate) fn scrape(s: &Server) -> String {
     let (code, body) = crate::ops::http(s.admin.as_ref().unwrap(), "GET", "/metrics", None);
     assert_eq!(code, 200);
-    body.lines()
+    body
+}
+
+/// The value of the sample `series` in a scraped `/metrics` page.
+pub(crate) fn sample_in(page: &str, series: &str) -> Option<f64> {
+    page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.trim().parse().unwrap())
 }

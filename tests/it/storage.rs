@@ -173,15 +173,9 @@ fn the_copies_of_a_message_are_made_durable_by_one_sync() {
     s.wait_for_mail("ben", 2);
     assert_eq!(crate::perf::sample(&s, waits), Some(2.0));
     // Every sync that ran is timed: at least one per accepted message.
-    let (code, body) = crate::ops::http(s.admin.as_ref().unwrap(), "GET", "/metrics", None);
-    assert_eq!(code, 200);
-    let value = |series: &str| -> f64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
-            .trim()
-            .parse()
-            .unwrap()
+    let page = crate::perf::scrape(&s);
+    let value = |series| {
+        crate::perf::sample_in(&page, series).unwrap_or_else(|| panic!("no {series} in\n{page}"))
     };
     let syncs = value("wasmtp_syncfs_total");
     assert!(syncs >= 2.0, "{syncs} syncs for two messages");
