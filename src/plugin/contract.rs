@@ -17,7 +17,10 @@
 //! two versions to link; keeping 0.1.0 as its own frozen file makes it impossible to edit by
 //! accident.
 
-use wasmtime::component::{Component, Resource};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::component::{Component, ComponentExportIndex, Func, Instance, Resource, TypedFunc};
 use wasmtime::{Engine, Store};
 
 use super::bindings::wasmtp::plugin as v2;
@@ -115,13 +118,154 @@ pub fn served_list() -> String {
 #[derive(Clone)]
 pub(crate) enum Pre {
     V0_1(v010::PluginPre<HostState>),
-    V0_2(super::bindings::PluginPre<HostState>),
+    V0_2(Pre2),
 }
 
 /// A live instance's exports of either version.
 pub(crate) enum Guest {
     V0_1(v010::Plugin),
-    V0_2(super::bindings::Plugin),
+    V0_2(Hooks),
+}
+
+/// A pre-linked plugin of the current contract: the component, where its
+/// hooks are, and whether an instance of it has had its hooks' types
+/// checked.
+#[derive(Clone)]
+pub(crate) struct Pre2 {
+    /// The bindings' own pre (its `new` checked that every hook is exported).
+    pre: super::bindings::PluginPre<HostState>,
+    at: HookIndices,
+    /// Set once one instance's exports matched `Hooks`' signatures. Every
+    /// instance of one pre-linked component has the same export types, so
+    /// the later ones only look their hooks up: checking ten signatures per
+    /// instance (what the bindings' `load` does, comparing every record's
+    /// field names) was 14% of a fresh three-plugin transaction.
+    checked: Arc<AtomicBool>,
+}
+
+/// Declares the current contract's hooks once: where each is exported, its
+/// signature (checked on a component's first instance, then trusted), and a
+/// method that calls it.
+macro_rules! hooks {
+    ($($field:ident $name:literal ($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        /// Where each hook of the current contract is exported.
+        #[derive(Clone)]
+        struct HookIndices {
+            $($field: ComponentExportIndex,)*
+        }
+
+        impl HookIndices {
+            fn new(component: &Component) -> wasmtime::Result<HookIndices> {
+                let name = Contract::V0_2.as_str().replace('@', "/hooks@");
+                let iface = component
+                    .get_export_index(None, name.as_str())
+                    .ok_or_else(|| wasmtime::format_err!("no exported instance named `{name}`"))?;
+                Ok(HookIndices {
+                    $($field: component
+                        .get_export_index(Some(&iface), $name)
+                        .ok_or_else(|| wasmtime::format_err!("`{name}` exports no `{}`", $name))?,)*
+                })
+            }
+        }
+
+        /// The hooks of one live instance of the current contract.
+        pub(crate) struct Hooks {
+            $($field: Func,)*
+        }
+
+        impl Hooks {
+            /// The hooks of `instance`; `check` compares each one's type with
+            /// the signature its method calls it with.
+            fn load(
+                store: &mut Store<HostState>,
+                instance: &Instance,
+                at: &HookIndices,
+                check: bool,
+            ) -> wasmtime::Result<Hooks> {
+                Ok(Hooks {
+                    $($field: if check {
+                        *instance
+                            .get_typed_func::<($($ty,)*), $ret>(&mut *store, &at.$field)?
+                            .func()
+                    } else {
+                        instance
+                            .get_func(&mut *store, &at.$field)
+                            .ok_or_else(|| wasmtime::format_err!("no hook `{}`", $name))?
+                    },)*
+                })
+            }
+
+            $(
+                pub(crate) async fn $field(
+                    &self,
+                    store: &mut Store<HostState>,
+                    $($arg: $ty),*
+                ) -> wasmtime::Result<$ret> {
+                    // SAFETY: `Pre2::instantiate` loads hooks unchecked only
+                    // after an instance of the same pre-linked component
+                    // passed `load`'s check of this very signature.
+                    let f = unsafe { TypedFunc::<($($ty,)*), $ret>::new_unchecked(self.$field) };
+                    f.call_async(store, ($($arg,)*)).await
+                }
+            )*
+        }
+    };
+}
+
+hooks! {
+    init "init" (config: &str) -> (Result<(), String>,);
+    connect "connect" (conn: &v2::types::Connection) -> (v2::types::Verdict,);
+    ehlo "ehlo" (conn: &v2::types::Connection, name: &str) -> (v2::types::Verdict,);
+    mail_from "mail-from" (
+        conn: &v2::types::Connection,
+        sender: &str,
+        params: &[(String, Option<String>)]
+    ) -> (v2::types::Outcome,);
+    rcpt "rcpt" (
+        conn: &v2::types::Connection,
+        env: &v2::types::Envelope,
+        rcpt: &v2::types::Recipient
+    ) -> (v2::types::Outcome,);
+    data "data" (
+        conn: &v2::types::Connection,
+        env: &v2::types::Envelope,
+        msg: Resource<MessageRes>
+    ) -> (v2::types::Outcome,);
+    deliver "deliver" (
+        conn: &v2::types::Connection,
+        env: &v2::types::Envelope
+    ) -> (Vec<v2::types::Route>,);
+    delivered "delivered" (report: &v2::types::DeliveryReport) -> ();
+    deferred "deferred" (report: &v2::types::DeliveryReport) -> ();
+    bounced "bounced" (report: &v2::types::DeliveryReport) -> ();
+}
+
+impl Pre2 {
+    fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Pre2> {
+        let at = HookIndices::new(pre.component())?;
+        Ok(Pre2 {
+            pre: super::bindings::PluginPre::new(pre)?,
+            at,
+            checked: Arc::default(),
+        })
+    }
+
+    async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<(Hooks, Instance)> {
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await?;
+        let check = !self.checked.load(Ordering::Acquire);
+        let hooks = Hooks::load(store, &instance, &self.at, check)?;
+        if check {
+            self.checked.store(true, Ordering::Release);
+        }
+        Ok((hooks, instance))
+    }
 }
 
 impl Pre {
@@ -131,7 +275,7 @@ impl Pre {
     ) -> wasmtime::Result<Pre> {
         Ok(match contract {
             Contract::V0_1 => Pre::V0_1(v010::PluginPre::new(pre)?),
-            Contract::V0_2 => Pre::V0_2(super::bindings::PluginPre::new(pre)?),
+            Contract::V0_2 => Pre::V0_2(Pre2::new(pre)?),
         })
     }
 
@@ -141,7 +285,7 @@ impl Pre {
     ) -> wasmtime::Result<Guest> {
         Ok(match self {
             Pre::V0_1(p) => Guest::V0_1(p.instantiate_async(store).await?),
-            Pre::V0_2(p) => Guest::V0_2(p.instantiate_async(store).await?),
+            Pre::V0_2(p) => Guest::V0_2(p.instantiate(store).await?.0),
         })
     }
 
@@ -157,11 +301,8 @@ impl Pre {
                 (Guest::V0_1(v010::Plugin::new(&mut *store, &i)?), i)
             }
             Pre::V0_2(p) => {
-                let i = p.instance_pre().instantiate_async(&mut *store).await?;
-                (
-                    Guest::V0_2(super::bindings::Plugin::new(&mut *store, &i)?),
-                    i,
-                )
+                let (hooks, i) = p.instantiate(store).await?;
+                (Guest::V0_2(hooks), i)
             }
         })
     }
@@ -176,7 +317,7 @@ impl Guest {
     ) -> wasmtime::Result<Result<(), String>> {
         match self {
             Guest::V0_1(p) => p.wasmtp_plugin_hooks().call_init(store, config).await,
-            Guest::V0_2(p) => p.wasmtp_plugin_hooks().call_init(store, config).await,
+            Guest::V0_2(p) => Ok(p.init(store, config).await?.0),
         }
     }
 }

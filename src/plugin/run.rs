@@ -446,28 +446,18 @@ impl PluginSession {
         let trap = |e: wasmtime::Error| CallError::Trap(format!("{e:#}"));
         let store = &mut live.store;
         let hooks = match &live.plugin {
-            Guest::V0_2(p) => p.wasmtp_plugin_hooks(),
+            Guest::V0_2(p) => p,
             Guest::V0_1(p) => return Self::call_v010(p, store, call).await.map_err(trap),
         };
         Ok(match call {
-            Call::Connect(c) => {
-                Ret::Verdict(hooks.call_connect(&mut *store, c).await.map_err(trap)?)
+            Call::Connect(c) => Ret::Verdict(hooks.connect(store, c).await.map_err(trap)?.0),
+            Call::Ehlo(c, n) => Ret::Verdict(hooks.ehlo(store, c, n).await.map_err(trap)?.0),
+            Call::MailFrom(c, s, params) => {
+                Ret::Outcome(hooks.mail_from(store, c, s, params).await.map_err(trap)?.0)
             }
-            Call::Ehlo(c, n) => {
-                Ret::Verdict(hooks.call_ehlo(&mut *store, c, n).await.map_err(trap)?)
+            Call::Rcpt(c, env, r) => {
+                Ret::Outcome(hooks.rcpt(store, c, env, r).await.map_err(trap)?.0)
             }
-            Call::MailFrom(c, s, params) => Ret::Outcome(
-                hooks
-                    .call_mail_from(&mut *store, c, s, params)
-                    .await
-                    .map_err(trap)?,
-            ),
-            Call::Rcpt(c, env, r) => Ret::Outcome(
-                hooks
-                    .call_rcpt(&mut *store, c, env, r)
-                    .await
-                    .map_err(trap)?,
-            ),
             Call::Data(c, env, msg) => {
                 let res = store
                     .data_mut()
@@ -475,28 +465,25 @@ impl PluginSession {
                     .push(MessageRes((*msg).clone()))
                     .map_err(|e| trap(e.into()))?;
                 let rep = res.rep();
-                let out = hooks.call_data(&mut *store, c, env, res).await;
+                let out = hooks.data(store, c, env, res).await;
                 let _ = store
                     .data_mut()
                     .table
                     .delete(wasmtime::component::Resource::<MessageRes>::new_own(rep));
-                Ret::Outcome(out.map_err(trap)?)
+                Ret::Outcome(out.map_err(trap)?.0)
             }
             Call::Notify(hook, report) => {
                 match hook {
-                    HookName::Delivered => hooks.call_delivered(&mut *store, report).await,
-                    HookName::Deferred => hooks.call_deferred(&mut *store, report).await,
-                    _ => hooks.call_bounced(&mut *store, report).await,
+                    HookName::Delivered => hooks.delivered(store, report).await,
+                    HookName::Deferred => hooks.deferred(store, report).await,
+                    _ => hooks.bounced(store, report).await,
                 }
                 .map_err(trap)?;
                 Ret::Notified
             }
-            Call::Deliver(c, env) => Ret::Routes(
-                hooks
-                    .call_deliver(&mut *store, c, env)
-                    .await
-                    .map_err(trap)?,
-            ),
+            Call::Deliver(c, env) => {
+                Ret::Routes(hooks.deliver(store, c, env).await.map_err(trap)?.0)
+            }
         })
     }
 }
