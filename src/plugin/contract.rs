@@ -143,6 +143,14 @@ pub(crate) struct Pre2 {
     checked: Arc<AtomicBool>,
 }
 
+/// A component exports every hook of the current contract by name, but
+/// one of them with other types (built against an edited copy of the WIT).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its hooks do not have the types of wasmtp:plugin@0.2.0 ({0}); rebuild it against the contract's WIT"
+)]
+pub(crate) struct Mistyped(String);
+
 /// Declares the current contract's hooks once: where each is exported, its
 /// signature (checked on a component's first instance, then trusted), and a
 /// method that calls it.
@@ -185,7 +193,8 @@ macro_rules! hooks {
                 Ok(Hooks {
                     $($field: if check {
                         *instance
-                            .get_typed_func::<($($ty,)*), $ret>(&mut *store, &at.$field)?
+                            .get_typed_func::<($($ty,)*), $ret>(&mut *store, &at.$field)
+                            .map_err(|e| wasmtime::Error::new(Mistyped(format!("{}: {e:#}", $name))))?
                             .func()
                     } else {
                         instance

@@ -558,34 +558,39 @@ impl PluginHost {
             let started = std::time::Instant::now();
             let state = self.load_state(spec).with_http(spec.http.as_ref());
             let mut store = run::new_store(engine, state);
-            let plugin = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| format!("trapped while instantiating: {e:#}"))?;
+            let plugin = pre.instantiate_async(&mut store).await.map_err(|e| {
+                match e.downcast_ref::<contract::Mistyped>() {
+                    Some(m) => PluginError::Compile {
+                        name: spec.name.clone(),
+                        path: spec.path.clone(),
+                        detail: m.to_string(),
+                    },
+                    None => init_failed(format!("trapped while instantiating: {e:#}")),
+                }
+            })?;
             let made = started.elapsed();
             if !init {
                 return Ok(made);
             }
             match plugin.init(&mut store, &spec.config_json).await {
                 Ok(Ok(())) => Ok(made),
-                Ok(Err(msg)) => Err(format!(
+                Ok(Err(msg)) => Err(init_failed(format!(
                     "refused its config: {}",
                     crate::observe::escape(&msg)
-                )),
-                Err(e) => Err(run::with_output(
+                ))),
+                Err(e) => Err(init_failed(run::with_output(
                     &format!("trapped: {e:#}"),
                     store.data_mut().take_output().as_deref(),
-                )),
+                ))),
             }
         };
-        run_apart(init_deadline(spec), |why| why, async {
+        run_apart(init_deadline(spec), init_failed, async {
             let mut fastest = once(init).await?;
             for _ in 1..rounds {
                 fastest = fastest.min(once(false).await?);
             }
             Ok(fastest)
         })
-        .map_err(init_failed)
     }
 
     /// Asks the standby maker to top up `p`'s instances made ahead (once:

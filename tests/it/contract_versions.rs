@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{BIN, Client, Server, plugin_toml, queue_id};
+use crate::support::{BIN, Client, Server, check_plugin_config, plugin_toml, queue_id};
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -152,4 +152,32 @@ fn plugin_test_replays_a_0_1_0_plugin_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("1 case(s) passed"), "{text}");
+}
+
+/// A component that exports every hook of `wasmtp:plugin/hooks@0.2.0` by name, but at other
+/// types (tests/fixtures/hooks-mistyped/, built by scripts/test), is refused at load, naming the
+/// first hook that differs. The host checks a plugin's hook types on its first instance and
+/// calls the hooks of later instances without checking again, so this check is all that keeps a
+/// `connect(string) -> string` from being called as if it took a connection.
+#[test]
+fn a_plugin_whose_hooks_have_other_types_is_refused_at_load() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/target/hooks-mistyped/wasm32-wasip2/release/fixture_hooks_mistyped.wasm");
+    let plugin = format!(
+        "[[plugin]]\nname = \"mistyped\"\npath = \"{}\"\nhooks = [\"connect\"]\n",
+        path.display()
+    );
+    let (ok, err) = check_plugin_config(&plugin);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "plugin mistyped: {} is not a usable WebAssembly component: its hooks do not have the types of wasmtp:plugin@0.2.0 (connect: ",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("rebuild it against the contract's WIT"),
+        "{err}"
+    );
 }
