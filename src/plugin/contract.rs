@@ -132,8 +132,8 @@ pub(crate) enum Guest {
 /// checked.
 #[derive(Clone)]
 pub(crate) struct Pre2 {
-    /// The bindings' own pre (its `new` checked that every hook is exported).
-    pre: super::bindings::PluginPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
+    /// Every hook's export (`new` fails if one is missing).
     at: HookIndices,
     /// Set once one instance's exports matched `Hooks`' signatures. Every
     /// instance of one pre-linked component has the same export types, so
@@ -251,10 +251,9 @@ hooks! {
 
 impl Pre2 {
     fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Pre2> {
-        let at = HookIndices::new(pre.component())?;
         Ok(Pre2 {
-            pre: super::bindings::PluginPre::new(pre)?,
-            at,
+            at: HookIndices::new(pre.component())?,
+            pre,
             checked: Arc::default(),
         })
     }
@@ -263,11 +262,7 @@ impl Pre2 {
         &self,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<(Hooks, Instance)> {
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut *store)
-            .await?;
+        let instance = self.pre.instantiate_async(&mut *store).await?;
         let check = !self.checked.load(Ordering::Acquire);
         let hooks = Hooks::load(store, &instance, &self.at, check)?;
         if check {
